@@ -1,0 +1,268 @@
+"""Run configuration: one frozen pydantic model per concern, composed into :class:`RunConfig`.
+
+The canonical JSON of the parts that decide an artifact hashes to a short key (``token_key`` /
+``eval_key``, see ../shared/DESIGN.md "Names"). Keys must be stable across processes and machines,
+so they are computed from ``model_dump(mode="json")`` with sorted keys and no whitespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+# Bump by hand whenever the optimisation method changes in a way that changes the learned token for the
+# same settings (loss, loop order, noise construction, ...). It is part of every token_key.
+ALGORITHM_VERSION = 1
+
+# The reference implementation's prompt templates (DCT code, "prompts" list); the placeholder is
+# substituted first, then the class name is appended.
+REFERENCE_TEMPLATES: tuple[str, ...] = (
+    "A photo of {}",
+    "a high resolution realistic image of {}",
+    "A close-up photo of a {}",
+)
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DiffusionConfig(_Frozen):
+    """Which Stable-Diffusion-style pipeline to load."""
+
+    model_id: str = Field(description="diffusers hub id (e.g. 'CompVis/stable-diffusion-v1-4') or a local directory")
+    revision: str | None = Field(default=None, description="hub revision (branch, tag or commit SHA); None = 'main'")
+    variant: str | None = Field(default=None, description="diffusers weight variant, e.g. 'fp16'")
+    dtype: Dtype = Field(
+        default="auto",
+        description="weights/autocast dtype; 'auto' = bfloat16 on CUDA where supported, float32 on CPU",
+    )
+    licence: str = Field(default="unknown", description="licence of the model, carried into token metadata")
+
+
+class SamplerConfig(_Frozen):
+    """Denoising settings, shared by optimisation and evaluation (the reference evaluated with other ones)."""
+
+    scheduler: Literal["pipeline", "pndm", "ddim", "euler", "dpm"] = Field(
+        default="pndm", description="sampler; 'pipeline' keeps the pipeline's own scheduler"
+    )
+    num_inference_steps: PositiveInt = Field(default=30, description="denoising steps")
+    guidance_scale: float = Field(default=7.0, ge=1.0, description="classifier-free guidance scale (1 = no CFG)")
+    timestep_spacing: Literal["leading", "trailing", "linspace"] | None = Field(
+        default=None, description="override of the scheduler's timestep spacing; None keeps the scheduler's"
+    )
+    height: PositiveInt | None = Field(default=None, description="image height in pixels; None = the UNet's native size")
+    width: PositiveInt | None = Field(default=None, description="image width in pixels; None = the UNet's native size")
+
+
+class PreprocessConfig(_Frozen):
+    """Differentiable classifier preprocessing (tensor ops only, so gradients reach the token)."""
+
+    resize: PositiveInt = Field(description="shorter side after resizing, pixels")
+    crop: PositiveInt = Field(description="centre-crop size, pixels (square)")
+    mean: tuple[float, float, float] = Field(description="per-channel mean subtracted after scaling to [0, 1]")
+    std: tuple[float, float, float] = Field(description="per-channel std divided after mean subtraction")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(default="bicubic", description="resize filter")
+    antialias: bool = Field(default=True, description="antialias when downsampling (as PIL does)")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> PreprocessConfig:
+        if self.crop > self.resize:
+            raise ValueError(f"crop={self.crop!r} is larger than resize={self.resize!r}; set crop <= resize")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std={self.std!r} must be positive in every channel")
+        return self
+
+
+class ClassifierConfig(_Frozen):
+    """A frozen image classifier (the guide, or a held-out evaluator)."""
+
+    kind: str = Field(description="loader kind, a key of dct.classifiers.CLASSIFIER_LOADERS (e.g. 'hf', 'timm', 'toy')")
+    model_id: str = Field(description="hub id, timm name or local path, depending on kind")
+    revision: str | None = Field(default=None, description="hub revision; None = 'main'")
+    preprocess: PreprocessConfig | None = Field(
+        default=None, description="preprocessing; None = derived from the model's own configuration"
+    )
+    licence: str = Field(default="unknown", description="licence of the model, carried into metadata and tables")
+
+
+class TokenConfig(_Frozen):
+    """The learned placeholder token."""
+
+    initializer_token: str = Field(default="a", description="existing single token whose embedding initialises the vector")
+    placeholder_template: str = Field(
+        default="<dct-{dataset}-{class_id:05d}>",
+        description="token string per class; must contain {dataset} and {class_id} so it is unique and stable",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> TokenConfig:
+        for field in ("{dataset", "{class_id"):
+            if field not in self.placeholder_template:
+                raise ValueError(
+                    f"placeholder_template={self.placeholder_template!r} lacks {field}}}: tokens of different "
+                    "classes or datasets would collide in one pipeline"
+                )
+        return self
+
+
+class OptimizerConfig(_Frozen):
+    """AdamW on the token vector only (reference: lr 1.25e-3, betas (0.9, 0.999), wd 1e-2, eps 1e-8, clip 1.0)."""
+
+    lr: PositiveFloat = Field(default=1.25e-3, description="learning rate (absolute, or × token norm; see lr_scale)")
+    lr_scale: Literal["absolute", "token_norm"] = Field(
+        default="absolute",
+        description="'token_norm' multiplies lr by the initial token's L2 norm (for tiny text encoders)",
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(default="constant", description="per-update schedule over max_epochs")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas")
+    weight_decay: float = Field(default=1e-2, ge=0.0, description="decoupled weight decay on the token only")
+    eps: PositiveFloat = Field(default=1e-8, description="AdamW epsilon")
+    max_grad_norm: PositiveFloat | None = Field(default=1.0, description="gradient-norm clip after backward; None = off")
+
+
+class TrainingConfig(_Frozen):
+    """One epoch = ``images_per_epoch`` generated images = one update; stopping as in the reference."""
+
+    images_per_epoch: PositiveInt = Field(default=5, description="images (prompt, seed pairs) per update")
+    seed: NonNegativeInt = Field(default=0, description="image i of every epoch uses noise seed `seed + i`")
+    max_epochs: PositiveInt = Field(default=50, description="upper bound on updates")
+    accuracy_threshold: float = Field(
+        default=0.7, ge=0.0, le=1.0, description="stop once an epoch's guide accuracy is strictly above this"
+    )
+    patience: PositiveInt = Field(default=16, description="stop after this many updates without a better epoch loss")
+    grad_steps: PositiveInt = Field(
+        default=1,
+        description="number of final UNet evaluations that carry gradients (1 = paper; 2 = reference code with PNDM)",
+    )
+    micro_batch_size: PositiveInt | None = Field(
+        default=None, description="images per forward/backward; None = the whole epoch in one batch"
+    )
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + i for i in range(self.images_per_epoch))
+
+
+class PromptConfig(_Frozen):
+    """Prompt templates; image i of an epoch uses template i mod len(templates) (fixed pairs)."""
+
+    templates: tuple[str, ...] = Field(default=REFERENCE_TEMPLATES, min_length=1, description="each with one '{}'")
+    baseline_word: str = Field(default="a", description="word in place of the token for the baseline prompt")
+
+    @model_validator(mode="after")
+    def _one_slot(self) -> PromptConfig:
+        for t in self.templates:
+            if t.count("{}") != 1:
+                raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}' for the token")
+        return self
+
+
+class EvaluationConfig(_Frozen):
+    """Sampling and scoring after optimisation; seeds are disjoint from the optimisation seeds."""
+
+    num_samples: PositiveInt = Field(default=16, description="images per class and variant (baseline, dct)")
+    seed: NonNegativeInt = Field(default=10_000, description="sample j uses seed `seed + j`")
+    batch_size: PositiveInt = Field(default=16, description="images per generation batch")
+    evaluator: ClassifierConfig | None = Field(default=None, description="held-out classifier; None = guide only")
+    sample_format: Literal["png", "jpeg", "none"] = Field(default="png", description="how samples are stored")
+    fid_features: Literal["inception", "evaluator", "none"] = Field(default="evaluator", description="FID/KID features")
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(self.seed + j for j in range(self.num_samples))
+
+
+class StorageConfig(_Frozen):
+    """Where artifacts go. Credentials are never configured here (environment / Secret blocks only)."""
+
+    root: str | None = Field(default=None, description="fsspec root URI; None = $DCT_STORE, else ./dct-store")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint; None = $AWS_ENDPOINT_URL_S3 / default")
+    path_style: bool = Field(default=False, description="S3 path-style addressing (MinIO/Ceph behind one DNS name)")
+
+
+class RunConfig(_Frozen):
+    """Everything that decides one dataset run."""
+
+    dataset: str = Field(description="dataset registry name")
+    diffusion: DiffusionConfig
+    sampler: SamplerConfig = SamplerConfig()
+    classifier: ClassifierConfig
+    token: TokenConfig = TokenConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    training: TrainingConfig = TrainingConfig()
+    prompts: PromptConfig = PromptConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _seeds_disjoint(self) -> RunConfig:
+        opt, ev = set(self.training.seeds), set(self.evaluation.seeds)
+        if opt & ev:
+            raise ValueError(
+                f"evaluation seeds {min(ev)}..{max(ev)} overlap the optimisation seeds {min(opt)}..{max(opt)}; "
+                "move evaluation.seed past the optimisation seeds"
+            )
+        if self.training.grad_steps > self.sampler.num_inference_steps + 1:
+            raise ValueError(
+                f"grad_steps={self.training.grad_steps!r} exceeds the number of UNet evaluations "
+                f"(num_inference_steps={self.sampler.num_inference_steps}); lower grad_steps"
+            )
+        return self
+
+    def token_string(self, class_id: int) -> str:
+        return self.token.placeholder_template.format(dataset=self.dataset, class_id=class_id)
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no whitespace) of a pydantic model or plain data."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def short_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+ResolvedRevision = Annotated[str, Field(description="commit SHA of a hub model, or a content hash of a local one")]
+
+
+def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifier_revision: ResolvedRevision) -> str:
+    """Hash of everything that determines a learned token (DESIGN "Names").
+
+    The resolved revisions are passed in because they are facts about the loaded models (a hub SHA or
+    a content hash of a local directory), not configuration.
+    """
+    return short_hash(
+        {
+            "algorithm_version": ALGORITHM_VERSION,
+            "dataset": config.dataset,
+            "diffusion": {"model_id": config.diffusion.model_id, "revision": diffusion_revision,
+                          "variant": config.diffusion.variant, "dtype": config.diffusion.dtype},
+            "classifier": {"kind": config.classifier.kind, "model_id": config.classifier.model_id,
+                           "revision": classifier_revision, "preprocess": canonical_json(config.classifier.preprocess)},
+            "sampler": config.sampler.model_dump(mode="json"),
+            "token": config.token.model_dump(mode="json"),
+            "optimizer": config.optimizer.model_dump(mode="json"),
+            "training": config.training.model_dump(mode="json", exclude={"micro_batch_size"}),
+            "prompts": config.prompts.model_dump(mode="json"),
+        }
+    )
+
+
+def eval_key(config: RunConfig, tkey: str, evaluator_revision: ResolvedRevision | None) -> str:
+    """``token_key`` + the evaluation settings; changing evaluation never re-optimises."""
+    ev = config.evaluation
+    return short_hash(
+        {
+            "token_key": tkey,
+            "evaluation": ev.model_dump(mode="json", exclude={"batch_size"}),
+            "evaluator_revision": evaluator_revision,
+        }
+    )
