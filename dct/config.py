@@ -56,7 +56,9 @@ class SamplerConfig(_Frozen):
     timestep_spacing: Literal["leading", "trailing", "linspace"] | None = Field(
         default=None, description="override of the scheduler's timestep spacing; None keeps the scheduler's"
     )
-    height: PositiveInt | None = Field(default=None, description="image height in pixels; None = the UNet's native size")
+    height: PositiveInt | None = Field(
+        default=None, description="image height in pixels; None = the UNet's native size"
+    )
     width: PositiveInt | None = Field(default=None, description="image width in pixels; None = the UNet's native size")
 
 
@@ -94,7 +96,9 @@ class ClassifierConfig(_Frozen):
 class TokenConfig(_Frozen):
     """The learned placeholder token."""
 
-    initializer_token: str = Field(default="a", description="existing single token whose embedding initialises the vector")
+    initializer_token: str = Field(
+        default="a", description="existing single token whose embedding initialises the vector"
+    )
     placeholder_template: str = Field(
         default="<dct-{dataset}-{class_id:05d}>",
         description="token string per class; must contain {dataset} and {class_id} so it is unique and stable",
@@ -119,11 +123,15 @@ class OptimizerConfig(_Frozen):
         default="absolute",
         description="'token_norm' multiplies lr by the initial token's L2 norm (for tiny text encoders)",
     )
-    lr_schedule: Literal["constant", "cosine"] = Field(default="constant", description="per-update schedule over max_epochs")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="per-update schedule over max_epochs"
+    )
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas")
     weight_decay: float = Field(default=1e-2, ge=0.0, description="decoupled weight decay on the token only")
     eps: PositiveFloat = Field(default=1e-8, description="AdamW epsilon")
-    max_grad_norm: PositiveFloat | None = Field(default=1.0, description="gradient-norm clip after backward; None = off")
+    max_grad_norm: PositiveFloat | None = Field(
+        default=1.0, description="gradient-norm clip after backward; None = off"
+    )
 
 
 class TrainingConfig(_Frozen):
@@ -243,10 +251,18 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
         {
             "algorithm_version": ALGORITHM_VERSION,
             "dataset": config.dataset,
-            "diffusion": {"model_id": config.diffusion.model_id, "revision": diffusion_revision,
-                          "variant": config.diffusion.variant, "dtype": config.diffusion.dtype},
-            "classifier": {"kind": config.classifier.kind, "model_id": config.classifier.model_id,
-                           "revision": classifier_revision, "preprocess": canonical_json(config.classifier.preprocess)},
+            "diffusion": {
+                "model_id": config.diffusion.model_id,
+                "revision": diffusion_revision,
+                "variant": config.diffusion.variant,
+                "dtype": config.diffusion.dtype,
+            },
+            "classifier": {
+                "kind": config.classifier.kind,
+                "model_id": config.classifier.model_id,
+                "revision": classifier_revision,
+                "preprocess": canonical_json(config.classifier.preprocess),
+            },
             "sampler": config.sampler.model_dump(mode="json"),
             "token": config.token.model_dump(mode="json"),
             "optimizer": config.optimizer.model_dump(mode="json"),

@@ -1,0 +1,71 @@
+"""Config models: frozen, strict, and keys stable across processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+from tiny import tiny_run_config
+
+from dct.config import EvaluationConfig, PromptConfig, TrainingConfig, eval_key, token_key
+
+
+def test_frozen_and_extra_forbidden():
+    config = tiny_run_config()
+    with pytest.raises(ValidationError):
+        config.training.max_epochs = 3
+    with pytest.raises(ValidationError, match="extra"):
+        TrainingConfig(max_epoch=3)  # typo of max_epochs
+
+
+def test_keys_stable_across_processes():
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from tiny import tiny_run_config; "
+        "from dct.config import token_key, eval_key; c = tiny_run_config(); t = token_key(c, 'r1', 'r2'); "
+        "print(t, eval_key(c, t, None))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(seed), "PATH": ""},
+        ).stdout
+        for seed in (1, 2)
+    }
+    c = tiny_run_config()
+    t = token_key(c, "r1", "r2")
+    assert outs == {f"{t} {eval_key(c, t, None)}\n"}
+
+
+def test_what_changes_which_key():
+    c = tiny_run_config()
+    t = token_key(c, "r1", "r2")
+    # micro-batching does not change the result, so it does not change the key
+    assert token_key(tiny_run_config(micro_batch_size=1), "r1", "r2") == t
+    assert token_key(tiny_run_config(max_epochs=7), "r1", "r2") != t
+    assert token_key(c, "r1-other-revision", "r2") != t
+    # evaluation settings change only the eval_key
+    c2 = c.model_copy(update={"evaluation": EvaluationConfig(num_samples=8, seed=1000)})
+    assert token_key(c2, "r1", "r2") == t
+    assert eval_key(c2, t, None) != eval_key(c, t, None)
+
+
+def test_bad_values_name_the_value():
+    with pytest.raises(ValidationError, match="overlap the optimisation seeds"):
+        tiny_run_config(seed=1000)
+    with pytest.raises(ValidationError, match=r"'A photo of' must contain exactly one"):
+        PromptConfig(templates=("A photo of",))
+    with pytest.raises(ValidationError, match="grad_steps=9"):
+        tiny_run_config(grad_steps=9)
+
+
+def test_import_dct_does_not_import_prefect():
+    code = (
+        "import sys, dct, dct.optimize, dct.sampling, dct.tokens, dct.config, dct.cli; print('prefect' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

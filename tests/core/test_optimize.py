@@ -1,0 +1,266 @@
+"""Behaviour of the DCT optimisation loop on tiny random models (fp32, CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tiny import tiny_run_config
+
+from dct.config import SamplerConfig
+from dct.optimize import epoch_loss_and_grad, epoch_prompts, optimize_token
+from dct.sampling import encode_prompts
+from dct.tokens import add_placeholder_token, get_token_vector
+
+
+def _hardest_class(pipe, clf, config) -> int:
+    """The class the untrained token is least likely to produce: a target with room to learn."""
+    from dct.sampling import generate
+
+    imgs = generate(pipe, ["a photo of a cat"] * 3, list(config.training.seeds), config.sampler)
+    return int(torch.softmax(clf(imgs), dim=1).mean(0).argmin())
+
+
+def test_only_the_token_row_changes(tiny_pipe, tiny_clf):
+    config = tiny_run_config(max_epochs=3, accuracy_threshold=1.0)
+    before = tiny_pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    params_before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
+    result = optimize_token(tiny_pipe, tiny_clf, class_id=1, class_name="cat", config=config)
+    after = tiny_pipe.text_encoder.get_input_embeddings().weight.detach()
+    token_id = tiny_pipe.tokenizer.convert_tokens_to_ids(result.token)
+    assert result.epochs == 3
+    # Every pre-existing row is bit-for-bit unchanged; the table only grew by the new row.
+    assert after.shape[0] == before.shape[0] + 1
+    assert torch.equal(after[: before.shape[0]], before)
+    assert all(torch.equal(p, params_before[n]) for n, p in tiny_pipe.unet.named_parameters())
+    # ... and the new row holds the learned (best) vector, which moved away from its initialisation.
+    assert torch.equal(after[token_id], result.vector)
+    assert not torch.equal(result.vector, result.initial_vector)
+
+
+def test_gradient_nonzero_and_loss_falls(tiny_pipe, tiny_clf):
+    config = tiny_run_config(max_epochs=8, accuracy_threshold=1.0, patience=50)
+    target = _hardest_class(tiny_pipe, tiny_clf, config)
+    token = config.token_string(target)
+    token_id = add_placeholder_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, token, "a")
+    vec = torch.nn.Parameter(get_token_vector(tiny_pipe.text_encoder, token_id))
+    prompts = epoch_prompts(config.prompts.templates, token, "cat", 3)
+    uncond = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, [""]).detach()
+    epoch_loss_and_grad(
+        tiny_pipe,
+        tiny_clf,
+        vec,
+        token_id,
+        prompts,
+        list(config.training.seeds),
+        target,
+        config,
+        uncond,
+        device="cpu",
+        dtype=torch.float32,
+    )
+    assert vec.grad is not None and float(vec.grad.norm()) > 0
+
+    result = optimize_token(tiny_pipe, tiny_clf, class_id=target, class_name="cat", config=config)
+    assert result.losses[-1] < result.losses[0]
+    assert result.best_loss < result.losses[0]
+
+
+def test_same_seed_same_vector(tmp_path, tiny_clf):
+    from tiny import tiny_pipeline
+
+    config = tiny_run_config(max_epochs=2, accuracy_threshold=1.0)
+    a = optimize_token(tiny_pipeline(tmp_path / "a"), tiny_clf, class_id=2, class_name="cat", config=config)
+    b = optimize_token(tiny_pipeline(tmp_path / "b"), tiny_clf, class_id=2, class_name="cat", config=config)
+    assert torch.equal(a.vector, b.vector)
+    assert a.losses == b.losses
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm"])
+def test_batch_equals_micro_batches_and_accumulation(tmp_path, tiny_clf, scheduler):
+    """One batch of 3, micro-batches of 2+1 and of 1 (= reference-style accumulation) give the same update."""
+    from tiny import tiny_pipeline
+
+    vectors, grads = [], []
+    for micro in (None, 2, 1):
+        config = tiny_run_config(max_epochs=2, accuracy_threshold=1.0, micro_batch_size=micro)
+        config = config.model_copy(
+            update={"sampler": SamplerConfig(scheduler=scheduler, num_inference_steps=4, guidance_scale=3.0)}
+        )
+        pipe = tiny_pipeline(tmp_path / str(micro), scheduler=scheduler)
+        token = config.token_string(0)
+        token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
+        vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
+        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).detach()
+        prompts = epoch_prompts(config.prompts.templates, token, "cat", 3)
+        epoch_loss_and_grad(
+            pipe, tiny_clf, vec, token_id, prompts, [0, 1, 2], 0, config, uncond, device="cpu", dtype=torch.float32
+        )
+        grads.append(vec.grad.clone())
+        result = optimize_token(pipe, tiny_clf, class_id=0, class_name="cat", config=config)
+        vectors.append(result.vector)
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-7)
+    for v in vectors[1:]:
+        assert float((v - vectors[0]).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm"])
+def test_saved_tensors_independent_of_step_count(tmp_path, tiny_clf, scheduler):
+    """With grad_steps=1 only the last UNet evaluation keeps activations: memory does not grow with steps."""
+    from tiny import tiny_pipeline
+
+    counts = {}
+    for steps in (5, 20):
+        config = tiny_run_config(grad_steps=1)
+        config = config.model_copy(
+            update={"sampler": SamplerConfig(scheduler=scheduler, num_inference_steps=steps, guidance_scale=3.0)}
+        )
+        pipe = tiny_pipeline(tmp_path / f"{steps}", scheduler=scheduler)
+        token = config.token_string(0)
+        token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
+        vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
+        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).detach()
+        prompts = epoch_prompts(config.prompts.templates, token, "cat", 3)
+        n = 0
+
+        def pack(t):
+            nonlocal n
+            n += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            epoch_loss_and_grad(
+                pipe, tiny_clf, vec, token_id, prompts, [0, 1, 2], 0, config, uncond, device="cpu", dtype=torch.float32
+            )
+        counts[steps] = n
+    assert counts[5] == counts[20] > 0
+
+
+def test_grad_steps_two_keeps_more_than_one(tmp_path, tiny_clf):
+    """Sanity check of the counter above: two graded UNet evaluations save more tensors than one."""
+    from tiny import tiny_pipeline
+
+    counts = {}
+    for grad_steps in (1, 2):
+        config = tiny_run_config(grad_steps=grad_steps)
+        pipe = tiny_pipeline(tmp_path / f"{grad_steps}")
+        token = config.token_string(0)
+        token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
+        vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
+        n = 0
+
+        def pack(t):
+            nonlocal n
+            n += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            epoch_loss_and_grad(
+                pipe,
+                tiny_clf,
+                vec,
+                token_id,
+                ["a photo of " + token] * 2,
+                [0, 1],
+                0,
+                config,
+                None,
+                device="cpu",
+                dtype=torch.float32,
+            )
+        counts[grad_steps] = n
+    assert counts[2] > counts[1]
+
+
+class _ScriptedClassifier(torch.nn.Module):
+    """Wraps a classifier and adds a per-epoch offset to the target logit (drives the stopping rules)."""
+
+    def __init__(self, inner, target: int, offsets: list[float]) -> None:
+        super().__init__()
+        self.inner, self.target, self.offsets, self.calls = inner, target, offsets, 0
+        self.num_classes = inner.num_classes
+
+    def forward(self, images):
+        logits = self.inner(images).clone()
+        offset = self.offsets[min(self.calls, len(self.offsets) - 1)]
+        self.calls += 1
+        logits[:, self.target] = logits[:, self.target] + offset
+        return logits
+
+
+def test_stops_on_accuracy_threshold(tiny_pipe, tiny_clf):
+    # Epochs 0-2: target pushed down (accuracy 0); epoch 3: target forced up (accuracy 1 > 0.7).
+    clf = _ScriptedClassifier(tiny_clf, 1, [-50, -50, -50, +50])
+    config = tiny_run_config(max_epochs=10)
+    result = optimize_token(tiny_pipe, clf, class_id=1, class_name="cat", config=config)
+    assert result.stop_reason == "accuracy"
+    assert result.epochs == 4
+    assert result.accuracies[-1] == 1.0 and max(result.accuracies[:3]) == 0.0
+
+
+def test_stops_on_patience_and_returns_best_not_last(tiny_pipe, tiny_clf):
+    # Epoch 1 is by far the best loss; afterwards every epoch is worse -> patience ends the run and the
+    # returned vector is epoch 1's, not the last one.
+    clf = _ScriptedClassifier(tiny_clf, 1, [0.0, 5.0, *([-5.0] * 20)])
+    config = tiny_run_config(max_epochs=30, patience=3, accuracy_threshold=1.0)
+    result = optimize_token(tiny_pipe, clf, class_id=1, class_name="cat", config=config)
+    assert result.stop_reason == "patience"
+    assert result.best_epoch == 1
+    assert result.epochs == 1 + 1 + 3  # epochs 0,1 then 3 without improvement
+    assert result.best_loss == min(result.losses)
+    assert result.best_loss < result.losses[-1]
+
+
+def test_vector_is_best_loss_vector(tiny_pipe, tiny_clf):
+    """Re-evaluating the returned vector reproduces the best epoch loss exactly (fixed seeds and prompts)."""
+    config = tiny_run_config(max_epochs=5, accuracy_threshold=1.0, patience=50)
+    result = optimize_token(tiny_pipe, tiny_clf, class_id=3, class_name="cat", config=config)
+    token_id = tiny_pipe.tokenizer.convert_tokens_to_ids(result.token)
+    vec = torch.nn.Parameter(result.vector.clone())
+    uncond = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, [""]).detach()
+    prompts = epoch_prompts(config.prompts.templates, result.token, "cat", 3)
+    loss, _ = epoch_loss_and_grad(
+        tiny_pipe,
+        tiny_clf,
+        vec,
+        token_id,
+        prompts,
+        list(config.training.seeds),
+        3,
+        config,
+        uncond,
+        device="cpu",
+        dtype=torch.float32,
+    )
+    assert math.isclose(loss, result.best_loss, rel_tol=1e-5)
+
+
+class _NaNAfter(torch.nn.Module):
+    def __init__(self, inner, good_calls: int) -> None:
+        super().__init__()
+        self.inner, self.good_calls, self.calls = inner, good_calls, 0
+        self.num_classes = inner.num_classes
+
+    def forward(self, images):
+        self.calls += 1
+        logits = self.inner(images)
+        return logits * float("nan") if self.calls > self.good_calls else logits
+
+
+@pytest.mark.parametrize("good_calls", [0, 2])
+def test_nan_loss_ends_diverged_with_finite_token(tiny_pipe, tiny_clf, good_calls):
+    config = tiny_run_config(max_epochs=6, accuracy_threshold=1.0)
+    result = optimize_token(tiny_pipe, _NaNAfter(tiny_clf, good_calls), class_id=0, class_name="cat", config=config)
+    assert result.stop_reason == "diverged"
+    assert "non-finite" in result.message
+    assert result.epochs == good_calls
+    assert torch.isfinite(result.vector).all()
+    if good_calls == 0:
+        assert torch.equal(result.vector, result.initial_vector)
+
+
+def test_class_id_out_of_range(tiny_pipe, tiny_clf):
+    with pytest.raises(ValueError, match=r"class_id 7 is outside the classifier's classes 0..3"):
+        optimize_token(tiny_pipe, tiny_clf, class_id=7, class_name="cat", config=tiny_run_config())

@@ -1,0 +1,185 @@
+"""Tiny random-weight models built from configs, shared by the tests (no hub, no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "high",
+    "resolution",
+    "realistic",
+    "image",
+    "close-up",
+    "red",
+    "blue",
+    "green",
+    "circle",
+    "square",
+    "triangle",
+    "tiger",
+    "cat",
+    "dog",
+    "bird",
+    "small",
+    "large",
+    "the",
+]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def write_tiny_clip_vocab(directory: Path) -> tuple[Path, Path]:
+    """A small CLIP BPE vocabulary: every byte character, with and without '</w>', plus whole WORDS."""
+    chars = list(_bytes_to_unicode().values())
+    vocab: list[str] = chars + [c + "</w>" for c in chars]
+    merges: list[str] = []
+    for word in WORDS:
+        # Merge each word left to right into one token "word</w>".
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            rule = f"{pieces[0]} {pieces[1]}"
+            if rule not in merges:
+                merges.append(rule)
+            if merged not in vocab:
+                vocab.append(merged)
+            pieces = [merged, *pieces[2:]]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
+    vocab_file.write_text(json.dumps({tok: i for i, tok in enumerate(dict.fromkeys(vocab))}))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_file, merges_file
+
+
+def tiny_pipeline(tmp_dir: Path, *, seed: int = 0, scheduler: str = "ddim"):
+    """A StableDiffusionPipeline of tiny random models: 8×8×4 latents, 16×16 images, hidden size 32."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab_file, merges_file = write_tiny_clip_vocab(tmp_dir / "tokenizer")
+    tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=16)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=16,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    sched_kwargs = dict(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+    if scheduler == "pndm":
+        sched = PNDMScheduler(skip_prk_steps=True, **sched_kwargs)
+    else:
+        sched = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **sched_kwargs)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+    return pipe
+
+
+class TinyConvNet(nn.Module):
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def tiny_classifier(num_classes: int = 4, seed: int = 0):
+    from dct.classifiers import ImageClassifier
+    from dct.config import PreprocessConfig
+    from dct.preprocess import DifferentiablePreprocess
+
+    torch.manual_seed(seed)
+    pre = DifferentiablePreprocess(PreprocessConfig(resize=16, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3))
+    return ImageClassifier(TinyConvNet(num_classes), pre, [f"class {i}" for i in range(num_classes)])
+
+
+def tiny_run_config(**training):
+    from dct.config import (
+        ClassifierConfig,
+        DiffusionConfig,
+        EvaluationConfig,
+        OptimizerConfig,
+        RunConfig,
+        SamplerConfig,
+        TrainingConfig,
+    )
+
+    return RunConfig(
+        dataset="tiny",
+        diffusion=DiffusionConfig(model_id="tiny", dtype="float32"),
+        sampler=SamplerConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=3.0, timestep_spacing="trailing"),
+        classifier=ClassifierConfig(kind="tiny", model_id="tiny"),
+        optimizer=OptimizerConfig(lr=0.2, lr_scale="token_norm"),
+        training=TrainingConfig(**{"images_per_epoch": 3, "max_epochs": 6, **training}),
+        evaluation=EvaluationConfig(num_samples=4, seed=1000),
+    )
