@@ -29,9 +29,6 @@ logger = logging.getLogger(__name__)
 
 StopReason = Literal["accuracy", "patience", "max_epochs", "diverged"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 @dataclass
 class TokenResult:
     """The outcome of optimising one class token.
@@ -69,18 +66,6 @@ def fill_template(template: str, word: str, class_name: str) -> str:
 def epoch_prompts(templates: Sequence[str], word: str, class_name: str, n: int) -> list[str]:
     """Prompt of image i = template ``i mod len(templates)`` (fixed noise↔prompt pairs, unlike the reference)."""
     return [fill_template(templates[i % len(templates)], word, class_name) for i in range(n)]
-
-
-def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """'auto' → bf16 on CUDA where supported (fp16 NaNs with SD 2.1), else fp32 (the CPU path)."""
-    device = torch.device(device)
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if device.type == "cpu":
-        return torch.float32  # autocast on CPU is slow and not what the tests pin
-    return DTYPES[name]
 
 
 def _lr_at(config: RunConfig, base_lr: float, update: int) -> float:
@@ -138,6 +123,7 @@ def optimize_token(
     class_name: str,
     config: RunConfig,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
     progress: bool | None = None,
 ) -> TokenResult:
     """Learn the discriminative token of one class.
@@ -152,6 +138,8 @@ def optimize_token(
         class_id: 0-based target class (the classifier's label id).
         class_name: name appended to the prompts.
         config: the run configuration (sampler, token, optimiser, training, prompts).
+        dtype: compute dtype for autocast; None = the UNet's weight dtype (fp32 on CPU). The token
+            itself is always fp32.
         progress: show a progress bar; None = only when stderr is a terminal.
 
     Returns:
@@ -165,7 +153,7 @@ def optimize_token(
         raise ValueError(f"class_id {class_id!r} is outside the classifier's classes 0..{classifier.num_classes - 1}")
     t0 = time.perf_counter()
     train, opt_cfg = config.training, config.optimizer
-    dtype = resolve_dtype(config.diffusion.dtype, device)
+    dtype = dtype or pipe.unet.dtype
     token = config.token_string(class_id)
     token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, config.token.initializer_token)
     init_ids = pipe.tokenizer.encode(config.token.initializer_token, add_special_tokens=False)
@@ -269,3 +257,34 @@ def _report(bar, epoch: int, loss: float, accuracy: float, token: str) -> None:
         bar.update(1)
     else:
         logger.debug("%s epoch %d: loss %.4f accuracy %.2f", token, epoch, loss, accuracy)
+
+
+def build_token_metadata(
+    config: RunConfig,
+    result: TokenResult,
+    *,
+    token_key: str,
+    diffusion_revision: str,
+    classifier_revision: str,
+) -> dict[str, str]:
+    """String metadata written into the token file (what produced it, and under which licences)."""
+    from dct import __version__
+
+    return {
+        "format": "dct-token/1",
+        "token": result.token,
+        "dataset": config.dataset,
+        "class_id": str(result.class_id),
+        "class_name": result.class_name,
+        "token_key": token_key,
+        "base_model": config.diffusion.model_id,
+        "base_model_revision": diffusion_revision,
+        "base_model_licence": config.diffusion.licence,
+        "classifier": f"{config.classifier.kind}:{config.classifier.model_id}",
+        "classifier_revision": classifier_revision,
+        "classifier_licence": config.classifier.licence,
+        "stop_reason": result.stop_reason,
+        "epochs": str(result.epochs),
+        "best_loss": repr(result.best_loss),
+        "dct_version": __version__,
+    }

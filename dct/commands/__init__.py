@@ -1,0 +1,1 @@
+"""`dct` subcommands; each module exposes ``register(subparsers)``."""

@@ -1,0 +1,86 @@
+"""`dct models pull --dataset NAME`: download and cache everything a dataset needs.
+
+Run it where the hub is reachable, with the same HF_HOME as the (air-gapped) GPU workers; afterwards the
+workers load with HF_HUB_OFFLINE=1. Prints each model's resolved revision (commit SHA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="manage model weights (`models pull --dataset NAME`)")
+    sub = p.add_subparsers(dest="models_command", metavar="{pull}", required=True)
+    pull = sub.add_parser("pull", help="download and cache the diffusion model, classifier and evaluator of a dataset")
+    pull.add_argument("--dataset", required=True, help="registered dataset name, or a dataset file (.toml/.yaml)")
+    pull.add_argument(
+        "--labels-only", action="store_true", help="only the classifier's config.json (class names; inat)"
+    )
+    pull.set_defaults(func=pull_models)
+
+
+def _check_labels(spec, path) -> None:
+    """Shipped label lists must match the downloaded classifier's label map (ids are the key)."""
+    from dct.labels import cub_prompt_name, imagenet_labels
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        return
+    id2label = json.loads(cfg_file.read_text(encoding="utf-8")).get("id2label") or {}
+    if not id2label:
+        return
+    if len(id2label) != spec.num_classes:
+        raise ValueError(
+            f"{spec.classifier.model_id!r} has {len(id2label)} labels but dataset {spec.name!r} has "
+            f"{spec.num_classes} classes"
+        )
+    labels = {int(k): v for k, v in id2label.items()}
+    if spec.name == "inet":
+        expected = [label for _, label in imagenet_labels()]
+        bad = [i for i in range(spec.num_classes) if labels[i] != expected[i]]
+    elif spec.name == "cub" and not labels[0].startswith("LABEL_"):
+        bad = [i for i in range(spec.num_classes) if cub_prompt_name(labels[i]).lower() != spec.class_names[i].lower()]
+    else:
+        return
+    if bad:
+        i = bad[0]
+        raise ValueError(
+            f"shipped class names of {spec.name!r} differ from {spec.classifier.model_id!r}'s id2label at "
+            f"{len(bad)} ids, first id {i}: {labels[i]!r} vs {spec.class_names[i]!r}; report this (class ids are the key)"
+        )
+
+
+def pull_models(args: argparse.Namespace) -> int:
+    from dct.classifiers import fetch_classifier_files, hub_snapshot, is_local_path, snapshot_revision
+    from dct.config import DiffusionConfig
+    from dct.datasets import INAT_CLASSIFIER, get_dataset
+    from dct.pipelines import resolve_pipeline_dir
+
+    if args.dataset == "inat":
+        # inat's class names live in the classifier's config: fetch it first so the spec can be built.
+        path = hub_snapshot(INAT_CLASSIFIER.model_id, INAT_CLASSIFIER.revision, ["config.json"])
+        print(f"labels      {INAT_CLASSIFIER.model_id} config.json @ {path.name}")
+    spec = get_dataset(args.dataset)
+    if args.labels_only:
+        return 0
+    for model in spec.models():
+        if isinstance(model, DiffusionConfig):
+            path = resolve_pipeline_dir(model, local_files_only=False)
+            role, name = "diffusion", model.model_id
+        else:
+            role = "evaluator" if model is not spec.classifier else "classifier"
+            path = fetch_classifier_files(model, local_files_only=False)
+            name = f"{model.kind}:{model.model_id}"
+            if path is None:
+                print(f"{role:<11} {name}: ships with the project, nothing to pull")
+                continue
+            if model is spec.classifier:
+                _check_labels(spec, path)
+        where = "local directory" if is_local_path(model.model_id) else "cached"
+        print(f"{role:<11} {name} @ {snapshot_revision(path)}  ({where}: {path})")
+    return 0

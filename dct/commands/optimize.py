@@ -1,0 +1,89 @@
+"""`dct optimize`: learn the token of one class and write the token file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from dct.commands.common import add_device_argument, positive_int, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "optimize",
+        help="learn the discriminative token of one class and write it as a token file",
+        description="Optimise one class token of a dataset (default: the embedded toy world) and save it as "
+        "safetensors loadable by diffusers' load_textual_inversion.",
+    )
+    p.add_argument("--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy")
+    p.add_argument("--class", dest="class_", required=True, help="class id (0-based) or exact class name")
+    p.add_argument("--pipeline", help="diffusion model: hub id or local pipeline directory (overrides the dataset's)")
+    p.add_argument("--revision", help="hub revision of --pipeline")
+    p.add_argument("--classifier", help="classifier model id/path (overrides the dataset's guide)")
+    p.add_argument("--classifier-kind", help="loader kind of --classifier (hf, vit-mae, timm, local, toy)")
+    p.add_argument("--out", type=Path, help="token file to write; default ./tokens/<dataset>-<class id>.safetensors")
+    p.add_argument("--max-epochs", type=positive_int, help="upper bound on updates (dataset default otherwise)")
+    p.add_argument("--micro-batch-size", type=positive_int, help="images per forward/backward (bounds memory)")
+    p.add_argument("--grad-steps", type=positive_int, help="final UNet evaluations with gradients")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dct.classifiers import load_classifier
+    from dct.config import token_key
+    from dct.datasets import get_dataset, select_classes
+    from dct.optimize import build_token_metadata, optimize_token
+    from dct.pipelines import load_pipeline
+    from dct.tokens import save_token
+
+    # Validate everything cheap before any model is loaded.
+    device = resolve_device(args.device)
+    spec = get_dataset(args.dataset)
+    ids = select_classes(spec, args.class_)
+    if len(ids) != 1:
+        raise ValueError(f"--class {args.class_!r} selects {len(ids)} classes; `dct optimize` takes one (use `dct run`)")
+    class_id = ids[0]
+    config = spec.run_config()
+    updates: dict = {}
+    if args.pipeline:
+        updates["diffusion"] = config.diffusion.model_copy(update={"model_id": args.pipeline, "revision": args.revision})
+    if args.classifier or args.classifier_kind:
+        updates["classifier"] = config.classifier.model_copy(
+            update={"model_id": args.classifier or config.classifier.model_id,
+                    "kind": args.classifier_kind or config.classifier.kind, "preprocess": None}
+        )
+    training = {k: v for k, v in (("max_epochs", args.max_epochs), ("micro_batch_size", args.micro_batch_size),
+                                  ("grad_steps", args.grad_steps)) if v is not None}
+    if training:
+        updates["training"] = config.training.model_copy(update=training)
+    if updates:
+        config = type(config).model_validate({**config.model_dump(), **{k: v.model_dump() for k, v in updates.items()}})
+    out = (args.out or Path("tokens") / f"{spec.name}-{class_id:05d}.safetensors").absolute()
+
+    loaded_pipe = load_pipeline(config.diffusion, device)
+    loaded_clf = load_classifier(config.classifier, device)
+    result = optimize_token(
+        loaded_pipe.pipe, loaded_clf.classifier, class_id=class_id, class_name=spec.class_names[class_id],
+        config=config, device=device, progress=args.progress,
+    )
+    tkey = token_key(config, loaded_pipe.resolved_revision, loaded_clf.resolved_revision)
+    metadata = build_token_metadata(
+        config, result, token_key=tkey, diffusion_revision=loaded_pipe.resolved_revision,
+        classifier_revision=loaded_clf.resolved_revision,
+    )
+    save_token(out, result.token, result.vector, metadata)
+    best_acc = result.accuracies[result.best_epoch] if result.best_epoch >= 0 else float("nan")
+    print(f"class {class_id} ({spec.class_names[class_id]}): token {result.token}")
+    print(f"  stop: {result.stop_reason} after {result.epochs} epochs; best epoch {result.best_epoch}: "
+          f"loss {result.best_loss:.4f}, guide accuracy {best_acc:.2f}; {result.seconds:.1f}s")
+    if result.message:
+        print(f"  note: {result.message}")
+    print(f"  token file: {out}  (token_key {tkey})")
+    print(f"  use it: pipe.load_textual_inversion({str(out)!r}); prompt \"A photo of {result.token} "
+          f"{spec.class_names[class_id]}\"")
+    return 0
