@@ -1,0 +1,173 @@
+"""Parquet results: explicit schemas, hive partitions, one file per run, read back by pandas/pyarrow/DuckDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from dct.results import (
+    CLASS_SCHEMA,
+    RUN_SCHEMA,
+    ClassRecord,
+    Provenance,
+    RunRecord,
+    class_records_for,
+    latest_class_rows,
+    read_results,
+    read_run_record,
+    result_files,
+    results_dataset,
+    results_relation,
+    write_class_record,
+    write_class_table,
+    write_run_record,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "storage.md"
+
+
+def _publish(store, make_record, make_run, run_id, *, dataset="toy", classes=(0, 1, 2), hour=10, failed=()):
+    run = make_run(run_id, dataset=dataset, hour=hour)
+    records = []
+    for cid in classes:
+        status = "failed" if cid in failed else "done"
+        rec = make_record(cid, run_id=run_id, dataset=dataset, status=status,
+                          error="boom" if status == "failed" else None)
+        write_class_record(store, rec)
+        records.append(rec)
+    # The parent reads the records back from the store, then writes the table from them.
+    back = class_records_for(store, dataset, "ek0001", classes, run_id)
+    assert back == records
+    write_class_table(store, run, back)
+    write_run_record(store, run)
+    return run
+
+
+def test_schema_matches_records():
+    partition_only = {"run_date"}
+    class_cols = set(ClassRecord.model_fields) - {"provenance"} | set(Provenance.model_fields) | partition_only
+    run_cols = set(RunRecord.model_fields) - {"provenance"} | set(Provenance.model_fields) | partition_only
+    assert class_cols == set(CLASS_SCHEMA.names)
+    assert run_cols == set(RUN_SCHEMA.names)
+    assert CLASS_SCHEMA.field("schema_version").type == RUN_SCHEMA.field("schema_version").type
+
+
+def test_every_column_is_documented():
+    text = DOCS.read_text()
+    for schema in (CLASS_SCHEMA, RUN_SCHEMA):
+        for name in schema.names:
+            assert re.search(rf"^\| `{name}` \|", text, re.M), f"column {name} is not documented in {DOCS}"
+
+
+def test_round_trip_and_readers(store, make_record, make_run):
+    # Two runs of one dataset on the SAME date, and a run of another dataset.
+    _publish(store, make_record, make_run, "run-a", hour=9)
+    _publish(store, make_record, make_run, "run-b", hour=17, classes=(2, 3), failed=(3,))
+    _publish(store, make_record, make_run, "run-c", dataset="other", classes=(0,))
+
+    files = result_files(store, "classes")
+    assert len(files) == 3
+    assert any(f.endswith("/results/classes/dataset=toy/run_date=2026-11-26/part-run-a-0.parquet") for f in files)
+
+    # pandas
+    df = read_results(store, "classes", dataset="toy")
+    assert sorted(df["run_id"].unique()) == ["run-a", "run-b"]  # both same-day runs kept their rows
+    assert len(df) == 5 and list(df.columns) == CLASS_SCHEMA.names
+    assert set(df["run_date"]) == {dt.date(2026, 11, 26)}
+    one = read_results(store, "classes", dataset="toy", run_id="run-b")
+    assert sorted(zip(one["class_id"], one["status"], strict=True)) == [(2, "done"), (3, "failed")]
+    assert one.loc[one["class_id"] == 3, "error"].item() == "boom"
+    assert read_results(store, "classes")["dataset"].value_counts().to_dict() == {"toy": 5, "other": 1}
+    assert read_results(store, "classes", dataset="toy", run_id="run-c").empty
+
+    # pyarrow.dataset, hive partitions, filtering by partition and column
+    dset = results_dataset(store, "classes")
+    tbl = dset.to_table(filter=(pads.field("dataset") == "toy") & (pads.field("run_id") == "run-a"))
+    assert tbl.num_rows == 3 and tbl.schema.field("run_date").type == CLASS_SCHEMA.field("run_date").type
+
+    # DuckDB (S3 through the registered s3fs filesystem, not httpfs)
+    rel = results_relation(store, "classes", dataset="toy")
+    assert rel.aggregate("count(*)").fetchall()[0][0] == 5
+    got = rel.filter("run_id = 'run-b' AND status = 'done'").project("class_id, guide_top1_dct").fetchall()
+    assert got == [(2, 1.0)]
+    assert results_relation(store, "classes", run_id="run-c").project("dataset").fetchall() == [("other",)]
+    assert dict(zip(rel.columns, rel.types, strict=True))["run_date"] == "DATE"
+
+    # the runs table
+    runs = read_results(store, "runs", dataset="toy")
+    assert sorted(runs["run_id"]) == ["run-a", "run-b"] and list(runs.columns) == RUN_SCHEMA.names
+    assert results_relation(store, "runs").aggregate("count(*)").fetchall()[0][0] == 3
+    assert read_run_record(store, "toy", "run-a").run_id == "run-a"
+
+    # current result per class: class 3 failed in run-b only; class 2 finished in both runs -> latest
+    latest = latest_class_rows(df)
+    assert list(latest["class_id"]) == [0, 1, 2, 3]
+
+
+def test_republishing_a_run_replaces_only_its_own_file(store, make_record, make_run):
+    _publish(store, make_record, make_run, "run-a")
+    _publish(store, make_record, make_run, "run-b")
+    _publish(store, make_record, make_run, "run-a", classes=(0,))
+    df = read_results(store, "classes", dataset="toy")
+    assert (df["run_id"] == "run-a").sum() == 1 and (df["run_id"] == "run-b").sum() == 3
+
+
+def test_empty_store_reads_empty(store):
+    assert read_results(store, "classes").empty
+    rel = results_relation(store, "runs")
+    assert rel.columns == RUN_SCHEMA.names and rel.fetchall() == []
+
+
+def test_writer_refuses_foreign_or_duplicate_rows(store, make_record, make_run):
+    run = make_run("run-a")
+    with pytest.raises(ValueError, match="belongs to run"):
+        write_class_table(store, run, [make_record(0, run_id="run-z")])
+    with pytest.raises(ValueError, match="two records for class 0"):
+        write_class_table(store, run, [make_record(0), make_record(0)])
+
+
+def test_corrupt_parquet_file_is_skipped_with_a_warning(store, make_record, make_run, caplog):
+    _publish(store, make_record, make_run, "run-a")
+    bad = store.results_file_uri("classes", "toy", "2026-11-26", "run-junk")
+    store.write_bytes(bad, b"PAR1 this is not a parquet file")
+    with caplog.at_level(logging.WARNING, logger="dct.results"):
+        assert len(read_results(store, "classes")) == 3
+        assert results_relation(store, "classes").aggregate("count(*)").fetchall()[0][0] == 3
+    assert "run-junk" in caplog.text
+    with pytest.raises(Exception, match=r"(?i)parquet|magic|footer"):
+        read_results(store, "classes", skip_invalid=False)
+
+
+def test_naive_timestamps_are_refused(make_record):
+    with pytest.raises(ValueError, match="timezone"):
+        make_record(0, started_at=dt.datetime(2026, 11, 26, 10))
+
+
+def test_documented_raw_readers_without_dct(s3_store, make_record, make_run):
+    """The docs' by-hand recipes (plain s3fs + pyarrow / DuckDB, no httpfs) read the same rows."""
+    import duckdb
+    import pyarrow as pa
+    import s3fs
+
+    _publish(s3_store, make_record, make_run, "run-a")
+    _publish(s3_store, make_record, make_run, "run-b", classes=(4,))
+    base = s3_store.root.removeprefix("s3://")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # endpoint from AWS_ENDPOINT_URL_S3
+
+    part = pads.partitioning(pa.schema([("dataset", pa.string()), ("run_date", pa.date32())]), flavor="hive")
+    dset = pads.dataset(f"{base}/results/classes", filesystem=fs, format="parquet", partitioning=part)
+    assert dset.to_table(filter=pads.field("run_id") == "run-b").column("class_id").to_pylist() == [4]
+
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    rows = con.sql(
+        f"""SELECT class_id FROM read_parquet('s3://{base}/results/classes/*/*/*.parquet', hive_partitioning = true,
+                                             hive_types = {{'dataset': 'VARCHAR', 'run_date': 'DATE'}})
+            WHERE dataset = 'toy' AND run_id = 'run-a' ORDER BY class_id"""
+    ).fetchall()
+    assert rows == [(0,), (1,), (2,)]
