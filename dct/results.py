@@ -595,7 +595,8 @@ def results_relation(
     (``con.register_filesystem``): httpfs downloads itself at first use, which air-gapped workers cannot.
 
     Args:
-        con: connection to use (default: a new in-memory one, kept alive by the relation).
+        con: connection to use (default: a new in-memory one, kept alive by the relation). For an S3
+            store, the store's s3fs filesystem is (re-)registered on it under the name ``s3``.
 
     Returns:
         A lazy relation; e.g. ``rel.filter("status = 'done'").aggregate("avg(guide_top1_dct)").df()``.
@@ -609,7 +610,11 @@ def results_relation(
     files = result_files(st, table, dataset=dataset, run_id=run_id, skip_invalid=skip_invalid)
     if not files:
         return con.from_arrow(SCHEMAS[table].empty_table())
-    if st.protocol != "file" and st.fs.protocol[0] not in set(con.list_filesystems()):
+    if st.protocol != "file":
+        # Register THIS store's filesystem (its endpoint); replace another one registered under the name.
+        name = st.fs.protocol[0] if isinstance(st.fs.protocol, tuple) else st.fs.protocol
+        if name in set(con.list_filesystems()):
+            con.unregister_filesystem(name)
         con.register_filesystem(st.fs)
     cols = ", ".join(f'"{n}"' for n in SCHEMAS[table].names)
     rel = con.sql(

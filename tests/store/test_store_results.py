@@ -171,3 +171,21 @@ def test_documented_raw_readers_without_dct(s3_store, make_record, make_run):
             WHERE dataset = 'toy' AND run_id = 'run-a' ORDER BY class_id"""
     ).fetchall()
     assert rows == [(0,), (1,), (2,)]
+
+
+def test_two_runs_on_the_same_date_both_keep_their_rows(store, make_record, make_run):
+    _publish(store, make_record, make_run, "20261126T020000Z-aaaaaaaa", hour=2)
+    _publish(store, make_record, make_run, "20261126T020000Z-bbbbbbbb", hour=2)  # same second, even
+    df = read_results(store, "classes", dataset="toy")
+    assert df.groupby("run_id").size().to_dict() == {"20261126T020000Z-aaaaaaaa": 3, "20261126T020000Z-bbbbbbbb": 3}
+    assert len(read_results(store, "runs", dataset="toy")) == 2
+
+
+def test_duckdb_connection_can_be_reused(s3_store, make_record, make_run):
+    import duckdb
+
+    _publish(s3_store, make_record, make_run, "run-a")
+    con = duckdb.connect()
+    a = results_relation(s3_store, "classes", con=con)
+    b = results_relation(s3_store, "runs", con=con)
+    assert a.aggregate("count(*)").fetchall() == [(3,)] and b.aggregate("count(*)").fetchall() == [(1,)]
