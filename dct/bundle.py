@@ -157,6 +157,38 @@ def build_bundle(
     return data, manifest
 
 
+def load_stored_token(
+    store: ArtifactStore, dataset: str, token_key: str, class_id: int, token: str | None = None
+) -> tuple[str, torch.Tensor, dict[str, str]]:
+    """Read a stored token and check it is the one its location claims (issue 10: corrupt artifacts).
+
+    A shard can use this to decide "reuse or re-optimise": a ``ValueError`` here means re-optimise.
+
+    Args:
+        token: the expected token string (e.g. ``RunConfig.token_string(class_id)``), or None.
+
+    Returns:
+        ``(token, vector (D,) fp32, metadata)``.
+
+    Raises:
+        FileNotFoundError: no token for these keys.
+        ValueError: truncated/foreign file, another token string, or metadata (``token_key``, ``class_id``,
+            ``dataset``) that contradicts the location.
+    """
+    uri = store.token_uri(dataset, token_key, class_id)
+    try:
+        found, vector, metadata = read_token_bytes(store.read_bytes(uri))
+    except ValueError as exc:
+        raise ValueError(f"token file {uri!r} is unreadable: {exc}") from exc
+    if token is not None and found != token:
+        raise ValueError(f"token file {uri!r} holds {found!r}, expected {token!r}")
+    expected = {"token_key": token_key, "class_id": str(class_id), "dataset": dataset}
+    for key, value in expected.items():
+        if key in metadata and metadata[key] != value:
+            raise ValueError(f"token file {uri!r} has {key}={metadata[key]!r}, its location says {value!r}")
+    return found, vector, metadata
+
+
 def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: str) -> tuple[str, BundleManifest]:
     """Collect the stored tokens of ``records`` into the run's bundle and write it with its manifest.
 
@@ -173,8 +205,8 @@ def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: 
         ``(bundle_uri, manifest)``.
 
     Raises:
-        ValueError: see :func:`build_bundle`; a stored token whose string or metadata contradicts its
-            record; FileNotFoundError: a record without its token file.
+        ValueError: see :func:`build_bundle` and :func:`load_stored_token`.
+        FileNotFoundError: a record without its token file.
     """
     done = [r for r in records if r.status == "done"]
     if len(done) < len(records):
@@ -184,13 +216,7 @@ def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: 
         )
     vectors: dict[str, torch.Tensor] = {}
     for r in done:
-        token, vector, metadata = read_token_bytes(store.read_token(r.dataset, r.token_key, r.class_id))
-        uri = store.token_uri(r.dataset, r.token_key, r.class_id)
-        if token != r.token:
-            raise ValueError(f"token file {uri!r} holds {token!r}, but the record says {r.token!r}")
-        for key in ("token_key", "class_id", "dataset"):
-            if key in metadata and metadata[key] != str(getattr(r, key)):
-                raise ValueError(f"token file {uri!r} has {key}={metadata[key]!r}, record has {getattr(r, key)!r}")
+        token, vector, _ = load_stored_token(store, r.dataset, r.token_key, r.class_id, r.token)
         vectors[token] = vector
     data, manifest = build_bundle(done, vectors, run_id)
     uri = store.write_bytes(bundle_uri(store, manifest.dataset, run_id), data)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dct.bundle import bundle_uri, export_bundle, load_bundle_into, manifest_uri, read_bundle
+from dct.bundle import bundle_uri, export_bundle, load_bundle_into, load_stored_token, manifest_uri, read_bundle
 from dct.results import write_class_record
 from dct.tokens import token_file_bytes
 
@@ -82,3 +82,23 @@ def test_read_bundle_and_mismatch_detection(store, make_record):
                       token_file_bytes(rec.token, torch.zeros(8), {"token_key": "someother", "class_id": "0"}))
     with pytest.raises(ValueError, match="token_key='someother'"):
         export_bundle(store, records, "run-2")
+
+
+def test_load_stored_token_detects_corrupt_and_foreign_files(store):
+    meta = {"token_key": "tk0001", "class_id": "1", "dataset": "toy"}
+    good = token_file_bytes("<dct-toy-00001>", torch.ones(4), meta)
+    store.write_token("toy", "tk0001", 1, good)
+    token, vec, _ = load_stored_token(store, "toy", "tk0001", 1, "<dct-toy-00001>")
+    assert token == "<dct-toy-00001>" and torch.equal(vec, torch.ones(4))
+
+    store.write_token("toy", "tk0001", 1, good[:-3])  # truncated
+    with pytest.raises(ValueError, match="unreadable"):
+        load_stored_token(store, "toy", "tk0001", 1)
+    store.write_token("toy", "tk0001", 1, good)
+    with pytest.raises(ValueError, match="expected '<dct-toy-00002>'"):
+        load_stored_token(store, "toy", "tk0001", 1, "<dct-toy-00002>")
+    store.write_token("toy", "tk0001", 2, good)  # copied to another class's location
+    with pytest.raises(ValueError, match="class_id='1'"):
+        load_stored_token(store, "toy", "tk0001", 2)
+    with pytest.raises(FileNotFoundError):
+        load_stored_token(store, "toy", "tk0001", 3)
