@@ -157,7 +157,7 @@ def resolve_endpoint_url(storage: StorageConfig | None = None, environ: Mapping[
     """S3 endpoint: ``StorageConfig.endpoint_url``, else ``$AWS_ENDPOINT_URL_S3``, else ``$AWS_ENDPOINT_URL``.
 
     botocore >= 1.31 reads these variables itself (verified with s3fs 2026.9 against a moto server, see
-    tests/store/test_s3_endpoint.py); we still pass the endpoint explicitly so that behaviour does not
+    tests/store/test_store_s3.py); we still pass the endpoint explicitly so that behaviour does not
     depend on the botocore version or on a shared AWS config file.
     """
     if storage is not None and storage.endpoint_url:
