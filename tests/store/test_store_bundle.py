@@ -51,10 +51,11 @@ def test_bundle_loads_with_one_call_and_identical_embeddings(store, make_record,
     tiny_pipe.encode_prompt("A photo of <dct-toy-00003> and <dct-toy-00011>", "cpu", 1, False)
 
 
-def test_documented_raw_snippet_without_dct(store, make_record, tmp_path):
+def test_documented_raw_snippet_without_dct(s3_store, make_record, tmp_path):
     """The call the manifest and docs give users who only have the file, safetensors and diffusers."""
     from tiny import tiny_pipeline
 
+    store = s3_store
     pipe = tiny_pipeline(tmp_path)
     dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     records, vectors = _store_tokens(store, make_record, dim)
