@@ -282,3 +282,44 @@ def eval_key(config: RunConfig, tkey: str, evaluator_revision: ResolvedRevision 
             "evaluator_revision": evaluator_revision,
         }
     )
+
+
+class RunOverrides(_Frozen):
+    """Flow-parameter overrides of a dataset's method settings (Prefect validates them; None = keep).
+
+    Model ids are deliberately absent: models are decided by the dataset (registry or dataset file),
+    so a run's table rows always name the models that a dataset means.
+    """
+
+    max_epochs: PositiveInt | None = Field(default=None, description="upper bound on updates per class")
+    images_per_epoch: PositiveInt | None = Field(default=None, description="images per update")
+    grad_steps: PositiveInt | None = Field(default=None, description="final UNet evaluations with gradients")
+    micro_batch_size: PositiveInt | None = Field(default=None, description="images per forward/backward")
+    num_inference_steps: PositiveInt | None = Field(default=None, description="denoising steps")
+    guidance_scale: float | None = Field(default=None, ge=1.0, description="classifier-free guidance scale")
+    lr: PositiveFloat | None = Field(default=None, description="token learning rate (see OptimizerConfig.lr_scale)")
+    num_samples: PositiveInt | None = Field(default=None, description="evaluation images per class and variant")
+    eval_batch_size: PositiveInt | None = Field(default=None, description="images per evaluation batch")
+    sample_format: Literal["png", "jpeg", "none"] | None = Field(default=None, description="stored sample format")
+
+    def apply(self, config: RunConfig) -> RunConfig:
+        """A new, re-validated RunConfig with these overrides (the input is never mutated)."""
+        data = config.model_dump()
+        sections = {
+            "training": {
+                "max_epochs": self.max_epochs,
+                "images_per_epoch": self.images_per_epoch,
+                "grad_steps": self.grad_steps,
+                "micro_batch_size": self.micro_batch_size,
+            },
+            "sampler": {"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale},
+            "optimizer": {"lr": self.lr},
+            "evaluation": {
+                "num_samples": self.num_samples,
+                "batch_size": self.eval_batch_size,
+                "sample_format": self.sample_format,
+            },
+        }
+        for section, values in sections.items():
+            data[section].update({k: v for k, v in values.items() if v is not None})
+        return RunConfig.model_validate(data)

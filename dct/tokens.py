@@ -54,7 +54,8 @@ def add_placeholder_token(tokenizer, text_encoder, token: str, initializer_token
     token_id = int(tokenizer.convert_tokens_to_ids(token))
     emb = text_encoder.get_input_embeddings()
     if token_id >= emb.weight.shape[0]:
-        text_encoder.resize_token_embeddings(len(tokenizer))
+        # mean_resizing=False: the row is overwritten below, and the default computes a V×D covariance.
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         emb = text_encoder.get_input_embeddings()
     with torch.no_grad():
         emb.weight[token_id] = emb.weight[init_ids[0]]

@@ -183,3 +183,71 @@ def tiny_run_config(**training):
         training=TrainingConfig(**{"images_per_epoch": 3, "max_epochs": 6, **training}),
         evaluation=EvaluationConfig(num_samples=4, seed=1000),
     )
+
+
+TINY_CLASSES = ("red circle", "blue square", "green triangle", "small dog")
+
+
+def save_tiny_world(directory: Path, *, max_epochs: int = 2, num_samples: int = 4) -> Path:
+    """A user-defined dataset on disk: tiny pipeline + tiny timm classifier + a TOML dataset file.
+
+    Returns the dataset file's path; it goes through exactly the loaders that real models use.
+    """
+    import timm
+    from timm.models._hub import save_for_hf
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pipe = tiny_pipeline(directory / "build")
+    pipe.save_pretrained(directory / "pipeline")
+    torch.manual_seed(1)
+    clf = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=len(TINY_CLASSES),
+        img_size=16,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+    ).eval()
+    save_for_hf(
+        clf, str(directory / "guide"), model_config={"label_names": list(TINY_CLASSES)}, safe_serialization=True
+    )
+    names = ", ".join(f'"{n}"' for n in TINY_CLASSES)
+    path = directory / "tiny.toml"
+    path.write_text(
+        f"""name = "tiny"
+description = "tiny random-weight world for tests"
+class_names = [{names}]
+[classifier]
+kind = "local"
+model_id = "./guide"
+licence = "test-only"
+[classifier.preprocess]
+resize = 16
+crop = 16
+mean = [0.5, 0.5, 0.5]
+std = [0.5, 0.5, 0.5]
+[diffusion]
+model_id = "./pipeline"
+dtype = "float32"
+licence = "test-only"
+[sampler]
+scheduler = "ddim"
+num_inference_steps = 3
+guidance_scale = 3.0
+timestep_spacing = "trailing"
+[optimizer]
+lr = 0.2
+lr_scale = "token_norm"
+[training]
+images_per_epoch = 3
+max_epochs = {max_epochs}
+[evaluation]
+num_samples = {num_samples}
+seed = 1000
+batch_size = 4
+fid_features = "none"
+"""
+    )
+    return path

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-import torch
+from dct.runner import resolve_device  # noqa: F401 - re-exported for the subcommands
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda:0, ...")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    return device
+    parser.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda:0, ..."
+    )
 
 
 def positive_int(text: str) -> int:

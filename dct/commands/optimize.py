@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Optimise one class token of a dataset (default: the embedded toy world) and save it as "
         "safetensors loadable by diffusers' load_textual_inversion.",
     )
-    p.add_argument("--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy")
+    p.add_argument(
+        "--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy"
+    )
     p.add_argument("--class", dest="class_", required=True, help="class id (0-based) or exact class name")
     p.add_argument("--pipeline", help="diffusion model: hub id or local pipeline directory (overrides the dataset's)")
     p.add_argument("--revision", help="hub revision of --pipeline")
@@ -46,19 +48,33 @@ def run(args: argparse.Namespace) -> int:
     spec = get_dataset(args.dataset)
     ids = select_classes(spec, args.class_)
     if len(ids) != 1:
-        raise ValueError(f"--class {args.class_!r} selects {len(ids)} classes; `dct optimize` takes one (use `dct run`)")
+        raise ValueError(
+            f"--class {args.class_!r} selects {len(ids)} classes; `dct optimize` takes one (use `dct run`)"
+        )
     class_id = ids[0]
     config = spec.run_config()
     updates: dict = {}
     if args.pipeline:
-        updates["diffusion"] = config.diffusion.model_copy(update={"model_id": args.pipeline, "revision": args.revision})
+        updates["diffusion"] = config.diffusion.model_copy(
+            update={"model_id": args.pipeline, "revision": args.revision}
+        )
     if args.classifier or args.classifier_kind:
         updates["classifier"] = config.classifier.model_copy(
-            update={"model_id": args.classifier or config.classifier.model_id,
-                    "kind": args.classifier_kind or config.classifier.kind, "preprocess": None}
+            update={
+                "model_id": args.classifier or config.classifier.model_id,
+                "kind": args.classifier_kind or config.classifier.kind,
+                "preprocess": None,
+            }
         )
-    training = {k: v for k, v in (("max_epochs", args.max_epochs), ("micro_batch_size", args.micro_batch_size),
-                                  ("grad_steps", args.grad_steps)) if v is not None}
+    training = {
+        k: v
+        for k, v in (
+            ("max_epochs", args.max_epochs),
+            ("micro_batch_size", args.micro_batch_size),
+            ("grad_steps", args.grad_steps),
+        )
+        if v is not None
+    }
     if training:
         updates["training"] = config.training.model_copy(update=training)
     if updates:
@@ -68,22 +84,34 @@ def run(args: argparse.Namespace) -> int:
     loaded_pipe = load_pipeline(config.diffusion, device)
     loaded_clf = load_classifier(config.classifier, device)
     result = optimize_token(
-        loaded_pipe.pipe, loaded_clf.classifier, class_id=class_id, class_name=spec.class_names[class_id],
-        config=config, device=device, progress=args.progress,
+        loaded_pipe.pipe,
+        loaded_clf.classifier,
+        class_id=class_id,
+        class_name=spec.class_names[class_id],
+        config=config,
+        device=device,
+        progress=args.progress,
     )
     tkey = token_key(config, loaded_pipe.resolved_revision, loaded_clf.resolved_revision)
     metadata = build_token_metadata(
-        config, result, token_key=tkey, diffusion_revision=loaded_pipe.resolved_revision,
+        config,
+        result,
+        token_key=tkey,
+        diffusion_revision=loaded_pipe.resolved_revision,
         classifier_revision=loaded_clf.resolved_revision,
     )
     save_token(out, result.token, result.vector, metadata)
     best_acc = result.accuracies[result.best_epoch] if result.best_epoch >= 0 else float("nan")
     print(f"class {class_id} ({spec.class_names[class_id]}): token {result.token}")
-    print(f"  stop: {result.stop_reason} after {result.epochs} epochs; best epoch {result.best_epoch}: "
-          f"loss {result.best_loss:.4f}, guide accuracy {best_acc:.2f}; {result.seconds:.1f}s")
+    print(
+        f"  stop: {result.stop_reason} after {result.epochs} epochs; best epoch {result.best_epoch}: "
+        f"loss {result.best_loss:.4f}, guide accuracy {best_acc:.2f}; {result.seconds:.1f}s"
+    )
     if result.message:
         print(f"  note: {result.message}")
     print(f"  token file: {out}  (token_key {tkey})")
-    print(f"  use it: pipe.load_textual_inversion({str(out)!r}); prompt \"A photo of {result.token} "
-          f"{spec.class_names[class_id]}\"")
+    print(
+        f'  use it: pipe.load_textual_inversion({str(out)!r}); prompt "A photo of {result.token} '
+        f'{spec.class_names[class_id]}"'
+    )
     return 0

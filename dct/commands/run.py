@@ -1,0 +1,118 @@
+"""`dct run`: the `dct` flow in-process (toy by default, local store by default)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dct.commands.common import add_device_argument, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the dct flow locally: optimise, evaluate and publish a dataset's class tokens",
+        description="Runs the `dct` Prefect flow in this process. With PREFECT_API_URL unset, Prefect starts a "
+        "temporary local API for the run (no server to manage); set PREFECT_API_URL to record runs on a server.",
+    )
+    p.add_argument("--dataset", default="toy", help="registered dataset or dataset file (default: toy)")
+    p.add_argument("--classes", default="all", help='"all", ids "0,3", a range "0-99", or names (default: all)')
+    p.add_argument("--store", help="store root URI (default: $DCT_STORE, else ./dct-store)")
+    p.add_argument("--force", action="store_true", help="re-optimise classes that are already finished")
+    p.add_argument("--shard-size", type=positive_int, default=16, help="classes per shard (default 16)")
+    p.add_argument("--max-classes", type=positive_int, help="do at most this many classes (after skipping finished)")
+    p.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.0,
+        help="share of failed classes tolerated before the run is marked Failed (default 0)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="preflight + plan only: print what would run and its cost")
+    p.add_argument("--max-epochs", type=positive_int, help="override: upper bound on updates per class")
+    p.add_argument("--num-samples", type=positive_int, help="override: evaluation images per class and variant")
+    p.add_argument("--micro-batch-size", type=positive_int, help="override: images per forward/backward")
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dct.cli import UserError
+
+    if not 0.0 <= args.max_failed_fraction <= 1.0:
+        raise UserError(f"--max-failed-fraction {args.max_failed_fraction!r} must be within [0, 1]")
+    try:
+        from flows.dct_flow import dct
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("prefect"):
+            raise UserError("`dct run` needs Prefect: pip install -e '.[orchestration]'") from None
+        raise
+    from dct.config import RunOverrides
+    from dct.datasets import get_dataset, select_classes
+    from dct.results import new_run_id
+    from dct.runner import resolve_device
+
+    # Cheap validation before Prefect starts, so typos fail in milliseconds with one line.
+    resolve_device(args.device)
+    spec = get_dataset(args.dataset)
+    select_classes(spec, args.classes)
+    overrides = RunOverrides(
+        max_epochs=args.max_epochs, num_samples=args.num_samples, micro_batch_size=args.micro_batch_size
+    )
+    run_id = new_run_id()
+    state = dct(
+        dataset=args.dataset,
+        classes=args.classes,
+        force=args.force,
+        store=args.store,
+        shard_size=args.shard_size,
+        max_classes=args.max_classes,
+        max_failed_fraction=args.max_failed_fraction,
+        overrides=overrides,
+        dry_run=args.dry_run,
+        device=args.device,
+        run_id=run_id,
+        return_state=True,
+    )
+    if args.dry_run:
+        if state.is_failed():
+            raise UserError(_failure_text(state))
+        for line in state.result()["plan"]:
+            print(line)
+        print("dry run: nothing was optimised")
+        return 0
+    return _print_outcome(args, spec.name, state, run_id)
+
+
+def _failure_text(state) -> str:
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the flow's own error, shown as one line
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return state.message or "the flow failed"
+
+
+def _print_outcome(args: argparse.Namespace, dataset: str, state, run_id: str) -> int:
+    from dct.results import read_run_record
+    from dct.store import open_store
+
+    store = open_store(args.store)
+    run = read_run_record(store, dataset, run_id)
+    if run is None:
+        # Failed before publishing (preflight): nothing was written.
+        print(f"dct run: error: {_failure_text(state)}")
+        return 2 if state.is_failed() else 0
+    print(f"run {run.run_id} on dataset {run.dataset}: {run.status}")
+    print(
+        f"  classes: {run.classes_done} done, {run.classes_diverged} diverged, {run.classes_failed} failed, "
+        f"{run.classes_skipped} skipped (already finished)"
+    )
+    print(f"  tokens:  {store.uri('tokens', run.dataset, run.token_key)}")
+    print(f"  bundle:  {run.bundle_uri}")
+    print(f"  results: {store.results_uri('classes')}  and  {store.results_uri('runs')}")
+    print(f"  report:  {run.report_uri or 'not generated in this build'}")
+    print(f'  read:    python -c "from dct.results import read_results; print(read_results({store.root!r}))"')
+    if state.is_failed():
+        print(f"dct run: {_failure_text(state)}")
+        return 1
+    print(json.dumps({"run_id": run.run_id, "status": run.status}))
+    return 0

@@ -1,0 +1,121 @@
+"""Publishing a run: read the per-class records back from the store, write the Parquet tables and the
+token export bundle, and the run record. The parent never trusts in-memory results from workers: the
+store is the only channel between them (DESIGN, "Data flow").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from dct.bundle import export_bundle
+from dct.config import RunConfig, canonical_json
+from dct.plan import RunPlan
+from dct.results import (
+    ClassRecord,
+    Provenance,
+    RunRecord,
+    class_records_for,
+    library_versions,
+    read_class_record,
+    write_class_table,
+    write_run_record,
+)
+from dct.store import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutcome:
+    run: RunRecord
+    records: list[ClassRecord]  # this run's records (done, diverged or failed), by class id
+    missing: list[int]  # planned classes that left no record at all (e.g. a killed worker)
+
+    @property
+    def failed_ids(self) -> list[int]:
+        return sorted([r.class_id for r in self.records if r.status == "failed"] + self.missing)
+
+    @property
+    def attempted(self) -> int:
+        return len(self.records) + len(self.missing)
+
+
+def _parent_provenance(config: RunConfig, plan: RunPlan) -> Provenance:
+    ev = config.evaluation.evaluator
+    versions = library_versions()
+    return Provenance(
+        diffusion_model_id=config.diffusion.model_id,
+        diffusion_revision=plan.revisions.diffusion,
+        diffusion_licence=config.diffusion.licence,
+        classifier_model_id=f"{config.classifier.kind}:{config.classifier.model_id}",
+        classifier_revision=plan.revisions.classifier,
+        classifier_licence=config.classifier.licence,
+        evaluator_model_id=f"{ev.kind}:{ev.model_id}" if ev else None,
+        evaluator_revision=plan.revisions.evaluator,
+        evaluator_licence=ev.licence if ev else None,
+        dct_version=versions.pop("dct_version"),
+        **versions,
+        device="none (no class processed)",
+        dtype="n/a",
+    )
+
+
+def publish_run(
+    store: ArtifactStore,
+    config: RunConfig,
+    plan: RunPlan,
+    *,
+    started_at: dt.datetime,
+    pooled: dict | None = None,
+    report_uri: str | None = None,
+) -> RunOutcome:
+    """Write this run's class table, the export bundle of all finished classes and the run record.
+
+    Args:
+        pooled: pooled distribution metrics (RunRecord fields such as ``fid_dct``), if computed.
+    """
+    records = class_records_for(store, plan.dataset, plan.eval_key, plan.todo, plan.run_id)
+    seen = {r.class_id for r in records}
+    missing = [c for c in plan.todo if c not in seen]
+    done = [r for r in records if r.status == "done"]
+    diverged = [r for r in records if r.status == "diverged"]
+    failed = len(records) - len(done) - len(diverged) + len(missing)
+
+    # The bundle holds every finished class of the selection, also those finished by earlier runs.
+    finished = [rec for c in plan.selected if (rec := read_class_record(store, plan.dataset, plan.eval_key, c))]
+    bundle_uri = export_bundle(store, finished, plan.run_id)[0] if any(r.status == "done" for r in finished) else None
+
+    status = "failed" if failed and not (done or diverged) else "partial" if failed else "done"
+    run = RunRecord(
+        run_id=plan.run_id,
+        dataset=plan.dataset,
+        status=status,
+        token_key=plan.token_key,
+        eval_key=plan.eval_key,
+        classes_planned=len(plan.todo),
+        classes_done=len(done),
+        classes_skipped=len(plan.skipped),
+        classes_failed=failed,
+        classes_diverged=len(diverged),
+        seconds=(dt.datetime.now(dt.UTC) - started_at).total_seconds(),
+        report_uri=report_uri,
+        bundle_uri=bundle_uri,
+        config_json=canonical_json(config),
+        provenance=records[0].provenance if records else _parent_provenance(config, plan),
+        started_at=started_at,
+        finished_at=dt.datetime.now(dt.UTC),
+        **(pooled or {}),
+    )
+    write_class_table(store, run, records)
+    write_run_record(store, run)
+    logger.info(
+        "run %s: %d done, %d diverged, %d failed, %d skipped",
+        plan.run_id,
+        len(done),
+        len(diverged),
+        failed,
+        len(plan.skipped),
+    )
+    return RunOutcome(run=run, records=sorted(records, key=lambda r: r.class_id), missing=missing)

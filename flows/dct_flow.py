@@ -1,0 +1,147 @@
+"""The `dct` flow: preflight → plan → shards → publish. Deployed as `dct/optimize-all`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from dct.config import RunOverrides
+from flows.shard import dct_shard
+from tasks.plan import preflight_and_plan
+from tasks.publish import write_results
+
+
+class RunFailedError(RuntimeError):
+    """More classes failed than ``max_failed_fraction`` allows; the summary lists them."""
+
+
+def dataset_label(dataset: str) -> str:
+    """A dataset parameter for names: the registry name, or a dataset file's stem."""
+    return Path(dataset).stem if dataset.endswith((".toml", ".yaml", ".yml")) else dataset
+
+
+def _run_name() -> str:
+    p = flow_run.parameters
+    classes = p.get("classes", "all")
+    text = ",".join(map(str, classes)) if isinstance(classes, list) else str(classes)
+    return f"dct-{dataset_label(str(p.get('dataset')))}-{text}"[:100]
+
+
+@flow(name="dct", flow_run_name=_run_name)
+def dct(
+    dataset: str,
+    classes: str | int | list[str | int] = "all",
+    force: bool = False,
+    store: str | None = None,
+    shard_size: int = 16,
+    max_classes: int | None = None,
+    max_failed_fraction: float = 0.0,
+    overrides: RunOverrides | None = None,
+    dry_run: bool = False,
+    device: str = "auto",
+    mode: Literal["local", "deployment"] = "local",
+    run_id: str | None = None,
+) -> dict:
+    """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
+    from dct.plan import build_config
+    from dct.results import new_run_id
+
+    logger = get_run_logger()
+    if not 0.0 <= max_failed_fraction <= 1.0:
+        raise ValueError(f"max_failed_fraction={max_failed_fraction!r} must be within [0, 1]")
+    if mode != "local":
+        raise ValueError(f"mode={mode!r} is not available in this build; use mode='local'")
+    started_at = dt.datetime.now(dt.UTC)
+    run_id = run_id or new_run_id(started_at)
+    plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id)
+    for line in plan.summary_lines():
+        logger.info(line)
+    if dry_run:
+        return {
+            "run_id": run_id,
+            "dry_run": True,
+            "plan": plan.summary_lines(),
+            "todo": plan.todo,
+            "skipped": plan.skipped,
+            "shards": plan.shards,
+        }
+
+    for shard in plan.shards:
+        # Local mode: each shard is an in-process child flow run (the deployment mode submits them to GPU workers).
+        dct_shard(
+            dataset=dataset,
+            class_ids=shard,
+            run_id=run_id,
+            store=plan.store_root,
+            force=force,
+            overrides=overrides,
+            device=device,
+        )
+
+    _, config = build_config(dataset, overrides, plan.store_root)
+    outcome = write_results(config, plan, started_at)
+    run = outcome.run
+    _publish_artifacts(plan.dataset, plan, outcome)
+    summary = {
+        "run_id": run_id,
+        "dataset": plan.dataset,
+        "status": run.status,
+        "store": plan.store_root,
+        "done": run.classes_done,
+        "diverged": run.classes_diverged,
+        "failed": run.classes_failed,
+        "skipped": run.classes_skipped,
+        "failed_classes": outcome.failed_ids,
+        "bundle_uri": run.bundle_uri,
+        "token_key": plan.token_key,
+        "eval_key": plan.eval_key,
+    }
+    fraction = outcome.failed_ids and len(outcome.failed_ids) / outcome.attempted
+    if fraction and fraction > max_failed_fraction:
+        raise RunFailedError(
+            f"{len(outcome.failed_ids)} of {outcome.attempted} classes failed ({fraction:.0%} > "
+            f"max_failed_fraction {max_failed_fraction:.0%}): {outcome.failed_ids}; re-run to retry only those"
+        )
+    return summary
+
+
+def _publish_artifacts(dataset: str, plan, outcome) -> None:
+    key = f"dct-{dataset}".lower().replace("_", "-")
+    rows = [
+        {
+            "class_id": r.class_id,
+            "class_name": r.class_name,
+            "status": r.status,
+            "stop_reason": r.stop_reason,
+            "epochs": r.epochs,
+            "guide_top1_baseline": r.guide_top1_baseline,
+            "guide_top1_dct": r.guide_top1_dct,
+            "evaluator_top1_baseline": r.evaluator_top1_baseline,
+            "evaluator_top1_dct": r.evaluator_top1_dct,
+            "error": r.error,
+        }
+        for r in outcome.records
+    ]
+    if rows:
+        create_table_artifact(rows, key=f"{key}-classes", description=f"per-class results of run {plan.run_id}")
+    run = outcome.run
+    failed = ", ".join(map(str, outcome.failed_ids)) or "none"
+    create_markdown_artifact(
+        "\n".join(
+            [
+                f"# DCT run {plan.run_id} — {dataset}",
+                f"- status: **{run.status}**; classes done {run.classes_done}, diverged {run.classes_diverged}, "
+                f"failed {run.classes_failed} ({failed}), skipped (already finished) {run.classes_skipped}",
+                f"- store: `{plan.store_root}`; token_key `{plan.token_key}`, eval_key `{plan.eval_key}`",
+                f"- token bundle: `{run.bundle_uri}`",
+                f"- report: `{run.report_uri}`",
+            ]
+        ),
+        key=f"{key}-summary",
+        description=f"summary of run {plan.run_id}",
+    )

@@ -1,0 +1,19 @@
+"""Publishing task: tables, bundle and run record, read back from the store."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from dct.config import RunConfig
+from dct.plan import RunPlan
+from dct.publish import RunOutcome, publish_run
+from dct.store import ArtifactStore
+
+
+@task(name="write-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])
+def write_results(config: RunConfig, plan: RunPlan, started_at: dt.datetime) -> RunOutcome:
+    """Read the per-class records back from the store; write the Parquet tables, bundle and run record."""
+    return publish_run(ArtifactStore.from_config(config.storage), config, plan, started_at=started_at)
