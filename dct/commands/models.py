@@ -51,11 +51,27 @@ def _check_labels(spec, path) -> None:
         i = bad[0]
         raise ValueError(
             f"shipped class names of {spec.name!r} differ from {spec.classifier.model_id!r}'s id2label at "
-            f"{len(bad)} ids, first id {i}: {labels[i]!r} vs {spec.class_names[i]!r}; report this (class ids are the key)"
+            f"{len(bad)} ids, first id {i}: {labels[i]!r} vs {spec.class_names[i]!r}; "
+            "report this (class ids are the key)"
         )
 
 
 def pull_models(args: argparse.Namespace) -> int:
+    from dct.classifiers import ModelNotAvailableError
+
+    try:
+        return _pull(args)
+    except ModelNotAvailableError as exc:
+        if exc.model_id is None:
+            raise
+        raise ValueError(
+            f"cannot download {exc.model_id!r}: the hub is unreachable or HF_HUB_OFFLINE=1 is set; run this "
+            "command where https://huggingface.co is reachable (HTTPS_PROXY / HF_ENDPOINT for mirrors), with the "
+            "HF_HOME the workers use"
+        ) from None
+
+
+def _pull(args: argparse.Namespace) -> int:
     from dct.classifiers import fetch_classifier_files, hub_snapshot, is_local_path, snapshot_revision
     from dct.config import DiffusionConfig
     from dct.datasets import INAT_CLASSIFIER, get_dataset
