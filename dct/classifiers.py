@@ -487,3 +487,12 @@ def fetch_classifier_files(config: ClassifierConfig, *, local_files_only: bool |
         refuse_pickles(path)
         return path
     return None
+
+
+def classifier_revision(config: ClassifierConfig, *, local_files_only: bool | None = None) -> str | None:
+    """The resolved revision of a classifier without loading its weights into memory (for keys and plans).
+
+    Returns None for kinds that are not hub/directory-backed (e.g. ``toy``): load those to learn theirs.
+    """
+    path = fetch_classifier_files(config, local_files_only=local_files_only)
+    return snapshot_revision(path) if path is not None else None
