@@ -270,6 +270,19 @@ def _resolve_presets(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _base_spec(base: str, class_names: list[str] | None) -> DatasetSpec:
+    """The built-in dataset a file extends; a file that brings its own class names can extend ``inat``
+    without the classifier's config in the cache (the names are what that config would provide)."""
+    from dct.classifiers import ModelNotAvailableError
+
+    try:
+        return get_dataset(base)
+    except (ModelNotAvailableError, ValueError):
+        if base == "inat" and class_names:
+            return _inat_with_names(tuple(class_names))
+        raise
+
+
 def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -313,7 +326,7 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
     if base is not None:
         if is_dataset_file(str(base)):
             raise ValueError(f"base={base!r} must be a registered dataset name, not a file")
-        data = _deep_merge(json.loads(get_dataset(str(base)).model_dump_json()), data)
+        data = _deep_merge(json.loads(_base_spec(str(base), data.get("class_names")).model_dump_json()), data)
     try:
         spec = DatasetSpec.model_validate(data)
     except ValidationError as exc:
@@ -418,6 +431,11 @@ def inat_class_names(*, local_files_only: bool = True) -> list[str]:
         raise ValueError(
             f"{INAT_CLASSIFIER.model_id!r} config.json has {len(id2label)} labels, expected {INAT_NUM_CLASSES}"
         )
+    if all(re.fullmatch(r"LABEL_\d+", str(v)) for v in list(id2label.values())[:10]):
+        raise ValueError(
+            f"{INAT_CLASSIFIER.model_id!r} config.json has placeholder labels (LABEL_0, ...); give the names in a "
+            'dataset file: base = "inat" and class_names_file = "<one iNat21 name per line>"'
+        )
     return names_from_id2label(id2label, "inat")
 
 
@@ -430,12 +448,16 @@ def inat_class_names(*, local_files_only: bool = True) -> list[str]:
     },
 )
 def _inat() -> DatasetSpec:
+    return _inat_with_names(tuple(inat_class_names()))
+
+
+def _inat_with_names(class_names: tuple[str, ...]) -> DatasetSpec:
     return DatasetSpec(
         name="inat",
         description="iNaturalist 2021 (10,000 species), the paper's mean-pooled ViT-MAE classifier "
         "vesteinn/vit-mae-inat21",
         licence="iNaturalist 2021: images under their observers' licences (mostly CC BY-NC); see the iNat 2021 terms",
-        class_names=tuple(inat_class_names()),
+        class_names=class_names,
         classifier=INAT_CLASSIFIER,
         diffusion=PIPELINE_PRESETS["sd14"],
     )

@@ -160,3 +160,23 @@ def test_models_of_a_dataset_include_the_evaluator():
     ids = [m.model_id for m in spec.models()]
     assert ids == ["CompVis/stable-diffusion-v1-4", "google/vit-large-patch16-224", "convnext_base.fb_in22k_ft_in1k"]
     assert json.loads(spec.model_dump_json())["classifier"]["licence"] == "Apache-2.0"
+
+
+def test_a_file_can_extend_inat_with_its_own_names_without_the_cache(tmp_path, hf_cache):
+    names = tmp_path / "inat21.txt"
+    names.write_text("\n".join(f"Genus{i} species{i}" for i in range(10_000)))
+    f = tmp_path / "inat-named.toml"
+    f.write_text('base = "inat"\nclass_names_file = "inat21.txt"\n')
+    spec = load_dataset_file(f)
+    assert spec.num_classes == 10_000 and spec.classifier.model_id == "vesteinn/vit-mae-inat21"
+
+
+def test_placeholder_labels_in_the_inat_config_are_refused(tmp_path, hf_cache):
+    import json as _json
+
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "config.json").write_text(_json.dumps({"id2label": {str(i): f"LABEL_{i}" for i in range(10_000)}}))
+    put_in_hf_cache(cfg, hf_cache, "vesteinn/vit-mae-inat21")
+    with pytest.raises(ValueError, match="placeholder labels"):
+        inat_class_names()
