@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dct.bundle import export_bundle
@@ -19,6 +20,7 @@ from dct.results import (
     class_records_for,
     library_versions,
     read_class_record,
+    write_class_record,
     write_class_table,
     write_run_record,
 )
@@ -31,15 +33,15 @@ logger = logging.getLogger(__name__)
 class RunOutcome:
     run: RunRecord
     records: list[ClassRecord]  # this run's records (done, diverged or failed), by class id
-    missing: list[int]  # planned classes that left no record at all (e.g. a killed worker)
+    missing: list[int]  # planned classes whose worker left no record (the parent recorded them as failed)
 
     @property
     def failed_ids(self) -> list[int]:
-        return sorted([r.class_id for r in self.records if r.status == "failed"] + self.missing)
+        return sorted(r.class_id for r in self.records if r.status == "failed")
 
     @property
     def attempted(self) -> int:
-        return len(self.records) + len(self.missing)
+        return len(self.records)
 
 
 def _parent_provenance(config: RunConfig, plan: RunPlan) -> Provenance:
@@ -62,16 +64,52 @@ def _parent_provenance(config: RunConfig, plan: RunPlan) -> Provenance:
     )
 
 
+def record_missing_classes(
+    store: ArtifactStore,
+    config: RunConfig,
+    plan: RunPlan,
+    class_ids: list[int],
+    reasons: dict[int, str],
+    class_names: Sequence[str],
+) -> list[ClassRecord]:
+    """Failed-attempt records, written by the parent, for planned classes whose worker left no record."""
+    now = dt.datetime.now(dt.UTC)
+    out = []
+    for c in class_ids:
+        record = ClassRecord(
+            run_id=plan.run_id,
+            dataset=plan.dataset,
+            class_id=c,
+            class_name=class_names[c],
+            token=config.token_string(c),
+            token_key=plan.token_key,
+            eval_key=plan.eval_key,
+            status="failed",
+            error=reasons.get(c, "no record: the worker that had this class stopped without writing one"),
+            provenance=_parent_provenance(config, plan),
+            started_at=now,
+            finished_at=now,
+        )
+        write_class_record(store, record)
+        out.append(record)
+    return out
+
+
 def publish_run(
     store: ArtifactStore,
     config: RunConfig,
     plan: RunPlan,
     *,
+    class_names: Sequence[str],
     started_at: dt.datetime,
     pooled: dict | None = None,
     report_uri: str | None = None,
+    missing_reasons: dict[int, str] | None = None,
 ) -> RunOutcome:
     """Write this run's class table, the export bundle of all finished classes and the run record.
+
+    Planned classes that left no record at all (a killed worker) get a failed record written here, with
+    the reason from ``missing_reasons`` where the fan-out knows it.
 
     Args:
         pooled: pooled distribution metrics (RunRecord fields such as ``fid_dct``), if computed.
@@ -79,9 +117,10 @@ def publish_run(
     records = class_records_for(store, plan.dataset, plan.eval_key, plan.todo, plan.run_id)
     seen = {r.class_id for r in records}
     missing = [c for c in plan.todo if c not in seen]
+    records += record_missing_classes(store, config, plan, missing, missing_reasons or {}, class_names)
     done = [r for r in records if r.status == "done"]
     diverged = [r for r in records if r.status == "diverged"]
-    failed = len(records) - len(done) - len(diverged) + len(missing)
+    failed = len(records) - len(done) - len(diverged)
 
     # The bundle holds every finished class of the selection, also those finished by earlier runs.
     finished = [rec for c in plan.selected if (rec := read_class_record(store, plan.dataset, plan.eval_key, c))]

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from dct.bundle import load_stored_token
 from dct.classifiers import ImageClassifier, load_classifier
 from dct.config import RunConfig, eval_key, token_key
 from dct.optimize import build_token_metadata, fill_template, optimize_token
 from dct.results import ClassRecord, Provenance, library_versions, write_class_record
 from dct.sampling import generate
 from dct.store import ArtifactStore
-from dct.tokens import add_placeholder_token, read_token_bytes, set_token_vector, token_file_bytes
+from dct.tokens import add_placeholder_token, set_token_vector, token_file_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +146,16 @@ def eval_prompts(config: RunConfig, word: str, class_name: str) -> list[str]:
 def _reusable_token(
     store: ArtifactStore, config: RunConfig, class_id: int, tkey: str
 ) -> tuple[torch.Tensor, dict[str, str]] | None:
-    """The stored token for these keys if it is intact and really belongs to them; None → optimise."""
+    """The stored token for these keys if it is intact and provably theirs; None → (re-)optimise."""
     if not store.has_token(config.dataset, tkey, class_id):
         return None
     try:
-        token, vector, meta = read_token_bytes(store.read_token(config.dataset, tkey, class_id))
+        _, vector, meta = load_stored_token(store, config.dataset, tkey, class_id, config.token_string(class_id))
     except ValueError as exc:
-        logger.warning("class %d: stored token is unreadable (%s); re-optimising", class_id, exc)
+        logger.warning("class %d: %s; re-optimising", class_id, exc)
         return None
-    expected = config.token_string(class_id)
-    if token != expected or meta.get("token_key") != tkey or meta.get("class_id") != str(class_id):
-        logger.warning("class %d: stored token's metadata does not match token_key %s; re-optimising", class_id, tkey)
+    if meta.get("token_key") != tkey:  # a file without our metadata is not provably ours
+        logger.warning("class %d: stored token lacks token_key %s in its metadata; re-optimising", class_id, tkey)
         return None
     return vector, meta
 

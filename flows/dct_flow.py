@@ -45,6 +45,7 @@ def dct(
     dry_run: bool = False,
     device: str = "auto",
     mode: Literal["local", "deployment"] = "local",
+    shard_timeout_minutes: float | None = None,
     run_id: str | None = None,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
@@ -54,8 +55,8 @@ def dct(
     logger = get_run_logger()
     if not 0.0 <= max_failed_fraction <= 1.0:
         raise ValueError(f"max_failed_fraction={max_failed_fraction!r} must be within [0, 1]")
-    if mode != "local":
-        raise ValueError(f"mode={mode!r} is not available in this build; use mode='local'")
+    if shard_timeout_minutes is not None and shard_timeout_minutes <= 0:
+        raise ValueError(f"shard_timeout_minutes={shard_timeout_minutes!r} must be positive (or None = estimated)")
     started_at = dt.datetime.now(dt.UTC)
     run_id = run_id or new_run_id(started_at)
     plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id)
@@ -71,20 +72,22 @@ def dct(
             "shards": plan.shards,
         }
 
-    for shard in plan.shards:
-        # Local mode: each shard is an in-process child flow run (the deployment mode submits them to GPU workers).
-        dct_shard(
-            dataset=dataset,
-            class_ids=shard,
-            run_id=run_id,
-            store=plan.store_root,
-            force=force,
-            overrides=overrides,
-            device=device,
-        )
+    spec, config = build_config(dataset, overrides, plan.store_root)
+    shard_params = {
+        "dataset": dataset,
+        "store": plan.store_root,
+        "force": force,
+        "device": device,
+        "overrides": overrides.model_dump(mode="json") if overrides else None,
+    }
+    missing_reasons: dict[int, str] = {}
+    if mode == "deployment" and plan.shards:
+        missing_reasons = _fan_out(plan, config, shard_params, run_id, shard_timeout_minutes)
+    else:
+        for shard in plan.shards:  # local: each shard is an in-process child flow run
+            dct_shard(class_ids=shard, run_id=run_id, **{**shard_params, "overrides": overrides})
 
-    _, config = build_config(dataset, overrides, plan.store_root)
-    outcome = write_results(config, plan, started_at)
+    outcome = write_results(config, plan, list(spec.class_names), started_at, missing_reasons)
     run = outcome.run
     _publish_artifacts(plan.dataset, plan, outcome)
     summary = {
@@ -108,6 +111,38 @@ def dct(
             f"max_failed_fraction {max_failed_fraction:.0%}): {outcome.failed_ids}; re-run to retry only those"
         )
     return summary
+
+
+def _fan_out(plan, config, shard_params: dict, run_id: str, shard_timeout_minutes: float | None) -> dict[int, str]:
+    """Deployment mode: shards as child runs of `dct-shard/gpu`; records come back through the store."""
+    from dct.plan import estimate_work
+    from dct.store import ArtifactStore
+    from flows.fanout import run_shards_on_workers
+
+    store = ArtifactStore.from_config(config.storage)
+    if store.is_local:
+        raise ValueError(
+            f"store {store.root!r} is a local directory; in deployment mode the GPU workers and the parent share "
+            "only the store, so use an S3-compatible store (DCT_STORE=s3://bucket/prefix)"
+        )
+    if shard_timeout_minutes is not None:
+        timeout_s = shard_timeout_minutes * 60
+    else:  # generous: twice the upper-bound estimate of the largest shard, at least 30 minutes
+        largest = max(len(s) for s in plan.shards)
+        timeout_s = max(1800.0, 2 * 3600 * estimate_work(config, largest)["gpu_hours_upper"])
+
+    def unfinished(class_ids: list[int]) -> list[int]:
+        done = store.finished_class_ids(plan.dataset, plan.eval_key, class_ids)
+        return [c for c in class_ids if c not in done]
+
+    return run_shards_on_workers(
+        plan.shards,
+        run_id=run_id,
+        shard_params=shard_params,
+        dataset_label=plan.dataset,
+        shard_timeout_s=timeout_s,
+        unfinished=unfinished,
+    )
 
 
 def _publish_artifacts(dataset: str, plan, outcome) -> None:

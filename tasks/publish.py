@@ -14,6 +14,19 @@ from dct.store import ArtifactStore
 
 
 @task(name="write-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])
-def write_results(config: RunConfig, plan: RunPlan, started_at: dt.datetime) -> RunOutcome:
+def write_results(
+    config: RunConfig,
+    plan: RunPlan,
+    class_names: list[str],
+    started_at: dt.datetime,
+    missing_reasons: dict[int, str] | None = None,
+) -> RunOutcome:
     """Read the per-class records back from the store; write the Parquet tables, bundle and run record."""
-    return publish_run(ArtifactStore.from_config(config.storage), config, plan, started_at=started_at)
+    return publish_run(
+        ArtifactStore.from_config(config.storage),
+        config,
+        plan,
+        class_names=class_names,
+        started_at=started_at,
+        missing_reasons=missing_reasons,
+    )
