@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import logging
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py helpers
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server's per-request access log
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +30,41 @@ def tiny_clf():
     from tiny import tiny_classifier
 
     return tiny_classifier()
+
+
+# ---- a REAL S3-compatible HTTP server (moto) on loopback; the client is never patched in-process
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_endpoint, monkeypatch, tmp_path):
+    """Standard AWS variables pointing at the moto server (inherited by subprocesses started by the test)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    return moto_endpoint
+
+
+@pytest.fixture
+def s3_bucket(aws_env):
+    """A fresh bucket per test (test setup, not product code)."""
+    import boto3
+
+    name = f"dct-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=aws_env).create_bucket(Bucket=name)
+    return name

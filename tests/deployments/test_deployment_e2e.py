@@ -1,0 +1,153 @@
+"""End to end against a real Prefect server (SQLite, loopback), real workers and a real S3 server (moto).
+
+From a clean checkout: the setup script creates the pools and deployments; one worker on the cpu pool
+and two on the gpu pool (limit 2 = "two GPUs"); `prefect deployment run dct/optimize-all ... --watch`
+exits 0 and fills the bucket; an identical second run optimises nothing but still publishes a run row;
+a run with a failing class exits non-zero. Every process started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from procs import Processes, free_port, http_ok, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, moto_endpoint):
+    import boto3
+
+    base = tmp_path_factory.mktemp("cluster")
+    bucket = "dct-e2e"
+    port = free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "DCT_"))
+    } | {
+        "PREFECT_HOME": str(base / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "AWS_ACCESS_KEY_ID": "e2e-key-id",
+        "AWS_SECRET_ACCESS_KEY": "e2e-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": moto_endpoint,
+        "AWS_CONFIG_FILE": str(base / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(base / "no-aws-credentials"),
+        "DCT_STORE": f"s3://{bucket}/prod",
+        "DCT_CODE_DIR": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    boto3.client(
+        "s3", endpoint_url=moto_endpoint, aws_access_key_id="e2e-key-id", aws_secret_access_key="e2e-secret-key",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    procs = Processes(base, env)
+    try:
+        procs.start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), 120, "the Prefect server",)
+        setup = procs.run(["bash", "deployments/setup.sh", "--gpus", "2"], timeout=300, cwd=ROOT)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        procs.start("worker-cpu", ["prefect", "worker", "start", "--pool", "cpu", "--name", "cpu-0"], cwd=base)
+        for i in range(2):
+            procs.start(f"worker-gpu-{i}", ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1",
+                                            "--name", f"gpu-{i}"], cwd=base)
+        yield procs, bucket
+    finally:
+        procs.stop_all()
+
+
+def _deployment_run(procs: Processes, params: dict) -> tuple[int, str]:
+    out = procs.run(
+        ["prefect", "deployment", "run", "dct/optimize-all", "--params", json.dumps(params), "--watch",
+         "--watch-timeout", "900"],
+        timeout=960,
+    )
+    return out.returncode, out.stdout + out.stderr
+
+
+def _logs(procs: Processes) -> str:
+    return "\n".join(f"--- {n}\n{procs.log(n)[-3000:]}" for n in ("worker-cpu", "worker-gpu-0", "worker-gpu-1"))
+
+
+def test_deployment_runs_end_to_end(cluster, tiny_world_files):
+    procs, bucket = cluster
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
+    )
+    good, bad = tiny_world_files
+    params = {"dataset": str(good), "classes": [0, 1], "shard_size": 1}
+
+    # The deployment has no default dataset and an inactive nightly schedule per dataset.
+    inspect = procs.run(["prefect", "deployment", "inspect", "dct/optimize-all", "--output", "json"], timeout=60)
+    assert inspect.returncode == 0, inspect.stderr
+    info = json.loads(inspect.stdout)
+    assert "dataset" not in (info.get("parameters") or {})
+    assert info["schedules"] and all(not s["active"] for s in info["schedules"])
+    assert {s["schedule"]["cron"] for s in info["schedules"]} >= {"0 2 * * *"}
+    assert info["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $DCT_CODE_DIR }}"
+
+    code, out = _deployment_run(procs, params)
+    assert code == 0, out + _logs(procs)
+    root = f"{bucket}/prod"
+    assert len(fs.glob(f"{root}/tokens/tiny/*/*.safetensors")) == 2
+    assert len(fs.glob(f"{root}/records/tiny/*/*.json")) == 2
+    assert fs.glob(f"{root}/samples/tiny/*/*/dct/*.png")
+    assert fs.glob(f"{root}/results/classes/dataset=tiny/*/*.parquet")
+
+    # The two shards ran at the same time on the two gpu workers, never more than the pool's limit.
+    spans = _shard_spans(procs)
+    assert len(spans) == 2, spans
+    (s0, e0), (s1, e1) = spans
+    assert max(s0, s1) < min(e0, e1), f"shards did not overlap: {spans}"
+
+    # Same parameters again: nothing to optimise, still a published run row.
+    tokens_before = {p: fs.info(p)["LastModified"] for p in fs.glob(f"{root}/tokens/tiny/*/*.safetensors")}
+    code, out = _deployment_run(procs, params)
+    assert code == 0, out + _logs(procs)
+    fs.invalidate_cache()
+    assert {p: fs.info(p)["LastModified"] for p in fs.glob(f"{root}/tokens/tiny/*/*.safetensors")} == tokens_before
+    assert len(fs.glob(f"{root}/results/runs/dataset=tiny/*/*.parquet")) == 2
+
+    # A class that fails (its prompt does not fit the text encoder): --watch exits non-zero.
+    code, out = _deployment_run(procs, {"dataset": str(bad), "classes": [0, 1], "shard_size": 2})
+    assert code != 0, out
+
+
+def _shard_spans(procs: Processes) -> list[tuple[float, float]]:
+    code = (
+        "import json; from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    d = c.read_deployment_by_name('dct-shard/gpu')\n"
+        "    runs = [r for r in c.read_flow_runs() if r.deployment_id == d.id]\n"
+        "    print(json.dumps([[r.start_time.timestamp(), r.end_time.timestamp()] for r in runs if r.end_time]))\n"
+    )
+    out = procs.run([sys.executable, "-c", code], timeout=60)
+    assert out.returncode == 0, out.stderr
+    return sorted(tuple(x) for x in json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def tiny_world_files(tmp_path_factory):
+    from tiny import TINY_CLASSES, save_tiny_world
+
+    good = save_tiny_world(tmp_path_factory.mktemp("world"))
+    long_name = " ".join(["photo"] * 30)  # longer than the tiny text encoder's 16-token context
+    names = ", ".join(f'"{n}"' for n in (TINY_CLASSES[0], long_name, *TINY_CLASSES[2:]))
+    text = good.read_text().replace('name = "tiny"', 'name = "tinybad"')
+    text = "\n".join(f"class_names = [{names}]" if ln.startswith("class_names") else ln for ln in text.splitlines())
+    bad = good.with_name("tinybad.toml")
+    bad.write_text(text + "\n")
+    return good, bad
