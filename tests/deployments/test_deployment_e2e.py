@@ -27,9 +27,7 @@ def cluster(tmp_path_factory, moto_endpoint):
     base = tmp_path_factory.mktemp("cluster")
     bucket = "dct-e2e"
     port = free_port()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "DCT_"))
-    } | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "DCT_"))} | {
         "PREFECT_HOME": str(base / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -48,19 +46,29 @@ def cluster(tmp_path_factory, moto_endpoint):
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
     boto3.client(
-        "s3", endpoint_url=moto_endpoint, aws_access_key_id="e2e-key-id", aws_secret_access_key="e2e-secret-key",
+        "s3",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="e2e-key-id",
+        aws_secret_access_key="e2e-secret-key",
         region_name="us-east-1",
     ).create_bucket(Bucket=bucket)
     procs = Processes(base, env)
     try:
         procs.start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)])
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/health"), 120, "the Prefect server",)
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{port}/api/health"),
+            120,
+            "the Prefect server",
+        )
         setup = procs.run(["bash", "deployments/setup.sh", "--gpus", "2"], timeout=300, cwd=ROOT)
         assert setup.returncode == 0, setup.stdout + setup.stderr
         procs.start("worker-cpu", ["prefect", "worker", "start", "--pool", "cpu", "--name", "cpu-0"], cwd=base)
         for i in range(2):
-            procs.start(f"worker-gpu-{i}", ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1",
-                                            "--name", f"gpu-{i}"], cwd=base)
+            procs.start(
+                f"worker-gpu-{i}",
+                ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1", "--name", f"gpu-{i}"],
+                cwd=base,
+            )
         yield procs, bucket
     finally:
         procs.stop_all()
@@ -68,8 +76,17 @@ def cluster(tmp_path_factory, moto_endpoint):
 
 def _deployment_run(procs: Processes, params: dict) -> tuple[int, str]:
     out = procs.run(
-        ["prefect", "deployment", "run", "dct/optimize-all", "--params", json.dumps(params), "--watch",
-         "--watch-timeout", "900"],
+        [
+            "prefect",
+            "deployment",
+            "run",
+            "dct/optimize-all",
+            "--params",
+            json.dumps(params),
+            "--watch",
+            "--watch-timeout",
+            "900",
+        ],
         timeout=960,
     )
     return out.returncode, out.stdout + out.stderr
@@ -96,7 +113,9 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
     assert "dataset" not in (info.get("parameters") or {})
     assert info["schedules"] and all(not s["active"] for s in info["schedules"])
     assert {s["schedule"]["cron"] for s in info["schedules"]} >= {"0 2 * * *"}
-    assert info["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $DCT_CODE_DIR }}"
+    assert (
+        info["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $DCT_CODE_DIR }}"
+    )
 
     code, out = _deployment_run(procs, params)
     assert code == 0, out + _logs(procs)
