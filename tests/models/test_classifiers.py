@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NUM_LABELS, put_in_hf_cache, save_tiny_timm, save_tiny_vit
+from hub_models import NUM_LABELS, put_in_hf_cache, save_tiny_timm, save_tiny_vit
 from safetensors.torch import save_file
 
 from dct.classifiers import ModelNotAvailableError, load_classifier

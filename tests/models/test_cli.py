@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import put_in_hf_cache, write_inat_config
+from hub_models import put_in_hf_cache, write_inat_config
 
 
 def dct(*args: str, hf_home, cwd=None) -> subprocess.CompletedProcess:
@@ -27,10 +27,19 @@ def hf_home(tmp_path):
     return home
 
 
-def test_datasets_lists_the_registry_offline(hf_home):
-    r = dct("datasets", hf_home=hf_home)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in-process (fast); the hub is 'down' through the hf_cache fixture."""
+    from dct.cli import main
+
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_datasets_lists_the_registry_offline(hf_cache, capsys):
+    rc, out, err = run_main(capsys, "datasets")
+    assert rc == 0, err
+    lines = out.splitlines()
     assert lines[0].split() == ["name", "classes", "classifier", "diffusion", "model"]
     rows = {ln.split()[0]: ln for ln in lines[1:]}
     assert "1000" in rows["inet"] and "google/vit-large-patch16-224" in rows["inet"]
@@ -46,15 +55,6 @@ def test_show_inat_json_from_the_cached_config_only(tmp_path, hf_home):
     out = json.loads(r.stdout)
     assert out["classes"] == [{"id": i, "name": f"Genus{i} species{i}"} for i in range(5)]
     assert out["num_classes"] == 10_000 and out["classifier"]["kind"] == "vit-mae"
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    """The CLI in-process (fast); the hub is 'down' through the hf_cache fixture."""
-    from dct.cli import main
-
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_dataset_file_errors_unknown_kind_and_pickles(tmp_path, hf_cache, capsys
 
 def test_models_pull_fetches_and_prints_revisions(tmp_path, hf_cache, capsys):
     """The pull path on a dataset whose models are all 'cached' hub ids (the hub itself is down)."""
-    from conftest import save_tiny_timm, save_tiny_vit
+    from hub_models import save_tiny_timm, save_tiny_vit
 
     put_in_hf_cache(save_tiny_vit(tmp_path / "vit"), hf_cache, "org/tiny-vit", sha="d" * 40)
     put_in_hf_cache(save_tiny_timm(tmp_path / "timm"), hf_cache, "timm/tiny.test", sha="e" * 40)

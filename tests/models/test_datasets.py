@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import put_in_hf_cache, write_inat_config
+from hub_models import put_in_hf_cache, write_inat_config
 
 from dct.classifiers import ModelNotAvailableError
 from dct.datasets import get_dataset, inat_class_names, load_dataset_file, select_classes

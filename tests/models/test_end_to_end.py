@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from conftest import save_tiny_timm, save_tiny_vit
+from hub_models import save_tiny_timm, save_tiny_vit
 
 from dct.classifiers import load_classifier
 from dct.config import token_key

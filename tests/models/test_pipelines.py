@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import put_in_hf_cache
+from hub_models import put_in_hf_cache
 
 from dct.classifiers import ModelNotAvailableError
 from dct.config import DiffusionConfig
