@@ -82,19 +82,21 @@ def resolve_revisions(config: RunConfig) -> Revisions:
     """Resolved revisions of the configured models without loading the diffusion weights.
 
     The pipeline's revision comes from its snapshot directory (hub commit SHA) or a content hash of the
-    local directory; classifiers are loaded on the CPU once (they are small next to the pipeline).
+    local directory; a classifier's from its files, or — for kinds without files of their own (toy) —
+    by loading it on the CPU (small next to the pipeline).
 
     Raises:
         ModelNotAvailableError: a model is neither cached nor reachable (names ``dct models pull``).
     """
-    from dct.classifiers import load_classifier, snapshot_revision
+    from dct.classifiers import classifier_revision, load_classifier, snapshot_revision
     from dct.pipelines import resolve_pipeline_dir
 
+    def revision_of(cfg) -> str:
+        return classifier_revision(cfg) or load_classifier(cfg, "cpu").resolved_revision
+
     diffusion = snapshot_revision(resolve_pipeline_dir(config.diffusion))
-    classifier = load_classifier(config.classifier, "cpu").resolved_revision
     ev = config.evaluation.evaluator
-    evaluator = load_classifier(ev, "cpu").resolved_revision if ev else None
-    return Revisions(diffusion, classifier, evaluator)
+    return Revisions(diffusion, revision_of(config.classifier), revision_of(ev) if ev else None)
 
 
 def estimate_work(config: RunConfig, n_classes: int) -> dict[str, float]:

@@ -78,3 +78,14 @@ def test_dry_run_plans_without_loading_the_pipeline(prefect_harness, tiny_world,
     out = state.result()
     assert out["dry_run"] and out["shards"] == [[0, 1, 2], [3]]
     assert any("training images" in line for line in out["plan"])
+
+
+def test_plan_keys_equal_the_keys_of_loaded_models(tiny_world):
+    """The parent plans with revisions resolved without loading the pipeline; they must equal the shard's."""
+    from dct.plan import build_config, resolve_revisions
+    from dct.runner import load_models
+
+    _, config = build_config(str(tiny_world))
+    rev = resolve_revisions(config)
+    models = load_models(config, "cpu")
+    assert (rev.diffusion, rev.classifier) == (models.pipe_revision, models.classifier_revision)
