@@ -124,3 +124,20 @@ def test_models_pull_fetches_and_prints_revisions(tmp_path, hf_cache, capsys):
     assert f"diffusion   org/tiny-sd @ {'f' * 40}" in out
     assert f"classifier  hf:org/tiny-vit @ {'d' * 40}" in out
     assert f"evaluator   timm:hf-hub:timm/tiny.test @ {'e' * 40}" in out
+
+
+def test_pull_checks_shipped_labels_against_the_model_label_map(tmp_path):
+    """Punctuation variants of ImageNet labels pass; a shifted class order fails loudly."""
+    from dct.commands.models import _check_labels
+    from dct.datasets import get_dataset
+    from dct.labels import imagenet_labels
+
+    spec = get_dataset("inet")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(
+        json.dumps({"id2label": {str(i): lab.replace("'", "") for i, (_, lab) in enumerate(imagenet_labels())}})
+    )
+    _check_labels(spec, tmp_path)
+    cfg.write_text(json.dumps({"id2label": {str(i): imagenet_labels()[(i + 1) % 1000][1] for i in range(1000)}}))
+    with pytest.raises(ValueError, match="a different class order"):
+        _check_labels(spec, tmp_path)
