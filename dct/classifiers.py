@@ -146,6 +146,10 @@ class ModelNotAvailableError(ValueError):
         super().__init__(message)
         self.model_id = model_id
 
+    def for_dataset(self, dataset: str) -> ModelNotAvailableError:
+        """The same error with the dataset filled into the ``dct models pull --dataset`` hint."""
+        return ModelNotAvailableError(str(self).replace("--dataset <name>", f"--dataset {dataset}"), self.model_id)
+
 
 def is_local_path(model_id: str) -> bool:
     """Local directories/files are given as paths (absolute, ``./``, ``~``) or exist on disk."""

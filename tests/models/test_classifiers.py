@@ -47,8 +47,12 @@ def test_hf_hub_id_loads_offline_from_cache_with_the_commit_sha(tmp_path, hf_cac
 
 
 def test_uncached_model_with_hub_down_names_the_model_and_the_pull_command(hf_cache):
-    with pytest.raises(ModelNotAvailableError, match=r"'google/vit-large-patch16-224'.*dct models pull --dataset"):
+    with pytest.raises(
+        ModelNotAvailableError, match=r"'google/vit-large-patch16-224'.*dct models pull --dataset"
+    ) as info:
         load_classifier(ClassifierConfig(kind="hf", model_id="google/vit-large-patch16-224"))
+    assert info.value.model_id == "google/vit-large-patch16-224"
+    assert "`dct models pull --dataset inet`" in str(info.value.for_dataset("inet"))
 
 
 def test_vit_mae_head_is_mean_of_patch_tokens_then_layernorm_then_linear(tmp_path):
