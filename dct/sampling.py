@@ -62,19 +62,15 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Ten
     Raises:
         ValueError: a prompt longer than the text encoder's context (it would be silently cut).
     """
-    tokens = tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=False,
-        return_tensors="pt",
-    )
-    ids = tokens.input_ids
-    if ids.shape[1] > tokenizer.model_max_length:
-        raise ValueError(
-            f"prompt {prompts[0]!r}… is longer than the text encoder's {tokenizer.model_max_length} tokens; "
-            "shorten the class name or template"
-        )
+    limit = tokenizer.model_max_length
+    ids = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=False).input_ids
+    for prompt, row in zip(prompts, ids, strict=True):
+        if len(row) > limit:
+            raise ValueError(
+                f"prompt {prompt!r} is {len(row)} tokens, longer than the text encoder's {limit}; "
+                "shorten the class name or the template"
+            )
+    ids = torch.tensor(ids)
     device = text_encoder.get_input_embeddings().weight.device
     return text_encoder(ids.to(device))[0]
 
