@@ -331,11 +331,15 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
         spec = DatasetSpec.model_validate(data)
     except ValidationError as exc:
         raise ValueError(f"invalid dataset file {str(path)!r}: {_one_line(exc)}") from None
-    from dct.classifiers import check_classifier_kind
+    from dct.classifiers import check_classifier_kind, is_local_path, refuse_pickles
 
+    # Fail before any model is loaded: unknown kinds, and local pickle checkpoints.
     for model in (spec.classifier, spec.evaluator, spec.evaluation.evaluator):
         if model is not None:
-            check_classifier_kind(model.kind)  # fail before any model is loaded
+            check_classifier_kind(model.kind)
+    for model in (spec.diffusion, spec.classifier, spec.evaluator, spec.evaluation.evaluator):
+        if model is not None and is_local_path(model.model_id) and Path(model.model_id).expanduser().exists():
+            refuse_pickles(Path(model.model_id).expanduser())
     return spec
 
 

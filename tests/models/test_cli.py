@@ -98,9 +98,10 @@ def test_dataset_file_errors_unknown_kind_and_pickles(tmp_path, hf_cache, capsys
         'name = "p"\nclass_names = ["a"]\n[diffusion]\nmodel_id = "./pickled"\n'
         '[classifier]\nkind = "local"\nmodel_id = "./pickled"\n'
     )
-    rc, _, err = run_main(capsys, "models", "pull", "--dataset", str(pickled))
-    assert rc == 2 and "refusing pickle checkpoint" in err
-    assert len(err.strip().splitlines()) == 1, err
+    for args in (["models", "pull", "--dataset", str(pickled)], ["datasets", "show", str(pickled)]):
+        rc, _, err = run_main(capsys, *args)
+        assert rc == 2 and "refusing pickle checkpoint" in err
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_models_pull_fetches_and_prints_revisions(tmp_path, hf_cache, capsys):
