@@ -1,0 +1,803 @@
+"""Pooled distribution metrics of a run: FID and KID of the baseline and DCT samples against real images.
+
+Per-class accuracy (guide and held-out evaluator, top-1/top-5) is computed where the samples are made
+(:func:`dct.runner.process_class`); this module adds what needs ALL classes of a run at once: how far
+the generated images, pooled over the run's finished classes, are from the dataset's reference images
+(DESIGN, "Data flow": evaluate).
+
+- **Features** (``EvaluationConfig.fid_features``): ``"evaluator"`` = the held-out evaluator's pooled
+  penultimate features through its own preprocessing (:meth:`ImageClassifier.features`); ``"inception"``
+  = the standard FID network (torch-fidelity's TF-ported InceptionV3, 2048-d pool features), with weights
+  from a local or store path because offline workers cannot download them (:func:`resolve_inception_weights`).
+- **Metrics**: torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` fed PRE-COMPUTED
+  features through a pass-through module, so features are extracted once and cached in the store:
+  the reference set's once per dataset + extractor + reference source, each class's samples once per
+  ``eval_key`` + extractor (a nightly run only extracts the classes it added).
+- **Minimum sample counts** (stated in docs/evaluation.md and in :class:`PooledMetrics.notes`): FID needs
+  more images than feature dimensions in both sets (``N >= D + 1``; below that the covariance is singular
+  and the number meaningless), so a variant with fewer gets ``fid = None`` and a reason. KID uses
+  ``subset_size = min(1000, min(N_generated, N_reference) // 2)`` (≥ 2; never more than either set) over
+  100 subsets drawn with a fixed seed, and is reported with its standard deviation over the subsets.
+- **Which images**: the samples of the classes whose record is ``done`` (diverged tokens are excluded
+  from both variants so the two FIDs compare the same classes); the reference images of those classes
+  when the reference set is labelled (sub-folders named by class id, or the toy generator), else all.
+
+Pure library: no Prefect. Storage goes through :class:`dct.store.ArtifactStore` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dct.classifiers import ImageClassifier
+from dct.config import RunConfig, short_hash
+from dct.results import ClassRecord, read_class_record
+from dct.store import VARIANTS, ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+# Bump when the way features are extracted or cached changes: old cache entries are then ignored.
+FEATURE_CACHE_VERSION = 1
+
+KID_SUBSETS = 100
+KID_MAX_SUBSET_SIZE = 1000  # torchmetrics' (and the KID paper's) default
+KID_MIN_SUBSET_SIZE = 2  # an unbiased MMD estimate needs two samples per set
+KID_SEED = 0  # subsets are drawn from a fixed seed: the same features give the same KID
+
+DEFAULT_MAX_REFERENCE_IMAGES = 50_000
+TOY_REFERENCE_PER_CLASS = 128
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+# The standard FID network: torch-fidelity's InceptionV3 converted from the TensorFlow FID weights.
+INCEPTION_WEIGHTS_ENV = "DCT_INCEPTION_WEIGHTS"
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+INCEPTION_LICENCE = "Apache-2.0 (TensorFlow Inception-v3 FID weights, converted by torch-fidelity)"
+INCEPTION_FEATURES = "2048"
+
+
+class FeatureWeightsMissingError(FileNotFoundError):
+    """The Inception weights for FID/KID are not available on this worker (no download on offline workers)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feature extractors
+# ---------------------------------------------------------------------------------------------------------
+
+
+class FeatureExtractor(nn.Module):
+    """Images ``(B, 3, H, W)`` float in [0, 1] → features ``(B, D)`` float32, frozen.
+
+    Attributes:
+        name: identifies the network and its weights (written to ``fid_feature_extractor``; keys the caches).
+        num_features: ``D``.
+        licence: licence of the weights (shown in the report).
+    """
+
+    name: str
+    num_features: int
+    licence: str
+
+
+class ClassifierFeatures(FeatureExtractor):
+    """A dataset classifier's pooled penultimate features, through the classifier's own preprocessing.
+
+    Args:
+        classifier: the (held-out) classifier; its ``features`` method does resize/crop/normalise.
+        name: e.g. ``"evaluator:toy:evaluator@<revision>"``.
+        input_img_size: ``(3, H, W)`` of the dummy image that determines ``num_features`` (the generated
+            images' size; torchmetrics calls this ``input_img_size`` for custom extractors).
+        licence: the classifier's licence.
+    """
+
+    def __init__(
+        self,
+        classifier: ImageClassifier,
+        *,
+        name: str,
+        input_img_size: tuple[int, int, int] = (3, 224, 224),
+        licence: str = "unknown",
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.name = name
+        self.licence = licence
+        device = next(classifier.parameters()).device
+        with torch.no_grad():
+            self.num_features = int(classifier.features(torch.rand(2, *input_img_size, device=device)).shape[-1])
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images).float()
+
+
+class InceptionFeatures(FeatureExtractor):
+    """torch-fidelity's InceptionV3 (``inception-v3-compat``, 2048-d pool features), the standard FID network.
+
+    Images are quantised to uint8 first, as FID implementations do with generated images; the network
+    resizes to 299×299 with TensorFlow-compatible bilinear interpolation.
+
+    Args:
+        state_dict: the weights (from :func:`load_inception_state_dict`).
+        name: e.g. ``"inception-v3-compat:2048@sha256:1234abcd..."``.
+    """
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor], *, name: str) -> None:
+        super().__init__()
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        # torch-fidelity only loads weights from a path, with torch.load(weights_only=False); the tensors
+        # were already loaded safely (safetensors or weights_only=True), so re-save them to a private file.
+        with tempfile.TemporaryDirectory(prefix="dct-inception-") as tmp:
+            path = os.path.join(tmp, "weights.pth")
+            torch.save(dict(state_dict), path)
+            self.net = FeatureExtractorInceptionV3(
+                "inception-v3-compat", [INCEPTION_FEATURES], feature_extractor_weights_path=path
+            )
+        self.name = name
+        self.num_features = 2048
+        self.licence = INCEPTION_LICENCE
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.net(x)[0].reshape(x.shape[0], -1).float()
+
+
+def _read_uri(store: ArtifactStore, uri: str) -> bytes:
+    """Bytes of a file inside the store (any protocol) or of a local path / other fsspec URI."""
+    try:
+        path = store.to_path(uri)
+    except ValueError:
+        path = None
+    if path is not None:
+        return store.read_bytes(uri)
+    import fsspec
+
+    with fsspec.open(uri, "rb") as f:
+        return f.read()
+
+
+def _exists(store: ArtifactStore, uri: str) -> bool:
+    try:
+        return store.exists(uri)
+    except ValueError:  # outside the store
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return bool(fs.exists(path))
+
+
+def inception_weight_candidates(
+    store: ArtifactStore, weights: str | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Where the Inception weights are looked for, in order.
+
+    1. ``weights`` (a local path or URI), 2. ``$DCT_INCEPTION_WEIGHTS``, 3. the store's
+    ``models/inception/`` folder (``.safetensors`` first, then torch-fidelity's ``.pth`` file).
+    """
+    env = os.environ if environ is None else environ
+    out = [w for w in (weights, env.get(INCEPTION_WEIGHTS_ENV)) if w]
+    stem = INCEPTION_WEIGHTS_FILE.removesuffix(".pth")
+    out += [
+        store.uri("models", "inception", stem + ".safetensors"),
+        store.uri("models", "inception", INCEPTION_WEIGHTS_FILE),
+    ]
+    return out
+
+
+def resolve_inception_weights(
+    store: ArtifactStore, weights: str | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The first existing location of the Inception weights (see :func:`inception_weight_candidates`).
+
+    Raises:
+        FeatureWeightsMissingError: none exists; the message names every place looked and how to fill one.
+    """
+    candidates = inception_weight_candidates(store, weights, environ)
+    for uri in candidates:
+        if _exists(store, uri):
+            return uri
+    raise FeatureWeightsMissingError(
+        "Inception weights for FID/KID (fid_features='inception') were not found; looked in: "
+        + ", ".join(repr(c) for c in candidates)
+        + f". Download {INCEPTION_WEIGHTS_URL} where the network is reachable and put it at "
+        f"{candidates[-1]!r} (or point ${INCEPTION_WEIGHTS_ENV} at it), or set fid_features='evaluator' or 'none'"
+    )
+
+
+def load_inception_state_dict(data: bytes, what: str = "Inception weights") -> dict[str, torch.Tensor]:
+    """Tensors of an Inception checkpoint: safetensors, or a torch file loaded with ``weights_only=True``.
+
+    Raises:
+        ValueError: the bytes are neither (a pickle with code objects is refused, never executed).
+    """
+    if data[:8] and data[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
+        from safetensors.torch import load as load_safetensors
+
+        return load_safetensors(data)
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several unrelated types for a bad/unsafe file
+        raise ValueError(f"{what} could not be loaded as safetensors or a plain tensor checkpoint: {exc}") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{what} is not a state dict of tensors")
+    return obj
+
+
+def load_inception_features(
+    store: ArtifactStore, weights: str | None = None, environ: Mapping[str, str] | None = None
+) -> InceptionFeatures:
+    """The Inception feature extractor with weights from ``weights``, ``$DCT_INCEPTION_WEIGHTS`` or the store.
+
+    Raises:
+        FeatureWeightsMissingError: no weights anywhere (names where to put them).
+    """
+    uri = resolve_inception_weights(store, weights, environ)
+    data = _read_uri(store, uri)
+    digest = hashlib.sha256(data).hexdigest()
+    if INCEPTION_WEIGHTS_FILE in uri and not digest.startswith("6726825d"):
+        logger.warning("Inception weights %s do not match the published checksum prefix 6726825d", uri)
+    return InceptionFeatures(
+        load_inception_state_dict(data, uri), name=f"inception-v3-compat:2048@sha256:{digest[:16]}"
+    )
+
+
+def build_feature_extractor(
+    config: RunConfig,
+    store: ArtifactStore,
+    device: torch.device | str = "cpu",
+    *,
+    evaluator: ImageClassifier | None = None,
+    evaluator_revision: str | None = None,
+    inception_weights: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FeatureExtractor:
+    """The extractor that ``config.evaluation.fid_features`` names, on ``device``.
+
+    Args:
+        evaluator: an already loaded held-out evaluator (else it is loaded from its config).
+        evaluator_revision: its resolved revision, when ``evaluator`` is given.
+        inception_weights: explicit Inception weights location (see :func:`inception_weight_candidates`).
+
+    Raises:
+        ValueError: ``fid_features`` is ``"none"``, or ``"evaluator"`` without an evaluator configured.
+        FeatureWeightsMissingError: ``"inception"`` without weights on this worker.
+    """
+    kind = config.evaluation.fid_features
+    if kind == "inception":
+        return load_inception_features(store, inception_weights, environ).to(device)
+    if kind == "evaluator":
+        ev = config.evaluation.evaluator
+        if ev is None:
+            raise ValueError(
+                f"fid_features='evaluator' but dataset {config.dataset!r} has no held-out evaluator; configure "
+                "one (evaluation.evaluator) or use fid_features='inception' (or 'none')"
+            )
+        if evaluator is None:
+            from dct.classifiers import load_classifier
+
+            loaded = load_classifier(ev, device)
+            evaluator, evaluator_revision = loaded.classifier, loaded.resolved_revision
+        evaluator = evaluator.to(device)
+        crop = getattr(getattr(evaluator.preprocess, "config", None), "crop", 224)
+        size = (3, config.sampler.height or crop, config.sampler.width or crop)
+        return ClassifierFeatures(
+            evaluator,
+            name=f"evaluator:{ev.kind}:{ev.model_id}@{evaluator_revision or 'unknown'}",
+            input_img_size=size,
+            licence=ev.licence,
+        )
+    raise ValueError(f"fid_features={kind!r}: no feature extractor; valid: 'evaluator', 'inception'")
+
+
+def check_fid_features(
+    config: RunConfig, store: ArtifactStore, *, weights: str | None = None, environ: Mapping[str, str] | None = None
+) -> None:
+    """Preflight of the pooled metrics, without loading a model: fail before any GPU work, not after it.
+
+    Raises:
+        ValueError: ``fid_features='evaluator'`` without an evaluator configured.
+        FeatureWeightsMissingError: ``fid_features='inception'`` and no Inception weights on this worker.
+    """
+    kind = config.evaluation.fid_features
+    if kind == "inception":
+        resolve_inception_weights(store, weights, environ)
+    elif kind == "evaluator" and config.evaluation.evaluator is None:
+        raise ValueError(
+            f"fid_features='evaluator' but dataset {config.dataset!r} has no held-out evaluator; configure "
+            "one (evaluation.evaluator) or use fid_features='inception' (or 'none')"
+        )
+
+
+@torch.no_grad()
+def extract_features(extractor: FeatureExtractor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Features ``(N, D)`` float32 on the CPU of images ``(N, 3, H, W)`` in [0, 1], in batches."""
+    device = next(extractor.parameters()).device
+    out = [extractor(images[i : i + batch_size].to(device)).cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, extractor.num_features)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images: samples from the store, reference sets
+# ---------------------------------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """Encoded image bytes → ``(3, H, W)`` float32 in [0, 1] (RGB)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        array = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+
+
+def _same_size_batches(
+    items: Iterator[tuple[torch.Tensor, int]], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Group consecutive images of equal size into batches ``((B, 3, H, W), labels (B,))``."""
+    imgs: list[torch.Tensor] = []
+    labels: list[int] = []
+    for img, label in items:
+        if imgs and (img.shape != imgs[0].shape or len(imgs) == batch_size):
+            yield torch.stack(imgs), torch.tensor(labels, dtype=torch.long)
+            imgs, labels = [], []
+        imgs.append(img)
+        labels.append(label)
+    if imgs:
+        yield torch.stack(imgs), torch.tensor(labels, dtype=torch.long)
+
+
+ReferenceSource = Callable[[ArtifactStore, str, int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+REFERENCE_SOURCES: dict[str, ReferenceSource] = {}
+
+
+def register_reference_source(scheme: str) -> Callable[[ReferenceSource], ReferenceSource]:
+    """Register a generator of reference images for ``reference_images = "{scheme}:..."``."""
+
+    def deco(fn: ReferenceSource) -> ReferenceSource:
+        REFERENCE_SOURCES[scheme] = fn
+        return fn
+
+    return deco
+
+
+@register_reference_source("toy")
+def _toy_reference(
+    store: ArtifactStore, reference: str, max_images: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The toy world's procedural generator (``toy:shapes``): labelled, regenerated bit-for-bit anywhere."""
+    from dct.toy import shapes
+
+    if reference != "toy:shapes":
+        raise ValueError(f"unknown toy reference set {reference!r}; valid: 'toy:shapes'")
+    per_class = max(1, min(TOY_REFERENCE_PER_CLASS, max_images // shapes.NUM_CLASSES))
+    images = shapes.reference_images(per_class)
+    labels = torch.arange(shapes.NUM_CLASSES).repeat(per_class)  # sample() cycles through the classes
+    for i in range(0, images.shape[0], batch_size):
+        yield images[i : i + batch_size], labels[i : i + batch_size]
+
+
+def _file_reference(
+    store: ArtifactStore, reference: str, max_images: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Image files under a folder (local path or URI); a parent folder named by digits is the class id.
+
+    More than ``max_images`` files: an evenly spaced subset of the sorted list (deterministic).
+    """
+    import fsspec
+
+    opts = {"endpoint_url": store.endpoint_url} if reference.startswith("s3://") and store.endpoint_url else {}
+    fs, root = fsspec.core.url_to_fs(reference, **opts)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"reference_images {reference!r} does not exist")
+    paths = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_SUFFIXES))
+    if not paths:
+        raise ValueError(f"reference_images {reference!r} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    if len(paths) > max_images:
+        step = len(paths) / max_images
+        paths = [paths[int(i * step)] for i in range(max_images)]
+
+    def items() -> Iterator[tuple[torch.Tensor, int]]:
+        for p in paths:
+            parent = posixpath.basename(posixpath.dirname(p.replace(os.sep, "/")))
+            yield decode_image(fs.cat_file(p)), int(parent) if parent.isdigit() else -1
+
+    yield from _same_size_batches(items(), batch_size)
+
+
+def reference_batches(
+    store: ArtifactStore, reference: str, *, max_images: int = DEFAULT_MAX_REFERENCE_IMAGES, batch_size: int = 64
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Reference images as batches ``(images (B, 3, H, W) in [0, 1], class ids (B,), -1 = unlabelled)``.
+
+    ``reference`` is ``DatasetSpec.reference_images``: ``"toy:shapes"`` (or another registered
+    ``scheme:name``), or a folder of image files (local path, ``s3://``, ...).
+    """
+    scheme = reference.split(":", 1)[0] if ":" in reference and "://" not in reference else None
+    if scheme in REFERENCE_SOURCES:
+        return REFERENCE_SOURCES[scheme](store, reference, max_images, batch_size)
+    return _file_reference(store, reference, max_images, batch_size)
+
+
+def load_class_samples(store: ArtifactStore, record: ClassRecord, variant: str) -> torch.Tensor:
+    """The stored samples of one class and variant ``(N, 3, H, W)`` in [0, 1], sorted by seed."""
+    uris = store.list_samples(record.dataset, record.eval_key, record.class_id, variant)
+    if not uris:
+        raise FileNotFoundError(
+            f"class {record.class_id} ({variant}) has a finished record but no samples under "
+            f"{store.samples_uri(record.dataset, record.eval_key, record.class_id)!r}"
+        )
+    return torch.stack([decode_image(store.read_bytes(u)) for u in uris])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feature caches in the store
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def _load_tensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    import json
+    import struct
+
+    from safetensors.torch import load
+
+    (header_len,) = struct.unpack("<Q", data[:8])  # safetensors: u64 header length, then a JSON header
+    meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    return load(data), dict(meta)
+
+
+def reference_features(
+    store: ArtifactStore,
+    dataset: str,
+    reference: str,
+    extractor: FeatureExtractor,
+    *,
+    max_images: int = DEFAULT_MAX_REFERENCE_IMAGES,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Features of the whole reference set, computed once per dataset + extractor + source and cached.
+
+    Returns:
+        ``(features (N, D) float32, class ids (N,) int64 with -1 = unlabelled, cache URI)``.
+    """
+    key = short_hash(
+        {"v": FEATURE_CACHE_VERSION, "extractor": extractor.name, "reference": reference, "max_images": max_images}
+    )
+    uri = store.cache_uri(dataset, "fid-reference", f"{key}.safetensors")
+    try:
+        tensors, meta = _load_tensors(store.read_bytes(uri))
+        if meta.get("extractor") == extractor.name and meta.get("reference") == reference:
+            logger.info("reference features from cache %s (%d images)", uri, tensors["features"].shape[0])
+            return tensors["features"], tensors["class_ids"], uri
+    except FileNotFoundError:
+        pass
+    feats, labels = [], []
+    for images, ids in reference_batches(store, reference, max_images=max_images, batch_size=batch_size):
+        feats.append(extract_features(extractor, images, batch_size))
+        labels.append(ids)
+    features, class_ids = torch.cat(feats), torch.cat(labels)
+    meta = {"extractor": extractor.name, "reference": reference, "count": str(features.shape[0])}
+    store.write_bytes(uri, _save_tensors({"features": features, "class_ids": class_ids}, meta))
+    logger.info(
+        "reference features: %d images of %r with %s, cached at %s", len(class_ids), reference, extractor.name, uri
+    )
+    return features, class_ids, uri
+
+
+def class_sample_features(
+    store: ArtifactStore, record: ClassRecord, extractor: FeatureExtractor, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """``{variant: features (N, D)}`` of one finished class's samples, cached per ``eval_key`` + extractor.
+
+    The cache entry remembers the record's ``finished_at``: a class re-run with ``force`` (new samples
+    under the same key) is re-extracted.
+    """
+    ext_key = short_hash({"v": FEATURE_CACHE_VERSION, "extractor": extractor.name})
+    uri = store.cache_uri(record.dataset, "fid-samples", record.eval_key, ext_key, f"{record.class_id:05d}.safetensors")
+    stamp = record.finished_at.isoformat()
+    try:
+        tensors, meta = _load_tensors(store.read_bytes(uri))
+        if meta.get("finished_at") == stamp and set(tensors) == set(VARIANTS):
+            return tensors
+    except FileNotFoundError:
+        pass
+    tensors = {v: extract_features(extractor, load_class_samples(store, record, v), batch_size) for v in VARIANTS}
+    store.write_bytes(uri, _save_tensors(tensors, {"finished_at": stamp, "extractor": extractor.name}))
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FID / KID on features (torchmetrics)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Precomputed(nn.Module):
+    """Pass-through "feature extractor" so torchmetrics' FID/KID accumulate features computed elsewhere."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def min_fid_samples(num_features: int) -> int:
+    """Fewest images per set for FID with ``num_features``-d features: more images than dimensions."""
+    return num_features + 1
+
+
+def _check_features(real: torch.Tensor, fake: torch.Tensor) -> None:
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"features must be (N, D) with the same D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+
+
+def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID between feature sets ``(N, D)`` and ``(M, D)`` with torchmetrics (float64).
+
+    Raises:
+        ValueError: mismatched shapes, or fewer than ``D + 1`` rows in either set (:func:`min_fid_samples`).
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    _check_features(real, fake)
+    need = min_fid_samples(real.shape[1])
+    if real.shape[0] < need or fake.shape[0] < need:
+        raise ValueError(
+            f"FID with {real.shape[1]}-d features needs at least {need} images per set, got "
+            f"{real.shape[0]} reference and {fake.shape[0]} generated"
+        )
+    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), reset_real_features=False)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def kid_subset_size(n_real: int, n_fake: int) -> int:
+    """KID subset size: ``min(1000, max(2, min(n_real, n_fake) // 2))``.
+
+    1000 is the KID paper's (and torchmetrics') size for 50k-image sets. Below 2000 images, half of the
+    smaller set is used instead of all of it: subsets that each hold the whole set are identical, and
+    their standard deviation (reported with KID) would be a meaningless 0.
+    """
+    return min(KID_MAX_SUBSET_SIZE, max(KID_MIN_SUBSET_SIZE, min(n_real, n_fake) // 2))
+
+
+def kid_from_features(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    *,
+    subset_size: int | None = None,
+    subsets: int = KID_SUBSETS,
+    seed: int = KID_SEED,
+) -> tuple[float, float, int]:
+    """KID (polynomial-kernel MMD², degree 3) mean and std over ``subsets`` random subsets, torchmetrics.
+
+    Subsets are drawn with ``seed`` inside a forked RNG (deterministic, no effect on the caller's RNG).
+
+    Returns:
+        ``(kid_mean, kid_std, subset_size)``.
+
+    Raises:
+        ValueError: ``subset_size`` larger than either set, or below 2.
+    """
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    _check_features(real, fake)
+    size = kid_subset_size(real.shape[0], fake.shape[0]) if subset_size is None else subset_size
+    if not KID_MIN_SUBSET_SIZE <= size <= min(real.shape[0], fake.shape[0]):
+        raise ValueError(
+            f"KID subset_size={size} must be within [{KID_MIN_SUBSET_SIZE}, min(#reference={real.shape[0]}, "
+            f"#generated={fake.shape[0]})]"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std), size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pooled metrics of a run
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VariantMetrics:
+    """FID/KID of one variant (``baseline`` or ``dct``); None with a reason where not computed."""
+
+    num_samples: int
+    fid: float | None = None
+    kid: float | None = None
+    kid_std: float | None = None
+    fid_not_computed: str | None = None
+    kid_not_computed: str | None = None
+
+
+@dataclass
+class PooledMetrics:
+    """Pooled distribution metrics of a run, with everything needed to interpret them.
+
+    ``record_fields()`` gives the :class:`dct.results.RunRecord` fields; ``to_json()`` the full detail
+    (classes used, reasons, minimum counts) that the flow stores as ``runs/{dataset}/{run_id}/pooled.json``.
+    """
+
+    feature_extractor: str | None
+    num_features: int | None = None
+    feature_licence: str | None = None
+    reference: str | None = None
+    num_reference: int | None = None
+    min_fid_samples: int | None = None
+    kid_subset_size: int | None = None
+    kid_subsets: int = KID_SUBSETS
+    class_ids: list[int] = field(default_factory=list)
+    variants: dict[str, VariantMetrics] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def record_fields(self) -> dict[str, Any]:
+        """The RunRecord fields (``fid_baseline``, ``kid_std_dct``, ``fid_num_samples_dct``, ...)."""
+        out: dict[str, Any] = {
+            "fid_feature_extractor": self.feature_extractor,
+            "fid_num_reference": self.num_reference,
+            "kid_subset_size": self.kid_subset_size,
+        }
+        for v in VARIANTS:
+            m = self.variants.get(v)
+            out[f"fid_{v}"] = m.fid if m else None
+            out[f"kid_{v}"] = m.kid if m else None
+            out[f"kid_std_{v}"] = m.kid_std if m else None
+            out[f"fid_num_samples_{v}"] = m.num_samples if m else None
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def not_computed(cls, reason: str, feature_extractor: str | None = None) -> PooledMetrics:
+        return cls(feature_extractor=feature_extractor, notes=[reason])
+
+
+def finished_records(store: ArtifactStore, dataset: str, eval_key: str, class_ids: Sequence[int]) -> list[ClassRecord]:
+    """The finished records (``done`` or ``diverged``) of ``class_ids`` for ``eval_key``, by class id."""
+    return [r for c in class_ids if (r := read_class_record(store, dataset, eval_key, c)) is not None]
+
+
+def pooled_metrics(
+    store: ArtifactStore,
+    config: RunConfig,
+    records: Sequence[ClassRecord],
+    *,
+    reference_images: str | None,
+    device: torch.device | str = "cpu",
+    extractor: FeatureExtractor | None = None,
+    inception_weights: str | None = None,
+    max_reference_images: int = DEFAULT_MAX_REFERENCE_IMAGES,
+    batch_size: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PooledMetrics:
+    """FID and KID of the baseline and DCT samples of ``records``, pooled, against the reference set.
+
+    Args:
+        store: the artifact store holding the samples; also holds the feature caches.
+        config: the run config (``evaluation.fid_features`` picks the extractor).
+        records: per-class records of the run (e.g. :func:`finished_records` of the plan's selection);
+            only ``done`` records with stored samples are used.
+        reference_images: ``DatasetSpec.reference_images`` (None: nothing to compare to → not computed).
+        device: where features are extracted.
+        extractor: a ready extractor (overrides ``fid_features``; tests, notebooks).
+        inception_weights: location of the Inception weights (see :func:`inception_weight_candidates`).
+        max_reference_images: cap on reference images (evenly spaced subset of a folder).
+        batch_size: images per feature batch (default ``config.evaluation.batch_size``).
+
+    Returns:
+        :class:`PooledMetrics`; values are None with a reason in ``notes``/``*_not_computed`` where the
+        data do not allow them (no reference set, too few images for FID, ...).
+
+    Raises:
+        ValueError: ``fid_features='evaluator'`` without an evaluator configured.
+        FeatureWeightsMissingError: ``fid_features='inception'`` without weights on this worker.
+        FileNotFoundError: a finished class whose samples are missing, or a missing reference folder.
+    """
+    kind = config.evaluation.fid_features
+    if kind == "none" and extractor is None:
+        return PooledMetrics.not_computed("fid_features='none' in the evaluation config")
+    if reference_images is None:
+        return PooledMetrics.not_computed(
+            f"dataset {config.dataset!r} has no reference_images; set it (a folder of real images) to get FID/KID"
+        )
+    if config.evaluation.sample_format == "none":
+        return PooledMetrics.not_computed("sample_format='none': no samples were stored")
+    used = [r for r in records if r.status == "done" and r.samples_uri]
+    used_ids = {r.class_id for r in used}
+    skipped = sorted(r.class_id for r in records if r.class_id not in used_ids)
+    if not used:
+        return PooledMetrics.not_computed("no finished ('done') class with stored samples")
+    batch = batch_size or config.evaluation.batch_size
+    if extractor is None:
+        extractor = build_feature_extractor(config, store, device, inception_weights=inception_weights, environ=environ)
+    extractor.eval()
+
+    ref_all, ref_ids, _ = reference_features(
+        store, config.dataset, reference_images, extractor, max_images=max_reference_images, batch_size=batch
+    )
+    class_ids = sorted(r.class_id for r in used)
+    notes: list[str] = []
+    if skipped:
+        notes.append(f"classes without a 'done' record or samples are excluded from both variants: {skipped}")
+    if bool((ref_ids >= 0).all()):
+        ref = ref_all[torch.isin(ref_ids, torch.tensor(class_ids))]
+        notes.append(f"reference restricted to the run's {len(class_ids)} classes: {ref.shape[0]} images")
+        missing = sorted(set(class_ids) - set(ref_ids.tolist()))
+        if missing:
+            notes.append(f"reference set has no images of classes {missing}")
+    else:
+        ref = ref_all
+        notes.append(f"reference set is not labelled by class: all {ref.shape[0]} images used")
+
+    per_class = [class_sample_features(store, r, extractor, batch) for r in used]
+    d = extractor.num_features
+    need = min_fid_samples(d)
+    result = PooledMetrics(
+        feature_extractor=extractor.name,
+        num_features=d,
+        feature_licence=extractor.licence,
+        reference=reference_images,
+        num_reference=int(ref.shape[0]),
+        min_fid_samples=need,
+        class_ids=class_ids,
+        notes=notes,
+    )
+    for v in VARIANTS:
+        fake = torch.cat([f[v] for f in per_class])
+        n = int(fake.shape[0])
+        fid = kid = kid_std = None
+        fid_reason = kid_reason = None
+        if n < need or ref.shape[0] < need:
+            fid_reason = (
+                f"FID needs more images than feature dimensions (>= {need} for {d}-d features); "
+                f"have {n} generated and {ref.shape[0]} reference"
+            )
+        else:
+            fid = fid_from_features(ref, fake)
+        if min(n, ref.shape[0]) < KID_MIN_SUBSET_SIZE:
+            kid_reason = f"KID needs at least {KID_MIN_SUBSET_SIZE} images per set; have {n} and {ref.shape[0]}"
+        else:
+            kid, kid_std, result.kid_subset_size = kid_from_features(ref, fake)
+        for reason in (fid_reason, kid_reason):
+            if reason:
+                result.notes.append(f"{v}: {reason}")
+        result.variants[v] = VariantMetrics(n, fid, kid, kid_std, fid_reason, kid_reason)
+    logger.info(
+        "pooled metrics over %d classes (%s, %d reference): %s",
+        len(class_ids),
+        extractor.name,
+        ref.shape[0],
+        ", ".join(f"{v} FID {m.fid} KID {m.kid}±{m.kid_std} (n={m.num_samples})" for v, m in result.variants.items()),
+    )
+    return result
