@@ -90,6 +90,26 @@ def pipeline_allow_patterns(variant: str | None) -> tuple[list[str], list[str]]:
     return allow, ignore
 
 
+def _dtype_kwarg() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (the old name now warns); older releases know only
+    ``torch_dtype``. The rename shipped with ``diffusers.utils.deprecation_utils._resolve_dtype``."""
+    import importlib
+
+    try:
+        module = importlib.import_module("diffusers.utils.deprecation_utils")
+    except ModuleNotFoundError:
+        return "torch_dtype"
+    return "dtype" if hasattr(module, "_resolve_dtype") else "torch_dtype"
+
+
+def _weights(folder: Path, variant: str | None) -> list[Path]:
+    """The component's safetensors of ``variant`` (None = the non-variant files); a cached snapshot may
+    hold several variants."""
+    if variant:
+        return sorted(folder.glob(f"*.{variant}.safetensors"))
+    return [p for p in folder.glob("*.safetensors") if not any(f".{v}." in p.name for v in _KNOWN_VARIANTS)]
+
+
 def resolve_pipeline_dir(config: DiffusionConfig, *, local_files_only: bool | None = None) -> Path:
     """A local directory with the pipeline's components: the user's directory, or a hub snapshot.
 
@@ -109,7 +129,7 @@ def resolve_pipeline_dir(config: DiffusionConfig, *, local_files_only: bool | No
         )
     if not (path / "model_index.json").is_file():
         raise ValueError(f"{config.model_id!r} is not a diffusers pipeline (no model_index.json in {str(path)!r})")
-    missing = [c for c in ("unet", "vae", "text_encoder") if not any((path / c).glob("*.safetensors"))]
+    missing = [c for c in ("unet", "vae", "text_encoder") if not _weights(path / c, config.variant)]
     if missing:
         raise ValueError(
             f"{config.model_id!r} has no safetensors weights for {missing}"
@@ -148,6 +168,9 @@ def load_pipeline(
     path = resolve_pipeline_dir(config, local_files_only=local_files_only)
     pipe = StableDiffusionPipeline.from_pretrained(
         path,
+        # Per-component dtypes at load time (diffusers >= 0.33), so modules the model wants in float32
+        # stay there; the text encoder is float32 because the learned token lives in its embeddings.
+        **{_dtype_kwarg(): {"unet": dtype, "vae": dtype, "default": torch.float32}},
         variant=config.variant,
         use_safetensors=True,
         safety_checker=None,
@@ -158,8 +181,6 @@ def load_pipeline(
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
         module.eval()
-    pipe.unet.to(device=device, dtype=dtype)
-    pipe.vae.to(device=device, dtype=dtype)
-    pipe.text_encoder.to(device=device, dtype=torch.float32)
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe=pipe, resolved_revision=snapshot_revision(path), dtype=dtype)

@@ -82,3 +82,15 @@ def test_dtype_resolution():
     assert resolve_pipeline_dtype("bfloat16", "cpu") == torch.float32  # CPU path stays fp32
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_pipeline_dtype("int8", "cpu")
+
+
+def test_variant_files_are_selected_from_a_cached_snapshot(tmp_path, hf_cache):
+    from tiny import tiny_pipeline
+
+    src = tmp_path / "sd-variant"
+    tiny_pipeline(tmp_path / "b").save_pretrained(src, safe_serialization=True, variant="fp16")
+    put_in_hf_cache(src, hf_cache, "stabilityai/tiny-sd", sha="9" * 40)
+    loaded = load_pipeline(DiffusionConfig(model_id="stabilityai/tiny-sd", variant="fp16"), "cpu")
+    assert loaded.resolved_revision == "9" * 40
+    with pytest.raises(ValueError, match="no safetensors weights"):
+        load_pipeline(DiffusionConfig(model_id="stabilityai/tiny-sd", variant="bf16"), "cpu")
