@@ -125,3 +125,20 @@ def test_safetensors_without_config_is_a_clear_error(tmp_path):
 def test_unknown_kind_lists_the_valid_kinds():
     with pytest.raises(ValueError, match=r"unknown classifier kind 'keras'; valid kinds: .*hf.*local.*timm.*vit-mae"):
         load_classifier(ClassifierConfig(kind="keras", model_id="x"))
+
+
+def test_hub_repo_with_only_pytorch_model_bin_loads_with_weights_only(tmp_path, hf_cache):
+    """2022 hub repos (like the paper's ViT-MAE ones) may have only pytorch_model.bin: the hub path
+    accepts it (transformers unpickles with weights_only); a LOCAL pickle is still refused."""
+    from safetensors.torch import load_file
+
+    src = save_tiny_vit(tmp_path / "vit")
+    state = load_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    torch.save(state, src / "pytorch_model.bin")
+    put_in_hf_cache(src, hf_cache, "vesteinn/tiny-vit-mae", sha="7" * 40)
+    hub = load_classifier(ClassifierConfig(kind="vit-mae", model_id="vesteinn/tiny-vit-mae"))
+    assert hub.resolved_revision == "7" * 40
+    assert torch.isfinite(hub.classifier(images())).all()
+    with pytest.raises(ValueError, match="refusing pickle"):
+        load_classifier(ClassifierConfig(kind="vit-mae", model_id=str(src)))
