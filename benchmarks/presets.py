@@ -1,0 +1,390 @@
+"""Benchmark presets: random-weight models built from configs (no hub, no downloads).
+
+- ``toy``: the toy world's architectures (``dct.toy.models`` configs when that package is present,
+  else a tiny stand-in of the same shape), 32×32 images, a small ResNet guide.
+- ``mid``: Stable Diffusion's UNet/VAE/CLIP-text architecture (same block types, attention layout,
+  77-token context, 49,408-row embedding table) scaled down in width and resolution (128×128 images,
+  16×16 latents) so one epoch takes seconds on 2 CPU cores; a small ViT guide behind the reference's
+  ImageNet preprocessing (resize 256 bicubic, crop 224). Sampler as the reference: 30 PNDM steps, CFG 7,
+  gradients through the last two UNet evaluations.
+- ``sd14`` / ``sd21-base``: the full-size SD 1.4 / SD 2.1-base architectures at 512×512 with a
+  ViT-L/16 classifier (google/vit-large-patch16-224's architecture) — for GPUs.
+
+Weights are random (seeded), so images are noise; the cost of every operation is the real one.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gzip
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dct.classifiers import ImageClassifier
+from dct.config import (
+    ClassifierConfig,
+    DiffusionConfig,
+    EvaluationConfig,
+    OptimizerConfig,
+    PreprocessConfig,
+    RunConfig,
+    SamplerConfig,
+    TrainingConfig,
+)
+from dct.preprocess import PRESETS as PREPROCESS_PRESETS
+from dct.preprocess import DifferentiablePreprocess
+
+CLIP_VOCAB_SIZE = 49408  # rows of CLIP's embedding table in SD 1.x/2.x (the reference decays all of them)
+
+# Stable Diffusion's own scheduler configuration (PNDM, skip_prk_steps), shared by SD 1.4 and 2.1-base.
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    skip_prk_steps=True,
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    sample_size=512,
+)
+SD14_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+SD21_UNET = {
+    **SD14_UNET,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
+}
+SD14_TEXT = dict(  # CLIP ViT-L/14 text tower
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+SD21_TEXT = dict(  # OpenCLIP ViT-H/14 text tower, penultimate layer (23 of 24 layers kept, as SD 2.x ships it)
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_attention_heads=16,
+    num_hidden_layers=23,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=512,
+)
+VIT_L16 = dict(  # google/vit-large-patch16-224
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    image_size=224,
+    patch_size=16,
+)
+
+MID_UNET = {
+    **SD14_UNET,
+    "sample_size": 16,
+    "block_out_channels": (32, 64, 128, 128),
+    "cross_attention_dim": 128,
+    "norm_num_groups": 16,
+}
+MID_VAE = {**SD_VAE, "block_out_channels": (16, 32, 64, 64), "norm_num_groups": 16, "sample_size": 128}
+MID_TEXT = {
+    **SD14_TEXT,
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 4,
+    "projection_dim": 128,
+}
+MID_VIT = {**VIT_L16, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
+
+# Stand-in for the toy world when dct.toy is not importable (same shapes as dct/toy/models.py).
+_TOY_FALLBACK = dict(
+    unet=dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=64,
+        layers_per_block=1,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    ),
+    vae=dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    ),
+    text=dict(
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        projection_dim=64,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Architectures (config kwargs of the library classes) and the method settings of one benchmark."""
+
+    name: str
+    unet: dict
+    vae: dict
+    text: dict
+    classifier: dict  # {"kind": "vit", **ViTConfig kwargs} or {"kind": "toy-guide"}
+    preprocess: PreprocessConfig
+    sampler: SamplerConfig
+    grad_steps: int
+    num_classes: int = 1000
+    images_per_epoch: int = 5
+    scheduler: dict = field(default_factory=lambda: dict(SD_SCHEDULER))
+
+    @property
+    def max_length(self) -> int:
+        return int(self.text["max_position_embeddings"])
+
+    def run_config(self, *, micro_batch_size: int | None = None, max_epochs: int = 50) -> RunConfig:
+        """The RunConfig both loops share (reference optimiser settings; token lr as the reference's)."""
+        return RunConfig(
+            dataset="bench",
+            diffusion=DiffusionConfig(model_id=f"random:{self.name}", dtype="auto"),
+            sampler=self.sampler,
+            classifier=ClassifierConfig(kind="random", model_id=f"random:{self.name}"),
+            optimizer=OptimizerConfig(),
+            training=TrainingConfig(
+                images_per_epoch=self.images_per_epoch,
+                grad_steps=self.grad_steps,
+                max_epochs=max_epochs,
+                accuracy_threshold=1.0,
+                patience=max_epochs,
+                micro_batch_size=micro_batch_size,
+            ),
+            evaluation=EvaluationConfig(seed=10_000),
+        )
+
+
+def _toy_preset() -> Preset:
+    try:
+        from dct.toy import models as toy
+
+        unet, vae, text = dict(toy.UNET_CONFIG), dict(toy.VAE_CONFIG), dict(toy.TEXT_CONFIG)
+        guide = toy.CLASSIFIER_SPECS["guide"]
+        classifier = {"kind": "toy-guide", "spec": {k: v for k, v in guide.items() if k != "preprocess"}}
+        preprocess = guide["preprocess"]
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("dct.toy", "dct.toy.models"):
+            raise
+        unet, vae, text = (dict(_TOY_FALLBACK[k]) for k in ("unet", "vae", "text"))
+        classifier = {
+            "kind": "vit",
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+        }
+        preprocess = PreprocessConfig(resize=32, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
+    return Preset(
+        name="toy",
+        unet=unet,
+        vae=vae,
+        text=text,
+        classifier=classifier,
+        preprocess=preprocess,
+        sampler=SamplerConfig(scheduler="ddim", num_inference_steps=5, guidance_scale=3.0, timestep_spacing="trailing"),
+        grad_steps=1,
+        num_classes=10,
+        scheduler=dict(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            timestep_spacing="trailing",
+        ),
+    )
+
+
+_REFERENCE_SAMPLER = SamplerConfig(scheduler="pndm", num_inference_steps=30, guidance_scale=7.0)
+_VIT_PRE = PREPROCESS_PRESETS["reference-imagenet-vit"]
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset by name.
+
+    Raises:
+        ValueError: unknown name (the message lists the presets).
+    """
+    presets = {
+        "toy": _toy_preset,
+        "mid": lambda: Preset(
+            "mid", MID_UNET, MID_VAE, MID_TEXT, {"kind": "vit", **MID_VIT}, _VIT_PRE, _REFERENCE_SAMPLER, grad_steps=2
+        ),
+        "sd14": lambda: Preset(
+            "sd14", SD14_UNET, SD_VAE, SD14_TEXT, {"kind": "vit", **VIT_L16}, _VIT_PRE, _REFERENCE_SAMPLER, grad_steps=2
+        ),
+        "sd21-base": lambda: Preset(
+            "sd21-base",
+            SD21_UNET,
+            SD_VAE,
+            SD21_TEXT,
+            {"kind": "vit", **VIT_L16},
+            _VIT_PRE,
+            _REFERENCE_SAMPLER,
+            grad_steps=2,
+        ),
+    }
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(presets)}")
+    return presets[name]()
+
+
+PRESET_NAMES = ("toy", "mid", "sd14", "sd21-base")
+
+
+# ------------------------------------------------------------------------------------------ builders
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's reversible byte -> printable unicode map (openai/CLIP simple_tokenizer.py).
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def clip_tokenizer(max_length: int):
+    """CLIP's BPE tokenizer built locally: the full 49k merges when open_clip (which ships CLIP's BPE
+    file) is installed, else byte-level pieces only. Either way the text encoder gets CLIP's 49,408
+    embedding rows (see :func:`build_models`), so the embedding-table costs are the real ones.
+    A fresh copy per call (variants add their own placeholder tokens)."""
+    tok = copy.deepcopy(_clip_tokenizer())
+    tok.model_max_length = max_length
+    return tok
+
+
+@functools.cache
+def _clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    merges: list[tuple[str, str]] = []
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        bpe = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
+        if bpe.is_file():
+            with gzip.open(bpe, "rt", encoding="utf-8") as f:
+                lines = f.read().split("\n")
+            merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    base = list(_bytes_to_unicode().values())
+    vocab_list = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def _classifier(preset: Preset) -> ImageClassifier:
+    spec = dict(preset.classifier)
+    kind = spec.pop("kind")
+    labels = [f"class {i}" for i in range(preset.num_classes)]
+    if kind == "toy-guide":
+        from dct.toy.models import build_classifier_model
+
+        model = build_classifier_model(spec["spec"], preset.num_classes)
+    else:
+        from transformers import ViTConfig, ViTForImageClassification
+
+        config = ViTConfig(num_labels=preset.num_classes, attn_implementation="sdpa", **spec)
+        model = ViTForImageClassification(config)
+    return ImageClassifier(model, DifferentiablePreprocess(preset.preprocess), labels)
+
+
+def build_models(preset: Preset, *, seed: int = 0, device: torch.device | str = "cpu"):
+    """``(pipe, classifier)``: a frozen fp32 ``StableDiffusionPipeline`` and classifier with seeded
+    random weights on ``device``; the same seed gives bit-identical weights."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer(preset.max_length)
+    text_config = CLIPTextConfig(
+        vocab_size=max(CLIP_VOCAB_SIZE, len(tokenizer)),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa",
+        **preset.text,
+    )
+    sched_cls = PNDMScheduler if "skip_prk_steps" in preset.scheduler else DDIMScheduler
+    with torch.device(device):  # initialise in place: full-size models build much faster on a GPU
+        text_encoder = CLIPTextModel(text_config)
+        unet = UNet2DConditionModel(**preset.unet)
+        vae = AutoencoderKL(**preset.vae)
+        classifier = _classifier(preset)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sched_cls(**preset.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder, classifier):
+        m.requires_grad_(False)
+        m.eval()
+    classifier.to(device)
+    return pipe, classifier
+
+
+def clone_pipeline(pipe):
+    """An independent deep copy (own modules, own tokenizer), so a variant's changes stay its own."""
+    return copy.deepcopy(pipe)
