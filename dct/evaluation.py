@@ -57,6 +57,7 @@ KID_MIN_SUBSET_SIZE = 2  # an unbiased MMD estimate needs two samples per set
 KID_SEED = 0  # subsets are drawn from a fixed seed: the same features give the same KID
 
 DEFAULT_MAX_REFERENCE_IMAGES = 50_000
+DEFAULT_MAX_KID_SAMPLES = 50_000  # KID keeps its features in memory; FID only sums
 TOY_REFERENCE_PER_CLASS = 128
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -554,14 +555,19 @@ def _check_features(real: torch.Tensor, fake: torch.Tensor) -> None:
         raise ValueError(f"features must be (N, D) with the same D, got {tuple(real.shape)} and {tuple(fake.shape)}")
 
 
+def _fid_metric(num_features: int):
+    """torchmetrics FID over pre-computed features (float64 sums; ``update(features, real=...)``)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    return FrechetInceptionDistance(feature=_Precomputed(num_features), reset_real_features=False)
+
+
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID between feature sets ``(N, D)`` and ``(M, D)`` with torchmetrics (float64).
 
     Raises:
         ValueError: mismatched shapes, or fewer than ``D + 1`` rows in either set (:func:`min_fid_samples`).
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     _check_features(real, fake)
     need = min_fid_samples(real.shape[1])
     if real.shape[0] < need or fake.shape[0] < need:
@@ -569,7 +575,7 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
             f"FID with {real.shape[1]}-d features needs at least {need} images per set, got "
             f"{real.shape[0]} reference and {fake.shape[0]} generated"
         )
-    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), reset_real_features=False)
+    metric = _fid_metric(real.shape[1])
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -698,6 +704,7 @@ def pooled_metrics(
     extractor: FeatureExtractor | None = None,
     inception_weights: str | None = None,
     max_reference_images: int = DEFAULT_MAX_REFERENCE_IMAGES,
+    max_kid_samples: int = DEFAULT_MAX_KID_SAMPLES,
     batch_size: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> PooledMetrics:
@@ -713,6 +720,7 @@ def pooled_metrics(
         extractor: a ready extractor (overrides ``fid_features``; tests, notebooks).
         inception_weights: location of the Inception weights (see :func:`inception_weight_candidates`).
         max_reference_images: cap on reference images (evenly spaced subset of a folder).
+        max_kid_samples: cap on generated images per variant for KID (FID always uses all of them).
         batch_size: images per feature batch (default ``config.evaluation.batch_size``).
 
     Returns:
@@ -760,7 +768,6 @@ def pooled_metrics(
         ref = ref_all
         notes.append(f"reference set is not labelled by class: all {ref.shape[0]} images used")
 
-    per_class = [class_sample_features(store, r, extractor, batch) for r in used]
     d = extractor.num_features
     need = min_fid_samples(d)
     result = PooledMetrics(
@@ -773,9 +780,27 @@ def pooled_metrics(
         class_ids=class_ids,
         notes=notes,
     )
+    # One pass over the classes: FID accumulates sums (memory D² whatever the count); KID keeps at most
+    # `max_kid_samples` features per variant (an equal share per class), as 10k classes × 64 × 2048-d
+    # Inception features would be 5 GB per variant.
+    fids = {v: _fid_metric(d) for v in VARIANTS}
+    for m in fids.values():
+        m.update(ref.double(), real=True)
+    counts = dict.fromkeys(VARIANTS, 0)
+    kid_parts: dict[str, list[torch.Tensor]] = {v: [] for v in VARIANTS}
+    total = sum(r.num_samples or 0 for r in used)
+    keep = max(KID_MIN_SUBSET_SIZE, max_kid_samples // len(used)) if total > max_kid_samples else None
+    for r in used:
+        feats = class_sample_features(store, r, extractor, batch)
+        for v in VARIANTS:
+            counts[v] += feats[v].shape[0]
+            fids[v].update(feats[v].double(), real=False)
+            kid_parts[v].append(feats[v][:keep])
+    if keep is not None:
+        notes.append(f"KID on {keep} images per class (of {total // len(used)}), at most {max_kid_samples} per variant")
     for v in VARIANTS:
-        fake = torch.cat([f[v] for f in per_class])
-        n = int(fake.shape[0])
+        n = counts[v]
+        fake_kid = torch.cat(kid_parts[v])
         fid = kid = kid_std = None
         fid_reason = kid_reason = None
         if n < need or ref.shape[0] < need:
@@ -784,11 +809,11 @@ def pooled_metrics(
                 f"have {n} generated and {ref.shape[0]} reference"
             )
         else:
-            fid = fid_from_features(ref, fake)
-        if min(n, ref.shape[0]) < KID_MIN_SUBSET_SIZE:
+            fid = float(fids[v].compute())
+        if min(fake_kid.shape[0], ref.shape[0]) < KID_MIN_SUBSET_SIZE:
             kid_reason = f"KID needs at least {KID_MIN_SUBSET_SIZE} images per set; have {n} and {ref.shape[0]}"
         else:
-            kid, kid_std, result.kid_subset_size = kid_from_features(ref, fake)
+            kid, kid_std, result.kid_subset_size = kid_from_features(ref, fake_kid)
         for reason in (fid_reason, kid_reason):
             if reason:
                 result.notes.append(f"{v}: {reason}")

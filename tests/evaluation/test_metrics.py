@@ -210,3 +210,28 @@ def test_inception_checkpoint_loading_never_unpickles_code(tmp_path):
 def test_library_modules_do_not_import_prefect():
     code = "import sys, dct.evaluation, dct.report; assert 'prefect' not in sys.modules, 'prefect imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_inception_extractor_from_store_weights(tmp_path, monkeypatch):
+    """The whole Inception path with RANDOM weights (the real ones cannot be downloaded here): weights found
+    in the store, loaded without unpickling code, handed to torch-fidelity, 2048-d features out."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from safetensors.torch import save
+
+    from dct.evaluation import load_inception_features
+
+    with monkeypatch.context() as m:  # build the architecture without its (unavailable) download
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        random_weights = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    store = ArtifactStore(str(tmp_path / "store"))
+    uri = store.write_bytes(
+        store.uri("models", "inception", "weights-inception-2015-12-05-6726825d.safetensors"), save(random_weights)
+    )
+    assert resolve_inception_weights(store, environ={}) == uri
+    extractor = load_inception_features(store, environ={})
+    assert extractor.num_features == 2048 and extractor.name.startswith("inception-v3-compat:2048@sha256:")
+    assert torch.equal(extractor.net.state_dict()["fc.weight"], random_weights["fc.weight"])
+    feats = extract_features(extractor, torch.rand(3, 3, 32, 32), batch_size=2)
+    assert feats.shape == (3, 2048) and feats.dtype == torch.float32 and torch.isfinite(feats).all()

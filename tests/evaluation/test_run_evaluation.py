@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from eval_world import NUM_SAMPLES, RUN_CLASSES
 
@@ -80,6 +81,12 @@ def test_pooled_metrics_reuse_cached_sample_features_and_state_why_fid_is_missin
         assert m.fid is None and m.kid is not None and m.num_samples == 2 * NUM_SAMPLES
         assert "FID needs more images than feature dimensions (>= 33 for 32-d features); have 24" in m.fid_not_computed
     assert small.record_fields()["fid_num_samples_dct"] == 24
+
+    # KID capped for memory (10k classes): an equal share per class; FID still uses every image.
+    capped = pooled_metrics(store, config, records, reference_images=str(tiny_run.reference), max_kid_samples=12)
+    assert capped.kid_subset_size == 6 and any("KID on 4 images per class" in n for n in capped.notes)
+    assert capped.record_fields()["fid_dct"] == pytest.approx(tiny_run.pooled["fid_dct"], rel=1e-9)
+    assert capped.record_fields()["fid_num_samples_dct"] == len(RUN_CLASSES) * NUM_SAMPLES
 
     none = pooled_metrics(store, config, records, reference_images=None)
     assert none.record_fields()["fid_dct"] is None and "no reference_images" in none.notes[0]
