@@ -189,7 +189,8 @@ class ArtifactStore:
         endpoint_url: S3 endpoint (None = AWS default); only for ``s3://`` roots.
         path_style: S3 path-style addressing (MinIO/Ceph behind one DNS name).
         connect_timeout: seconds for one connection attempt to the S3 endpoint.
-        max_attempts: botocore attempts per request; s3fs adds its own retries for throttling.
+        max_attempts: botocore attempts per request (standard retry mode: exponential backoff).
+        retries: s3fs's retries of transient errors around those attempts.
 
     Raises:
         ValueError: an unsupported root.
@@ -203,6 +204,7 @@ class ArtifactStore:
         path_style: bool = False,
         connect_timeout: float = 10.0,
         max_attempts: int = 3,
+        retries: int = 3,
     ) -> None:
         self.root = resolve_store_root(root)
         self.protocol = "file" if "://" not in self.root else self.root.split("://", 1)[0]
@@ -216,7 +218,11 @@ class ArtifactStore:
             if path_style:
                 config["s3"] = {"addressing_style": "path"}
             # use_listings_cache=False: "finished?" must see objects written by other processes.
+            # Bounded retries with backoff: botocore's standard mode (max_attempts per call, exponential
+            # backoff) inside s3fs's own retries of transient errors; then the error reaches the caller,
+            # which records the class as failed.
             self.fs = s3fs.S3FileSystem(endpoint_url=endpoint_url, config_kwargs=config, use_listings_cache=False)
+            self.fs.retries = retries  # s3fs's own retry count is an attribute (class default 5)
             self._base = self.root[len("s3://") :]
         elif self.protocol == "memory":
             self.fs = fsspec.filesystem("memory")

@@ -82,7 +82,7 @@ def tiny_pipeline(tmp_dir: Path, *, seed: int = 0, scheduler: str = "ddim"):
 
     torch.manual_seed(seed)
     vocab_file, merges_file = write_tiny_clip_vocab(tmp_dir / "tokenizer")
-    tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=16)
+    tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=32)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -90,7 +90,7 @@ def tiny_pipeline(tmp_dir: Path, *, seed: int = 0, scheduler: str = "ddim"):
             intermediate_size=37,
             num_attention_heads=4,
             num_hidden_layers=2,
-            max_position_embeddings=16,
+            max_position_embeddings=32,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

@@ -163,7 +163,7 @@ def tiny_world_files(tmp_path_factory):
     from tiny import TINY_CLASSES, save_tiny_world
 
     good = save_tiny_world(tmp_path_factory.mktemp("world"))
-    long_name = " ".join(["photo"] * 30)  # longer than the tiny text encoder's 16-token context
+    long_name = " ".join(["photo"] * 40)  # longer than the tiny text encoder's 32-token context
     names = ", ".join(f'"{n}"' for n in (TINY_CLASSES[0], long_name, *TINY_CLASSES[2:]))
     text = good.read_text().replace('name = "tiny"', 'name = "tinybad"')
     text = "\n".join(f"class_names = [{names}]" if ln.startswith("class_names") else ln for ln in text.splitlines())
