@@ -308,21 +308,29 @@ def build_feature_extractor(
 
 def check_fid_features(
     config: RunConfig, store: ArtifactStore, *, weights: str | None = None, environ: Mapping[str, str] | None = None
-) -> None:
+) -> str | None:
     """Preflight of the pooled metrics, without loading a model: fail before any GPU work, not after it.
 
+    Returns:
+        None if FID/KID will be computed (given samples and a reference set), else why not: ``'none'``,
+        or ``'evaluator'`` for a dataset without a held-out evaluator (e.g. cub and inat out of the box;
+        not an error, so default configs still run — set ``fid_features='inception'`` for them).
+
     Raises:
-        ValueError: ``fid_features='evaluator'`` without an evaluator configured.
         FeatureWeightsMissingError: ``fid_features='inception'`` and no Inception weights on this worker.
     """
     kind = config.evaluation.fid_features
     if kind == "inception":
         resolve_inception_weights(store, weights, environ)
-    elif kind == "evaluator" and config.evaluation.evaluator is None:
-        raise ValueError(
-            f"fid_features='evaluator' but dataset {config.dataset!r} has no held-out evaluator; configure "
-            "one (evaluation.evaluator) or use fid_features='inception' (or 'none')"
+        return None
+    if kind == "none":
+        return "fid_features='none' in the evaluation config"
+    if config.evaluation.evaluator is None:
+        return (
+            f"fid_features='evaluator' but dataset {config.dataset!r} has no held-out evaluator; configure one "
+            "(evaluation.evaluator) or use fid_features='inception'"
         )
+    return None
 
 
 @torch.no_grad()
@@ -728,13 +736,11 @@ def pooled_metrics(
         data do not allow them (no reference set, too few images for FID, ...).
 
     Raises:
-        ValueError: ``fid_features='evaluator'`` without an evaluator configured.
         FeatureWeightsMissingError: ``fid_features='inception'`` without weights on this worker.
         FileNotFoundError: a finished class whose samples are missing, or a missing reference folder.
     """
-    kind = config.evaluation.fid_features
-    if kind == "none" and extractor is None:
-        return PooledMetrics.not_computed("fid_features='none' in the evaluation config")
+    if extractor is None and (reason := check_fid_features(config, store, weights=inception_weights, environ=environ)):
+        return PooledMetrics.not_computed(reason)
     if reference_images is None:
         return PooledMetrics.not_computed(
             f"dataset {config.dataset!r} has no reference_images; set it (a folder of real images) to get FID/KID"
