@@ -402,10 +402,8 @@ def _toy_reference(
         yield images[i : i + batch_size], labels[i : i + batch_size]
 
 
-def _file_reference(
-    store: ArtifactStore, reference: str, max_images: int, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Image files under a folder (local path or URI); a parent folder named by digits is the class id.
+def _reference_files(store: ArtifactStore, reference: str, max_images: int) -> tuple[Any, list[str], list[int]]:
+    """``(filesystem, image paths, sizes in bytes)`` of a reference folder, capped to ``max_images``.
 
     More than ``max_images`` files: an evenly spaced subset of the sorted list (deterministic).
     """
@@ -415,12 +413,33 @@ def _file_reference(
     fs, root = fsspec.core.url_to_fs(reference, **opts)
     if not fs.exists(root):
         raise FileNotFoundError(f"reference_images {reference!r} does not exist")
-    paths = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_SUFFIXES))
+    found = fs.find(root, detail=True)
+    paths = sorted(p for p in found if p.lower().endswith(IMAGE_SUFFIXES))
     if not paths:
         raise ValueError(f"reference_images {reference!r} holds no {'/'.join(IMAGE_SUFFIXES)} files")
     if len(paths) > max_images:
         step = len(paths) / max_images
         paths = [paths[int(i * step)] for i in range(max_images)]
+    return fs, paths, [int(found[p].get("size") or 0) for p in paths]
+
+
+def reference_identity(store: ArtifactStore, reference: str, max_images: int) -> str:
+    """What the reference set IS, for the cache key: a generator's name, or a hash of a folder's listing
+    (relative paths and sizes), so adding or replacing files invalidates the cached features."""
+    if _reference_scheme(reference) in REFERENCE_SOURCES:
+        return reference
+    _, paths, sizes = _reference_files(store, reference, max_images)
+    root = os.path.commonpath(paths) if len(paths) > 1 else posixpath.dirname(paths[0])
+    return f"{reference}#files={len(paths)}:" + short_hash(
+        [[posixpath.relpath(p, root), n] for p, n in zip(paths, sizes, strict=True)]
+    )
+
+
+def _file_reference(
+    store: ArtifactStore, reference: str, max_images: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Image files under a folder (local path or URI); a parent folder named by digits is the class id."""
+    fs, paths, _ = _reference_files(store, reference, max_images)
 
     def items() -> Iterator[tuple[torch.Tensor, int]]:
         for p in paths:
@@ -428,6 +447,10 @@ def _file_reference(
             yield decode_image(fs.cat_file(p)), int(parent) if parent.isdigit() else -1
 
     yield from _same_size_batches(items(), batch_size)
+
+
+def _reference_scheme(reference: str) -> str | None:
+    return reference.split(":", 1)[0] if ":" in reference and "://" not in reference else None
 
 
 def reference_batches(
@@ -438,7 +461,7 @@ def reference_batches(
     ``reference`` is ``DatasetSpec.reference_images``: ``"toy:shapes"`` (or another registered
     ``scheme:name``), or a folder of image files (local path, ``s3://``, ...).
     """
-    scheme = reference.split(":", 1)[0] if ":" in reference and "://" not in reference else None
+    scheme = _reference_scheme(reference)
     if scheme in REFERENCE_SOURCES:
         return REFERENCE_SOURCES[scheme](store, reference, max_images, batch_size)
     return _file_reference(store, reference, max_images, batch_size)
@@ -488,16 +511,18 @@ def reference_features(
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Features of the whole reference set, computed once per dataset + extractor + source and cached.
 
+    The cache key holds the extractor's name (network + weights revision) and :func:`reference_identity`
+    (a folder's listing hash), so a new extractor or changed reference files are recomputed.
+
     Returns:
         ``(features (N, D) float32, class ids (N,) int64 with -1 = unlabelled, cache URI)``.
     """
-    key = short_hash(
-        {"v": FEATURE_CACHE_VERSION, "extractor": extractor.name, "reference": reference, "max_images": max_images}
-    )
+    identity = reference_identity(store, reference, max_images)
+    key = short_hash({"v": FEATURE_CACHE_VERSION, "extractor": extractor.name, "reference": identity})
     uri = store.cache_uri(dataset, "fid-reference", f"{key}.safetensors")
     try:
         tensors, meta = _load_tensors(store.read_bytes(uri))
-        if meta.get("extractor") == extractor.name and meta.get("reference") == reference:
+        if meta.get("extractor") == extractor.name and meta.get("reference") == identity:
             logger.info("reference features from cache %s (%d images)", uri, tensors["features"].shape[0])
             return tensors["features"], tensors["class_ids"], uri
     except FileNotFoundError:
@@ -507,7 +532,7 @@ def reference_features(
         feats.append(extract_features(extractor, images, batch_size))
         labels.append(ids)
     features, class_ids = torch.cat(feats), torch.cat(labels)
-    meta = {"extractor": extractor.name, "reference": reference, "count": str(features.shape[0])}
+    meta = {"extractor": extractor.name, "reference": identity, "count": str(features.shape[0])}
     store.write_bytes(uri, _save_tensors({"features": features, "class_ids": class_ids}, meta))
     logger.info(
         "reference features: %d images of %r with %s, cached at %s", len(class_ids), reference, extractor.name, uri

@@ -237,3 +237,15 @@ def test_inception_extractor_from_store_weights(tmp_path, monkeypatch):
     assert torch.equal(extractor.net.state_dict()["fc.weight"], random_weights["fc.weight"])
     feats = extract_features(extractor, torch.rand(3, 3, 32, 32), batch_size=2)
     assert feats.shape == (3, 2048) and feats.dtype == torch.float32 and torch.isfinite(feats).all()
+
+
+def test_folder_reference_cache_follows_the_files(evaluator_features, tmp_path):
+    from eval_world import write_reference_folder
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    folder = write_reference_folder(tmp_path / "ref", [0, 1], 4)
+    feats, _, uri = reference_features(store, "toy", str(folder), evaluator_features)
+    assert reference_features(store, "toy", str(folder), evaluator_features)[2] == uri  # unchanged: same entry
+    write_reference_folder(folder, [2], 4)  # new reference images: new cache entry, recomputed
+    more, ids, uri2 = reference_features(store, "toy", str(folder), evaluator_features)
+    assert uri2 != uri and more.shape[0] == feats.shape[0] + 4 and sorted(set(ids.tolist())) == [0, 1, 2]
