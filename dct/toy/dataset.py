@@ -1,0 +1,56 @@
+"""The ``toy`` dataset: class names, models and the method defaults that this tiny world needs.
+
+Where the defaults differ from the paper's (docs/toy.md has the table), it is because a 5-step,
+64-wide world needs it: DDIM with "trailing" spacing so that the one gradient-carrying step is at
+t=199 rather than t≈1, and a token learning rate relative to the token's norm (the toy embedding
+vectors are ~100× smaller than SD's, so an absolute lr of 1.25e-3 would barely move them).
+"""
+
+from __future__ import annotations
+
+from dct.config import (
+    ClassifierConfig,
+    DiffusionConfig,
+    EvaluationConfig,
+    OptimizerConfig,
+    PromptConfig,
+    SamplerConfig,
+    TrainingConfig,
+)
+from dct.datasets import DatasetSpec, register_dataset
+from dct.toy.captions import SPECIES_NAMES
+from dct.toy.models import PIPELINE_DIR
+
+LICENCE = "Apache-2.0"  # trained here from procedural data; same licence as the project
+
+# The paper's templates without the article that the placeholder token replaces (the toy captions
+# say "a photo of a ember finch"; the DCT prompt is "A photo of <tok> ember finch").
+TEMPLATES: tuple[str, ...] = ("A photo of {}", "a high resolution realistic image of {}", "A close-up photo of {}")
+# Reference set for FID: the procedural generator itself (dct.toy.shapes.reference_images).
+REFERENCE_IMAGES = "toy:shapes"
+
+SAMPLER = SamplerConfig(scheduler="ddim", num_inference_steps=5, timestep_spacing="trailing", guidance_scale=3.0)
+OPTIMIZER = OptimizerConfig(lr=0.04, lr_scale="token_norm", lr_schedule="cosine")
+TRAINING = TrainingConfig(images_per_epoch=6, max_epochs=20, accuracy_threshold=0.8, patience=16, grad_steps=1)
+EVALUATION = EvaluationConfig(num_samples=64, seed=10_000, batch_size=64, fid_features="evaluator")
+
+
+@register_dataset("toy")
+def toy_dataset() -> DatasetSpec:
+    return DatasetSpec(
+        name="toy",
+        description=(
+            "Embedded toy world: 10 coloured shapes (5 red, 5 blue) at 32x32, a tiny SD-style pipeline whose "
+            "class names ('ember finch', ...) only name the colour group, and two small classifiers."
+        ),
+        class_names=SPECIES_NAMES,
+        classifier=ClassifierConfig(kind="toy", model_id="guide", licence=LICENCE),
+        evaluator=ClassifierConfig(kind="toy", model_id="evaluator", licence=LICENCE),
+        diffusion=DiffusionConfig(model_id=str(PIPELINE_DIR), dtype="float32", licence=LICENCE),
+        prompts=PromptConfig(templates=TEMPLATES, baseline_word="a"),
+        sampler=SAMPLER,
+        optimizer=OPTIMIZER,
+        training=TRAINING,
+        evaluation=EVALUATION,
+        reference_images=REFERENCE_IMAGES,
+    )

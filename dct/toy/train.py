@@ -1,0 +1,226 @@
+"""Retrain the whole toy world from scratch: ``python -m dct.toy.train [--out DIR]``.
+
+Stages (each timed and printed): procedural data -> VAE (then frozen) -> guide and evaluator classifiers
+(on VAE reconstructions, so generated-looking images cannot fool them trivially) -> text encoder and
+UNet trained jointly on ~10^4 distinct captions -> save the pipeline with ``save_pretrained``.
+Deterministic for a given thread count (CPU results vary slightly with the number of threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dct.toy import captions, models, shapes
+
+logger = logging.getLogger(__name__)
+
+# Timesteps the configured sampler visits (DDIM, 5 steps, trailing): half of every diffusion batch is
+# drawn near them, so a short training run spends its capacity where sampling happens.
+SAMPLER_TIMESTEPS = (999, 799, 599, 399, 199)
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_vae(images: torch.Tensor, steps: int, batch: int, gen: torch.Generator):
+    vae = models.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, 2e-3)
+        idx = torch.randint(len(images), (batch,), generator=gen)
+        x = images[idx] * 2 - 1
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        # Nearly a plain autoencoder (tiny KL weight, as in SD's VAE): sharp reconstructions matter most.
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("vae step %d/%d loss %.4f", step, steps, loss.item())
+    vae.requires_grad_(False).eval()
+    return vae
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        post = vae.encode(images[i : i + batch] * 2 - 1).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    out = [vae.decode(latents[i : i + batch]).sample for i in range(0, len(latents), batch)]
+    return (torch.cat(out) / 2 + 0.5).clamp(0, 1)
+
+
+def train_classifier(name: str, clean: torch.Tensor, recon: torch.Tensor, labels: torch.Tensor,
+                     steps: int, batch: int, gen: torch.Generator, recon_share: float):
+    """Train one toy classifier on a mix of clean renders and VAE reconstructions (+ flips, noise)."""
+    spec = models.CLASSIFIER_SPECS[name]
+    net = models.build_classifier_model(spec, shapes.NUM_CLASSES)
+    from dct.preprocess import DifferentiablePreprocess
+
+    prep = DifferentiablePreprocess(spec["preprocess"])
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
+    net.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, 3e-3, warmup=50)
+        idx = torch.randint(len(labels), (batch,), generator=gen)
+        use_recon = (torch.rand(batch, generator=gen) < recon_share).view(-1, 1, 1, 1)
+        x = torch.where(use_recon, recon[idx], clean[idx])
+        flip = torch.rand(batch, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        x = (x + 0.03 * torch.rand(batch, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+        loss = F.cross_entropy(net(prep(x)), labels[idx], label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("%s step %d/%d loss %.4f", name, step, steps, loss.item())
+    net.eval().requires_grad_(False)
+    return net, prep
+
+
+@torch.no_grad()
+def accuracy(net, prep, images: torch.Tensor, labels: torch.Tensor) -> float:
+    pred = torch.cat([net(prep(images[i : i + 500])).argmax(dim=1) for i in range(0, len(images), 500)])
+    return (pred == labels).float().mean().item()
+
+
+def train_diffusion(tokenizer, means, stds, attrs, steps: int, batch: int, gen: torch.Generator, seed: int,
+                    checkpoint=None, checkpoint_every: int = 0):
+    text_encoder = models.build_text_encoder(tokenizer)
+    unet = models.build_unet()
+    sched = models.build_scheduler()
+    alphas = sched.alphas_cumprod
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=1.5e-3, weight_decay=1e-2)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    rng = np.random.default_rng(seed)
+    centres = torch.tensor(SAMPLER_TIMESTEPS)
+    unet.train()
+    text_encoder.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, 1.5e-3)
+        idx = torch.randint(len(means), (batch,), generator=gen)
+        z0 = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
+        t_uniform = torch.randint(0, 1000, (batch,), generator=gen)
+        t_near = (centres[torch.randint(len(centres), (batch,), generator=gen)]
+                  + torch.randint(-20, 21, (batch,), generator=gen)).clamp(0, 999)
+        t = torch.where(torch.rand(batch, generator=gen) < 0.5, t_near, t_uniform)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        texts = [captions.caption(attrs[i], rng) for i in idx.tolist()]
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        cond = text_encoder(ids)[0]
+        pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.998, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
+                    pe.lerp_(pl, 1 - decay)
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("diffusion step %d/%d loss %.4f", step, steps, loss.item())
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint(ema_text, ema_unet, step + 1)
+    return ema_text.eval(), ema_unet.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=models.WEIGHTS_DIR, help="weights directory (default: the shipped one)")
+    p.add_argument("--num-images", type=int, default=12_000)
+    p.add_argument("--vae-steps", type=int, default=300)
+    p.add_argument("--classifier-steps", type=int, default=300)
+    p.add_argument("--diffusion-steps", type=int, default=2400)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also save the pipeline every N diffusion steps")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # denormals slow CPU convolutions several-fold early in training
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    images, labels, attrs = shapes.sample(args.num_images, shapes.TRAIN_SEED)
+    test_images, test_labels, _ = shapes.sample(2000, shapes.TRAIN_SEED + 1)
+    timings["data"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    vae = train_vae(images, args.vae_steps, args.batch, gen)
+    means, stds = encode(vae, images)
+    # SD convention: latents are scaled to unit variance before diffusion (vae.config.scaling_factor).
+    scaling = 1.0 / (means + stds * torch.randn(means.shape, generator=gen)).std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    recon = decode(vae, means + stds * torch.randn(means.shape, generator=gen))
+    test_recon = decode(vae, encode(vae, test_images)[0])
+    timings["vae"] = time.perf_counter() - t0
+    logger.info("vae: scaling_factor %.4f, test reconstruction MSE %.5f", scaling,
+                F.mse_loss(test_recon, test_images).item())
+
+    names = list(captions.SPECIES_NAMES)
+    for name, share in (("guide", 0.8), ("evaluator", 0.5)):
+        t0 = time.perf_counter()
+        net, prep = train_classifier(name, images, recon, labels, args.classifier_steps, 128, gen, share)
+        models.save_classifier(net, name, names, args.out / f"{name}.safetensors")
+        timings[name] = time.perf_counter() - t0
+        print(f"{name}: test accuracy on fresh renders {accuracy(net, prep, test_images, test_labels):.4f}, "
+              f"on their VAE reconstructions {accuracy(net, prep, test_recon, test_labels):.4f}")
+
+    t0 = time.perf_counter()
+    tokenizer = models.build_tokenizer(captions.vocabulary_words())
+
+    def checkpoint(text_encoder, unet, step: int) -> None:
+        # Intermediate pipelines let a long CPU run be inspected before it ends.
+        pipe = models.build_pipeline(tokenizer, text_encoder, unet, vae, models.build_scheduler())
+        pipe.save_pretrained(args.out / f"checkpoint-{step}" / "pipeline", safe_serialization=True)
+
+    text_encoder, unet = train_diffusion(tokenizer, means * scaling, stds * scaling, attrs,
+                                         args.diffusion_steps, args.batch, gen, args.seed,
+                                         checkpoint if args.checkpoint_every else None, args.checkpoint_every)
+    timings["diffusion"] = time.perf_counter() - t0
+
+    pipe = models.build_pipeline(tokenizer, text_encoder, unet, vae, models.build_scheduler())
+    pipe.save_pretrained(args.out / "pipeline", safe_serialization=True)
+    timings["total"] = time.perf_counter() - t_all
+    for k, v in timings.items():
+        print(f"time {k}: {v:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
