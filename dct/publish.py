@@ -116,7 +116,10 @@ def publish_run(
     """
     records = class_records_for(store, plan.dataset, plan.eval_key, plan.todo, plan.run_id)
     seen = {r.class_id for r in records}
-    missing = [c for c in plan.todo if c not in seen]
+    # A planned class finished by a concurrent run (its record names another run) is done, not missing:
+    # it counts as skipped here, and its row belongs to the run that wrote the record.
+    elsewhere = sorted(store.finished_class_ids(plan.dataset, plan.eval_key, [c for c in plan.todo if c not in seen]))
+    missing = [c for c in plan.todo if c not in seen and c not in elsewhere]
     records += record_missing_classes(store, config, plan, missing, missing_reasons or {}, class_names)
     done = [r for r in records if r.status == "done"]
     diverged = [r for r in records if r.status == "diverged"]
@@ -135,7 +138,7 @@ def publish_run(
         eval_key=plan.eval_key,
         classes_planned=len(plan.todo),
         classes_done=len(done),
-        classes_skipped=len(plan.skipped),
+        classes_skipped=len(plan.skipped) + len(elsewhere),
         classes_failed=failed,
         classes_diverged=len(diverged),
         seconds=(dt.datetime.now(dt.UTC) - started_at).total_seconds(),
