@@ -19,8 +19,15 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line (the usage block is one ``--help`` away), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dct", description="Discriminative Class Tokens at dataset scale.")
+    parser = _Parser(prog="dct", description="Discriminative Class Tokens at dataset scale.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -44,9 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as exc:
-        print(f"dct {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        # One line, whatever the exception text holds (a wrapped botocore/pydantic message may not).
+        print(f"dct {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Bad input or environment the user can fix (the message says how); anything else is a bug: traceback."""
+    if isinstance(exc, (UserError, ValueError, FileNotFoundError, PermissionError)):
+        return True
+    store = sys.modules.get("dct.store")  # imported lazily: only a command that opened a store can raise it
+    return store is not None and isinstance(exc, store.StoreUnavailableError)
 
 
 if __name__ == "__main__":

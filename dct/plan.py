@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from dct.config import RunConfig, RunOverrides, StorageConfig, eval_key, token_key
 from dct.datasets import DatasetSpec, get_dataset, select_classes
-from dct.store import ArtifactStore
+from dct.store import ArtifactStore, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,65 @@ def resolve_revisions(config: RunConfig) -> Revisions:
     return Revisions(diffusion, revision_of(config.classifier), revision_of(ev) if ev else None)
 
 
+def preflight_store(artifact_store: ArtifactStore, run_id: str) -> None:
+    """The store's write probe (:meth:`ArtifactStore.preflight`) with errors that say what to fix.
+
+    Raises:
+        StoreUnavailableError: endpoint unreachable, or no S3 credentials found at all.
+        PermissionError: the credentials may not write (read-only bucket, wrong policy).
+        FileNotFoundError: the bucket does not exist (buckets are never created by the product).
+    """
+    root = artifact_store.root
+    try:
+        artifact_store.preflight(run_id)
+    except StoreUnavailableError as exc:
+        if type(exc.__cause__).__name__ == "NoCredentialsError":
+            raise StoreUnavailableError(
+                f"no S3 credentials found for store {root!r}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE / a role) in the environment of this process; in Prefect, fill them from a "
+                "Secret block into the work pool's environment, never into flow parameters"
+            ) from None
+        raise
+    except PermissionError as exc:
+        raise PermissionError(
+            f"store {root!r} is not writable with these credentials ({' '.join(str(exc).split()) or 'denied'}): "
+            "grant s3:PutObject and s3:GetObject on the prefix (or write access to the directory), or choose "
+            "another --store / DCT_STORE"
+        ) from None
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"store {root!r} cannot be written: {' '.join(str(exc).split())}; create the bucket first (the "
+            "product never creates buckets) or fix the --store / DCT_STORE URI"
+        ) from None
+    except (NotADirectoryError, FileExistsError) as exc:
+        raise ValueError(
+            f"store {root!r} is not a directory ({exc.strerror}); choose another --store / DCT_STORE"
+        ) from None
+
+
+def check_models_available(config: RunConfig, dataset: str | None = None) -> None:
+    """Every configured model is cached, local or downloadable, and is not a pickle — without loading weights.
+
+    Args:
+        dataset: what the user named the dataset by (registry name or file), for the ``dct models pull`` hint.
+
+    Raises:
+        ModelNotAvailableError (a ValueError): not cached and the hub unreachable / HF_HUB_OFFLINE=1.
+        ValueError / FileNotFoundError: an unknown classifier kind, a pickle checkpoint, a missing directory.
+    """
+    from dct.classifiers import ModelNotAvailableError, fetch_classifier_files
+    from dct.pipelines import resolve_pipeline_dir
+
+    try:
+        resolve_pipeline_dir(config.diffusion)
+        for cfg in (config.classifier, config.evaluation.evaluator):
+            if cfg is not None:
+                fetch_classifier_files(cfg)
+    except ModelNotAvailableError as exc:
+        text = str(exc).replace("--dataset <name>", f"--dataset {dataset or config.dataset}")
+        raise ModelNotAvailableError(text, exc.model_id) from None
+
+
 def estimate_work(config: RunConfig, n_classes: int) -> dict[str, float]:
     """Upper bound of the work for ``n_classes`` (every class running ``max_epochs``)."""
     t, s = config.training, config.sampler
@@ -147,7 +206,7 @@ def plan_run(
     spec, config = build_config(dataset, overrides, store)
     selected = select_classes(spec, classes)
     artifact_store = ArtifactStore.from_config(config.storage)
-    artifact_store.preflight(run_id)
+    preflight_store(artifact_store, run_id)
     revisions = resolve_revisions(config)
     tkey = token_key(config, revisions.diffusion, revisions.classifier)
     ekey = eval_key(config, tkey, revisions.evaluator)

@@ -18,7 +18,7 @@ import torch
 from dct.bundle import load_stored_token
 from dct.classifiers import ImageClassifier, load_classifier
 from dct.config import RunConfig, eval_key, token_key
-from dct.optimize import build_token_metadata, fill_template, optimize_token
+from dct.optimize import TokenResult, build_token_metadata, fill_template, optimize_token
 from dct.results import ClassRecord, Provenance, library_versions, write_class_record
 from dct.sampling import generate
 from dct.store import ArtifactStore
@@ -144,7 +144,7 @@ def eval_prompts(config: RunConfig, word: str, class_name: str) -> list[str]:
 
 
 def _reusable_token(
-    store: ArtifactStore, config: RunConfig, class_id: int, tkey: str
+    store: ArtifactStore, config: RunConfig, class_id: int, tkey: str, width: int
 ) -> tuple[torch.Tensor, dict[str, str]] | None:
     """The stored token for these keys if it is intact and provably theirs; None → (re-)optimise."""
     if not store.has_token(config.dataset, tkey, class_id):
@@ -157,7 +157,89 @@ def _reusable_token(
     if meta.get("token_key") != tkey:  # a file without our metadata is not provably ours
         logger.warning("class %d: stored token lacks token_key %s in its metadata; re-optimising", class_id, tkey)
         return None
+    # Well-formed and ours, but unusable (a hand edit, a bug elsewhere): never load it into the pipeline.
+    if vector.shape != (width,) or not bool(torch.isfinite(vector).all()):
+        logger.warning(
+            "class %d: stored token has shape %s (expected (%d,)) or non-finite values; re-optimising",
+            class_id,
+            tuple(vector.shape),
+            width,
+        )
+        return None
     return vector, meta
+
+
+def _optimize_with_oom_retry(
+    pipe, models: Models, config: RunConfig, class_id: int, class_name: str, progress: bool | None
+) -> TokenResult:
+    """:func:`optimize_token`; on CUDA out-of-memory, retried ONCE with ``micro_batch_size=1``.
+
+    ``micro_batch_size`` is not part of ``token_key`` (any micro-batch size gives the gradient of the same
+    mean loss), so the retry writes under the same keys. The config is never mutated: the retry uses a copy.
+
+    Raises:
+        RuntimeError: out of memory again with one image per forward/backward (what to change is in the text).
+    """
+
+    def attempt(cfg: RunConfig) -> TokenResult:
+        return optimize_token(
+            pipe,
+            models.classifier,
+            class_id=class_id,
+            class_name=class_name,
+            config=cfg,
+            device=models.device,
+            dtype=models.dtype,
+            progress=progress,
+        )
+
+    try:
+        return attempt(config)
+    except torch.OutOfMemoryError as exc:
+        # Keep only the text: the exception's traceback pins the failed attempt's activations in memory.
+        first = _first_line(exc)
+    _free_accelerator_memory()
+    if config.training.micro_batch_size == 1:
+        raise _oom_error(config, class_id, first)
+    logger.warning(
+        "class %d: out of memory with micro_batch_size=%s (%s); retrying once with micro_batch_size=1",
+        class_id,
+        config.training.micro_batch_size,
+        first,
+    )
+    retry = config.model_copy(update={"training": config.training.model_copy(update={"micro_batch_size": 1})})
+    try:
+        return attempt(retry)
+    except torch.OutOfMemoryError as exc:
+        again = _first_line(exc)
+    _free_accelerator_memory()
+    raise _oom_error(config, class_id, again)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _free_accelerator_memory() -> None:
+    """Drop the failed attempt's cached blocks so the retry (or the next class) starts from a clean pool."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _oom_error(config: RunConfig, class_id: int, first_line: str) -> RuntimeError:
+    s = config.sampler
+    size = f"{s.height}x{s.width}" if s.height and s.width else "native"
+    return RuntimeError(
+        f"out of memory optimising class {class_id} even with micro_batch_size=1 (one image per "
+        f"forward/backward, grad_steps={config.training.grad_steps}, resolution {size}; {first_line}); a smaller "
+        "micro-batch is impossible: use a GPU with more memory, lower grad_steps or the sampler's height/width"
+        + (", or diffusion dtype bfloat16" if config.diffusion.dtype == "float32" else "")
+        + "; the class is recorded failed and the next run retries it"
+    )
 
 
 def process_class(
@@ -181,6 +263,10 @@ def process_class(
 
     Returns:
         The written :class:`ClassRecord` (status ``done``, or ``diverged`` when the loss went non-finite).
+
+    Raises:
+        RuntimeError: CUDA out of memory even after one retry with ``micro_batch_size=1`` (the shard
+            records the class as failed with this text).
     """
     started = dt.datetime.now(dt.UTC)
     tkey, ekey = models.keys(config)
@@ -188,7 +274,8 @@ def process_class(
     pipe = models.pipe
 
     t0 = time.perf_counter()
-    reused = None if force else _reusable_token(store, config, class_id, tkey)
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    reused = None if force else _reusable_token(store, config, class_id, tkey, width)
     if reused is not None:
         vector, meta = reused
         token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, config.token.initializer_token)
@@ -199,16 +286,7 @@ def process_class(
         token_uri = store.token_uri(config.dataset, tkey, class_id)
         logger.info("class %d: reusing token %s (token_key %s)", class_id, token, tkey)
     else:
-        result = optimize_token(
-            pipe,
-            models.classifier,
-            class_id=class_id,
-            class_name=class_name,
-            config=config,
-            device=models.device,
-            dtype=models.dtype,
-            progress=progress,
-        )
+        result = _optimize_with_oom_retry(pipe, models, config, class_id, class_name, progress)
         metadata = build_token_metadata(
             config,
             result,

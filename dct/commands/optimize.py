@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from dct.datasets import get_dataset, select_classes
     from dct.optimize import build_token_metadata, optimize_token
     from dct.pipelines import load_pipeline
+    from dct.plan import check_models_available
     from dct.tokens import save_token
 
     # Validate everything cheap before any model is loaded.
@@ -80,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
     if updates:
         config = type(config).model_validate({**config.model_dump(), **{k: v.model_dump() for k, v in updates.items()}})
     out = (args.out or Path("tokens") / f"{spec.name}-{class_id:05d}.safetensors").absolute()
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a directory; give a file name ending in .safetensors")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
+    # Models present, of a known kind and not pickles — checked without loading any weights.
+    check_models_available(config, args.dataset)
 
     loaded_pipe = load_pipeline(config.diffusion, device)
     loaded_clf = load_classifier(config.classifier, device)

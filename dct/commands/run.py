@@ -40,25 +40,31 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.max_failed_fraction <= 1.0:
         raise UserError(f"--max-failed-fraction {args.max_failed_fraction!r} must be within [0, 1]")
-    try:
-        from flows.dct_flow import dct
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("prefect"):
-            raise UserError("`dct run` needs Prefect: pip install -e '.[orchestration]'") from None
-        raise
     from dct.config import RunOverrides
     from dct.datasets import get_dataset, select_classes
+    from dct.plan import build_config, check_models_available, preflight_store
     from dct.results import new_run_id
     from dct.runner import resolve_device
+    from dct.store import ArtifactStore
 
-    # Cheap validation before Prefect starts, so typos fail in milliseconds with one line.
+    # The preflight before Prefect starts, cheapest first, so bad input fails in seconds with one line and
+    # nothing written (the flow repeats it: deployments start the flow without this command).
     resolve_device(args.device)
     spec = get_dataset(args.dataset)
     select_classes(spec, args.classes)
     overrides = RunOverrides(
         max_epochs=args.max_epochs, num_samples=args.num_samples, micro_batch_size=args.micro_batch_size
     )
+    _, config = build_config(args.dataset, overrides, args.store)  # re-validates the overridden config
     run_id = new_run_id()
+    preflight_store(ArtifactStore.from_config(config.storage), run_id)
+    check_models_available(config, args.dataset)
+    try:
+        from flows.dct_flow import dct  # Prefect is imported only once the input is known to be good
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("prefect"):
+            raise UserError("`dct run` needs Prefect: pip install -e '.[orchestration]'") from None
+        raise
     state = dct(
         dataset=args.dataset,
         classes=args.classes,

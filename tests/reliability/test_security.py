@@ -1,0 +1,259 @@
+"""Issue 10, item 7: secrets never leave the environment; user strings never leave the store root; the
+code never deserialises untrusted code (YAML safe_load only, no trust_remote_code, no unsafe torch.load).
+
+Credentials come only from the process environment (or, in deployments, a Prefect Secret block that the
+work pool maps into the worker's environment): a tiny run against a real S3 server (moto) with canary
+credentials, then EVERY output is scanned for them.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from dct.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY_ID = "AKIADCTCANARY7Q3XW9Z"
+SECRET = "dct-canary-secret/5f1e9a7c2b+Zq"
+CANARIES = (KEY_ID, SECRET, SECRET.split("/")[1])
+
+
+def _leaks(text: str | bytes) -> list[str]:
+    if isinstance(text, bytes):
+        return [c for c in CANARIES if c.encode() in text]
+    return [c for c in CANARIES if c in text]
+
+
+def test_canary_credentials_appear_in_no_output(
+    prefect_harness, tiny_world, aws_env, s3_bucket, monkeypatch, capfd, caplog
+):
+    import boto3
+    import botocore.session
+    import pyarrow.parquet as pq
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    s3fs.S3FileSystem.clear_instance_cache()  # a fresh client: it must take THESE credentials
+    assert botocore.session.get_session().get_credentials().secret_key == SECRET  # the run signs with them
+    torch.set_num_threads(1)
+    store = f"s3://{s3_bucket}/team/dct"
+
+    code = main(
+        [
+            "run",
+            "--dataset",
+            str(tiny_world),
+            "--classes",
+            "0,1",
+            "--store",
+            store,
+            "--max-epochs",
+            "1",
+            "--num-samples",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
+    out, err = capfd.readouterr()
+    assert code == 0, err[-3000:]
+    run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+
+    leaks: dict[str, list[str]] = {}
+    # 1. every object in the bucket: raw bytes, and Parquet decoded (its pages may be compressed)
+    s3 = boto3.client("s3", endpoint_url=aws_env)
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+        for o in page.get("Contents", [])
+    ]
+    kinds = {k.rsplit(".", 1)[-1] for k in keys}
+    assert {"safetensors", "json", "parquet", "png"} <= kinds, kinds  # the scan covered every kind of output
+    for key in keys:
+        body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        leaks[key] = _leaks(body)
+        if key.endswith(".parquet"):
+            leaks[key] += _leaks(json.dumps(pq.read_table(io.BytesIO(body)).to_pylist(), default=str))
+    # 2. what the process printed and logged
+    leaks["stdout+stderr"] = _leaks(out + err)
+    leaks["log records"] = _leaks(caplog.text)
+    # 3. the Prefect API's record of the run: parameters, states, logs, artifacts, of every flow/task run
+    dump = _prefect_dump()
+    assert run_id in dump  # the dump holds this run's records
+    leaks["prefect"] = _leaks(dump)
+    assert not {k: v for k, v in leaks.items() if v}, "credentials leaked"
+    assert any(run_id in k for k in keys)
+
+
+def _prefect_dump() -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs are shipped to the API in batches
+    parts = []
+    with get_client(sync_client=True) as client:
+        for fr in client.read_flow_runs(limit=200):
+            parts.append(fr.model_dump_json())
+        for tr in client.read_task_runs(limit=200):
+            parts.append(tr.model_dump_json())
+        for log in client.read_logs(limit=200):
+            parts.append(log.model_dump_json())
+        for art in client.read_artifacts(limit=200):
+            parts.append(art.model_dump_json())
+    assert len(parts) > 10  # the dump is not vacuous
+    return "\n".join(parts)
+
+
+def test_no_credential_fields_in_configs_or_flow_parameters():
+    """There is nowhere to pass a secret: not in the configs, not in the flows' parameters."""
+    from dct.config import RunConfig, RunOverrides, StorageConfig
+    from flows.dct_flow import dct
+    from flows.shard import dct_shard
+
+    assert set(StorageConfig.model_fields) == {"root", "endpoint_url", "path_style"}
+    secretish = re.compile(r"secret|password|passwd|credential|access_key|session_token|api_key", re.I)
+    names = [*RunOverrides.model_fields, *RunConfig.model_fields, *StorageConfig.model_fields]
+    for fl in (dct, dct_shard):
+        names += list(inspect.signature(fl.fn).parameters)
+    assert not [n for n in names if secretish.search(n)]
+
+
+# ------------------------------------------------------------------------------------ escaping the root
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../etc", "/abs/olute", "a\x00b", "x" * 200, "Tiny", "tiny/../../x", "..", "C:\\x"],
+    ids=["dotdot", "absolute", "nul", "very-long", "upper", "embedded", "parent", "drive"],
+)
+def test_dataset_name_cannot_escape_the_store(tiny_world, name):
+    from dct.datasets import get_dataset
+
+    path = tiny_world.parent / "named.toml"
+    path.write_text(tiny_world.read_text().replace('name = "tiny"', f"name = {json.dumps(name)}"))
+    with pytest.raises(ValueError, match=r"invalid dataset file .*name"):
+        get_dataset(str(path))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../../escape", "/etc/passwd", "a\x00b", "x" * 201, "..", "back\\slash"],
+    ids=["dotdot", "absolute", "nul", "very-long", "parent", "backslash"],
+)
+def test_unsafe_class_names_are_refused(tiny_world, bad):
+    from dct.datasets import get_dataset
+
+    path = tiny_world.parent / "classes.toml"
+    path.write_text(tiny_world.read_text().replace('"red circle"', json.dumps(bad)))
+    with pytest.raises(ValueError, match="class name"):
+        get_dataset(str(path))
+
+
+def test_odd_but_allowed_class_names_never_become_paths(tiny_world, tmp_path):
+    """Names are prompts, not paths: files are named by class id, so a strange name cannot steer a write."""
+    from dct.config import RunOverrides
+    from dct.plan import build_config
+    from dct.runner import load_models, process_class
+    from dct.store import ArtifactStore
+
+    odd = "..%2f$(pwn)~é"  # short: the tiny text encoder takes 32 tokens per prompt
+    path = tiny_world.parent / "odd.toml"
+    path.write_text(tiny_world.read_text().replace('"red circle"', json.dumps(odd)))
+    torch.set_num_threads(1)
+    work = tmp_path / "work"
+    store_root = work / "store"
+    spec, config = build_config(
+        str(path), RunOverrides(max_epochs=1, images_per_epoch=2, num_samples=1), str(store_root)
+    )
+    assert spec.class_names[0] == odd
+    models = load_models(config, "cpu")
+    record = process_class(
+        ArtifactStore.from_config(config.storage), config, models, class_id=0, class_name=odd, run_id="run-odd"
+    )
+    assert record.class_name == odd
+    written = [p for p in work.rglob("*") if p.is_file()]
+    assert written and all(p.is_relative_to(store_root) for p in written)
+    assert not [p for p in written if "%2f" in str(p) or "pwn" in str(p)]
+    assert not (Path.cwd() / "pwn").exists()
+
+
+# ------------------------------------------------------------------------------------ source scan
+
+
+def _is_const(node: ast.AST | None, value: bool) -> bool:
+    return isinstance(node, ast.Constant) and node.value is value
+
+
+def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
+    """Deserialisation that can run code: yaml.load & co., trust_remote_code, torch.load without weights_only,
+    pickle/dill/joblib/marshal loads, numpy allow_pickle, from_pretrained(use_safetensors=False)."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Attribute) and node.attr in (
+            "Loader",
+            "UnsafeLoader",
+            "FullLoader",
+            "unsafe_load",
+            "full_load",
+            "full_load_all",
+            "unsafe_load_all",
+        ):
+            found.append(f"{filename}:{node.lineno}: yaml {node.attr}")
+        if not isinstance(node, ast.Call):
+            continue
+        func = ast.unparse(node.func)
+        kw = {k.arg: k.value for k in node.keywords if k.arg}
+        where = f"{filename}:{node.lineno}: {func}"
+        if re.fullmatch(r"(yaml\.)?load(_all)?", func) and func.startswith("yaml"):
+            found.append(f"{where} (use yaml.safe_load)")
+        if "trust_remote_code" in kw and not _is_const(kw["trust_remote_code"], False):
+            found.append(f"{where} trust_remote_code")
+        is_torch_load = func.endswith("torch.load") or (func == "load" and "weights_only" in kw)
+        if is_torch_load and not _is_const(kw.get("weights_only"), True):
+            found.append(f"{where} without weights_only=True")
+        if re.fullmatch(r"(pickle|cPickle|dill|joblib|marshal|cloudpickle)\.loads?", func):
+            found.append(f"{where} (unpickling)")
+        if "allow_pickle" in kw and not _is_const(kw["allow_pickle"], False):
+            found.append(f"{where} allow_pickle")
+        if "use_safetensors" in kw and _is_const(kw["use_safetensors"], False):
+            found.append(f"{where} use_safetensors=False")
+    return found
+
+
+def test_no_unsafe_deserialisation_in_the_product():
+    files = [p for d in ("dct", "flows", "tasks") for p in sorted((ROOT / d).rglob("*.py"))]
+    assert len(files) > 20
+    found = [hit for p in files for hit in unsafe_calls(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
+    assert not found, "\n".join(found)
+
+
+def test_the_scan_catches_what_it_should():
+    bad = """
+import yaml, torch, pickle, numpy as np
+yaml.load(text, Loader=yaml.FullLoader)
+yaml.unsafe_load(text)
+torch.load(path)
+torch.load(path, weights_only=False)
+pickle.loads(data)
+np.load(path, allow_pickle=True)
+AutoModel.from_pretrained(p, trust_remote_code=True)
+AutoModel.from_pretrained(p, trust_remote_code=flag)
+Pipe.from_pretrained(p, use_safetensors=False)
+"""
+    good = """
+import yaml, torch
+yaml.safe_load(text)
+torch.load(buf, map_location="cpu", weights_only=True)
+AutoModel.from_pretrained(p, trust_remote_code=False)
+"""
+    assert len(unsafe_calls(bad)) >= 9
+    assert unsafe_calls(good) == []
