@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 
 from dct.config import RunOverrides
 from flows.shard import dct_shard
+from tasks.evaluate import compute_pooled_metrics, write_report
 from tasks.plan import preflight_and_plan
 from tasks.publish import write_results
 
@@ -87,7 +88,17 @@ def dct(
         for shard in plan.shards:  # local: each shard is an in-process child flow run
             dct_shard(class_ids=shard, run_id=run_id, **{**shard_params, "overrides": overrides})
 
-    outcome = write_results(config, plan, list(spec.class_names), started_at, missing_reasons)
+    # Evaluate: pooled FID/KID over the selection's finished classes, then the report. A failure here must
+    # not lose the tables of hours of GPU work: it is logged (a failed task in the UI) and the run publishes.
+    pooled_state = compute_pooled_metrics(
+        config, plan, spec.reference_images, device if mode == "local" else "cpu", return_state=True
+    )
+    pooled = pooled_state.result() if pooled_state.is_completed() else None
+    if pooled is None:
+        logger.error("pooled FID/KID not computed: %s", pooled_state.message)
+    report_uri = write_report(config, plan, spec.licence)
+    logger.info("report: %s", report_uri)
+    outcome = write_results(config, plan, list(spec.class_names), started_at, missing_reasons, pooled, report_uri)
     run = outcome.run
     _publish_artifacts(plan.dataset, plan, outcome)
     summary = {
@@ -101,6 +112,7 @@ def dct(
         "skipped": run.classes_skipped,
         "failed_classes": outcome.failed_ids,
         "bundle_uri": run.bundle_uri,
+        "report_uri": run.report_uri,
         "token_key": plan.token_key,
         "eval_key": plan.eval_key,
     }

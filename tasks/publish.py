@@ -20,6 +20,8 @@ def write_results(
     class_names: list[str],
     started_at: dt.datetime,
     missing_reasons: dict[int, str] | None = None,
+    pooled: dict | None = None,
+    report_uri: str | None = None,
 ) -> RunOutcome:
     """Read the per-class records back from the store; write the Parquet tables, bundle and run record."""
     return publish_run(
@@ -29,4 +31,6 @@ def write_results(
         class_names=class_names,
         started_at=started_at,
         missing_reasons=missing_reasons,
+        pooled=pooled,
+        report_uri=report_uri,
     )
