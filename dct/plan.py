@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from dct.config import RunConfig, RunOverrides, StorageConfig, eval_key, token_key
 from dct.datasets import DatasetSpec, get_dataset, select_classes
-from dct.store import ArtifactStore, StoreUnavailableError
+from dct.store import ArtifactStore, StoreUnavailableError, validate_component
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ def plan_run(
         StoreUnavailableError / OSError: the store is unreachable or not writable.
         ModelNotAvailableError: a model is not cached and the hub is unreachable.
     """
+    validate_component(run_id, "run_id")  # it names files under the store root
     if shard_size <= 0:
         raise ValueError(f"shard_size={shard_size!r} must be a positive integer")
     if max_classes is not None and max_classes <= 0:

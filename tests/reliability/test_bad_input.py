@@ -342,6 +342,7 @@ def _dct(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
 
 
+@pytest.mark.slow
 def test_uncached_model_offline_real_process(tmp_path):
     """HF_HUB_OFFLINE=1 + an empty cache: the real `dct` process exits 2 naming the model and `dct models pull`."""
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "DCT_STORE": str(tmp_path / "store")}
@@ -370,7 +371,7 @@ def _flow(tiny_world, store, **kw):
         ({"max_classes": -1}, "max_classes=-1 must be a positive integer"),
         ({"max_failed_fraction": -0.1}, "max_failed_fraction=-0.1 must be within [0, 1]"),
         ({"overrides": {"max_epoch": 3}}, "max_epoch"),
-        ({"run_id": "../../outside"}, "'../../outside' is not a safe storage name"),
+        ({"run_id": "../../outside"}, "run_id '../../outside' is not a safe storage name"),
     ],
     ids=[
         "class out of range",
@@ -381,13 +382,23 @@ def _flow(tiny_world, store, **kw):
         "escaping run id",
     ],
 )
+@pytest.mark.slow
 def test_bad_flow_parameters_fail_the_run_before_any_shard(
     prefect_harness, tiny_world, workspace, tripwire, params, expect
 ):
-    before = snapshot(workspace)
+    before, shards_before = snapshot(workspace), _shard_runs()
     state = _flow(tiny_world, workspace / "store", **params)
     assert state.is_failed()
     with pytest.raises(Exception) as info:
         state.result()
     assert expect in str(info.value)
-    assert snapshot(workspace) == before  # failed in preflight: no probe, no child run, nothing written
+    assert snapshot(workspace) == before  # failed in preflight: no probe, nothing written
+    assert _shard_runs() == shards_before  # and no shard child run was created
+
+
+def _shard_runs() -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["dct-shard"]))))

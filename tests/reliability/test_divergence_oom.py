@@ -27,6 +27,8 @@ from dct.classifiers import ImageClassifier, LoadedClassifier, load_classifier, 
 from dct.config import RunOverrides
 from dct.results import read_results, results_relation
 
+pytestmark = pytest.mark.slow  # two flow runs under the Prefect harness (~30 s on a loaded 2-core box)
+
 FAULTS = {"on": True}  # switched off to show that the next run retries the failed class
 SEEN: dict[int, list[int]] = {}  # class id → batch sizes of the forwards with gradients
 

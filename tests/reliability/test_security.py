@@ -32,6 +32,7 @@ def _leaks(text: str | bytes) -> list[str]:
     return [c for c in CANARIES if c in text]
 
 
+@pytest.mark.slow
 def test_canary_credentials_appear_in_no_output(
     prefect_harness, tiny_world, aws_env, s3_bucket, monkeypatch, capfd, caplog
 ):
