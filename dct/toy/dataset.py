@@ -29,7 +29,7 @@ TEMPLATES: tuple[str, ...] = ("A photo of {}", "a high resolution realistic imag
 # Reference set for FID: the procedural generator itself (dct.toy.shapes.reference_images).
 REFERENCE_IMAGES = "toy:shapes"
 
-SAMPLER = SamplerConfig(scheduler="ddim", num_inference_steps=5, timestep_spacing="trailing", guidance_scale=3.0)
+SAMPLER = SamplerConfig(scheduler="ddim", num_inference_steps=5, timestep_spacing="trailing", guidance_scale=5.0)
 OPTIMIZER = OptimizerConfig(lr=0.04, lr_scale="token_norm", lr_schedule="cosine")
 TRAINING = TrainingConfig(images_per_epoch=6, max_epochs=20, accuracy_threshold=0.8, patience=16, grad_steps=1)
 EVALUATION = EvaluationConfig(num_samples=64, seed=10_000, batch_size=64, fid_features="evaluator")

@@ -122,41 +122,97 @@ def evaluate(class_ids: list[int], runs: int, out: Path) -> dict:
     results: list[ClassScores] = []
     pooled: dict[str, list[torch.Tensor]] = {"baseline": [], **{f"dct-r{r}": [] for r in range(runs)}}
     for cid in class_ids:
-        base_images = generate(pipe, epoch_prompts(templates, config.prompts.baseline_word, names[cid], len(seeds)),
-                               seeds, config.sampler, batch_size=config.evaluation.batch_size)
+        base_images = generate(
+            pipe,
+            epoch_prompts(templates, config.prompts.baseline_word, names[cid], len(seeds)),
+            seeds,
+            config.sampler,
+            batch_size=config.evaluation.batch_size,
+        )
         pooled["baseline"].append(base_images)
         ceil_scores, ceil_noun = ceiling(pipe, config, cid, seeds, guide, evaluator)
-        cs = ClassScores(cid, names[cid], captions.descriptive_name(cid), score(base_images, cid, guide, evaluator),
-                         ceil_scores, ceil_noun)
+        cs = ClassScores(
+            cid,
+            names[cid],
+            captions.descriptive_name(cid),
+            score(base_images, cid, guide, evaluator),
+            ceil_scores,
+            ceil_noun,
+        )
         for r in range(runs):
             rc = run_config_for(config, r)
             res = optimize_token(pipe, guide, class_id=cid, class_name=names[cid], config=rc, progress=False)
-            save_token(out / "tokens" / f"r{r}-{cid:05d}.safetensors", res.token, res.vector,
-                       {"class_id": str(cid), "class_name": names[cid], "run": str(r), "dataset": "toy"})
-            images = generate(pipe, epoch_prompts(templates, res.token, names[cid], len(seeds)), seeds, config.sampler,
-                              batch_size=config.evaluation.batch_size)
+            save_token(
+                out / "tokens" / f"r{r}-{cid:05d}.safetensors",
+                res.token,
+                res.vector,
+                {"class_id": str(cid), "class_name": names[cid], "run": str(r), "dataset": "toy"},
+            )
+            images = generate(
+                pipe,
+                epoch_prompts(templates, res.token, names[cid], len(seeds)),
+                seeds,
+                config.sampler,
+                batch_size=config.evaluation.batch_size,
+            )
             pooled[f"dct-r{r}"].append(images)
             cs.dct_runs.append(score(images, cid, guide, evaluator))
             cs.seconds.append(res.seconds)
             cs.epochs.append(res.epochs)
         results.append(cs)
-        logger.info("class %d %s: baseline %s ceiling %s dct %s (%.1fs)", cid, names[cid], cs.baseline, cs.ceiling,
-                    cs.dct, statistics.median(cs.seconds))
+        logger.info(
+            "class %d %s: baseline %s ceiling %s dct %s (%.1fs)",
+            cid,
+            names[cid],
+            cs.baseline,
+            cs.ceiling,
+            cs.dct,
+            statistics.median(cs.seconds),
+        )
 
+    out.mkdir(parents=True, exist_ok=True)
+    # The images are kept so that evaluations of class subsets (parallel processes) can be merged.
+    torch.save({k: torch.cat(v) for k, v in pooled.items()}, out / "samples.pt")
+    summary = summarize(
+        [asdict(c) | {"dct": c.dct} for c in results],
+        {k: torch.cat(v) for k, v in pooled.items()},
+        evaluator,
+        runs,
+        len(seeds),
+    )
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(
+    classes: list[dict], pooled: dict[str, torch.Tensor], evaluator: ImageClassifier, runs: int, per_class: int
+) -> dict:
+    """Pooled FID (evaluator features) of DCT and baseline images vs the reference set, plus timings."""
+    class_ids = [c["class_id"] for c in classes]
     with torch.no_grad():
-        ref = evaluator.features(shapes.reference_images(len(seeds), class_ids))
-        feats = {k: evaluator.features(torch.cat(v)) for k, v in pooled.items()}
-    fids = {k: fid(ref, f) for k, f in feats.items()}
+        ref = evaluator.features(shapes.reference_images(per_class, class_ids))
+        fids = {k: fid(ref, evaluator.features(v)) for k, v in pooled.items()}
     ratios = [fids[f"dct-r{r}"] / fids["baseline"] for r in range(runs)]
-    summary = {
-        "classes": [{**asdict(c), "dct": c.dct} for c in results],
+    return {
+        "classes": classes,
         "fid": fids,
         "fid_ratio_mean": statistics.fmean(ratios),
-        "seconds_per_class_median": statistics.median(s for c in results for s in c.seconds),
-        "eval_seeds": [seeds[0], seeds[-1]],
+        "seconds_per_class_median": statistics.median(s for c in classes for s in c["seconds"]),
         "runs": runs,
+        "per_class_samples": per_class,
         "threads": torch.get_num_threads(),
     }
+
+
+def merge(dirs: list[Path], out: Path) -> dict:
+    """Merge evaluations of disjoint class subsets (``--merge``); FID is recomputed on the pooled images."""
+    spec = get_dataset("toy")
+    evaluator = load_classifier(spec.evaluator).classifier
+    parts = [json.loads((d / "results.json").read_text()) for d in dirs]
+    samples = [torch.load(d / "samples.pt") for d in dirs]
+    classes = sorted((c for p in parts for c in p["classes"]), key=lambda c: c["class_id"])
+    pooled = {k: torch.cat([s[k] for s in samples]) for k in samples[0]}
+    summary = summarize(classes, pooled, evaluator, parts[0]["runs"], parts[0]["per_class_samples"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -206,10 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3, help="optimisations per class (different optimisation seeds)")
     p.add_argument("--out", type=Path, default=Path("toy-eval"), help="output directory (results.json, tokens/)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--merge", type=Path, nargs="+", help="merge these evaluation directories into --out instead")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    summary = evaluate(parse_classes(args.classes), args.runs, args.out.resolve())
+    if args.merge:
+        summary = merge([d.resolve() for d in args.merge], args.out.resolve())
+    else:
+        summary = evaluate(parse_classes(args.classes), args.runs, args.out.resolve())
     print(format_table(summary))
 
 

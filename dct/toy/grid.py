@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         token, vector, _ = load_token(args.tokens / f"r{args.run}-{cid:05d}.safetensors")
         tokens[cid] = (token, vector)
     save_image(grid_image(pipe, config, spec.class_names, tokens, args.n), args.out.resolve())
-    logger.info("wrote %s: rows = classes %s; left %d baseline, right %d DCT", args.out.resolve(), class_ids,
-                args.n, args.n)
+    logger.info(
+        "wrote %s: rows = classes %s; left %d baseline, right %d DCT", args.out.resolve(), class_ids, args.n, args.n
+    )
 
 
 if __name__ == "__main__":

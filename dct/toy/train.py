@@ -73,8 +73,16 @@ def decode(vae, latents: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return (torch.cat(out) / 2 + 0.5).clamp(0, 1)
 
 
-def train_classifier(name: str, clean: torch.Tensor, recon: torch.Tensor, labels: torch.Tensor,
-                     steps: int, batch: int, gen: torch.Generator, recon_share: float):
+def train_classifier(
+    name: str,
+    clean: torch.Tensor,
+    recon: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    batch: int,
+    gen: torch.Generator,
+    recon_share: float,
+):
     """Train one toy classifier on a mix of clean renders and VAE reconstructions (+ flips, noise)."""
     spec = models.CLASSIFIER_SPECS[name]
     net = models.build_classifier_model(spec, shapes.NUM_CLASSES)
@@ -108,8 +116,18 @@ def accuracy(net, prep, images: torch.Tensor, labels: torch.Tensor) -> float:
     return (pred == labels).float().mean().item()
 
 
-def train_diffusion(tokenizer, means, stds, attrs, steps: int, batch: int, gen: torch.Generator, seed: int,
-                    checkpoint=None, checkpoint_every: int = 0):
+def train_diffusion(
+    tokenizer,
+    means,
+    stds,
+    attrs,
+    steps: int,
+    batch: int,
+    gen: torch.Generator,
+    seed: int,
+    checkpoint=None,
+    checkpoint_every: int = 0,
+):
     text_encoder = models.build_text_encoder(tokenizer)
     unet = models.build_unet()
     sched = models.build_scheduler()
@@ -127,15 +145,18 @@ def train_diffusion(tokenizer, means, stds, attrs, steps: int, batch: int, gen: 
         idx = torch.randint(len(means), (batch,), generator=gen)
         z0 = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
         t_uniform = torch.randint(0, 1000, (batch,), generator=gen)
-        t_near = (centres[torch.randint(len(centres), (batch,), generator=gen)]
-                  + torch.randint(-20, 21, (batch,), generator=gen)).clamp(0, 999)
+        t_near = (
+            centres[torch.randint(len(centres), (batch,), generator=gen)]
+            + torch.randint(-20, 21, (batch,), generator=gen)
+        ).clamp(0, 999)
         t = torch.where(torch.rand(batch, generator=gen) < 0.5, t_near, t_uniform)
         noise = torch.randn(z0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         texts = [captions.caption(attrs[i], rng) for i in idx.tolist()]
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         cond = text_encoder(ids)[0]
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         loss = F.mse_loss(pred, noise)
@@ -164,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--diffusion-steps", type=int, default=2400)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    # 1 thread: on a shared, oversubscribed CPU two OpenMP threads mostly wait for each other (measured
+    # >3x slower per step); the shipped weights were trained with 1 (results vary with the thread count).
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-every", type=int, default=0, help="also save the pipeline every N diffusion steps")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -190,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     recon = decode(vae, means + stds * torch.randn(means.shape, generator=gen))
     test_recon = decode(vae, encode(vae, test_images)[0])
     timings["vae"] = time.perf_counter() - t0
-    logger.info("vae: scaling_factor %.4f, test reconstruction MSE %.5f", scaling,
-                F.mse_loss(test_recon, test_images).item())
+    logger.info(
+        "vae: scaling_factor %.4f, test reconstruction MSE %.5f", scaling, F.mse_loss(test_recon, test_images).item()
+    )
 
     names = list(captions.SPECIES_NAMES)
     for name, share in (("guide", 0.8), ("evaluator", 0.5)):
@@ -199,8 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         net, prep = train_classifier(name, images, recon, labels, args.classifier_steps, 128, gen, share)
         models.save_classifier(net, name, names, args.out / f"{name}.safetensors")
         timings[name] = time.perf_counter() - t0
-        print(f"{name}: test accuracy on fresh renders {accuracy(net, prep, test_images, test_labels):.4f}, "
-              f"on their VAE reconstructions {accuracy(net, prep, test_recon, test_labels):.4f}")
+        print(
+            f"{name}: test accuracy on fresh renders {accuracy(net, prep, test_images, test_labels):.4f}, "
+            f"on their VAE reconstructions {accuracy(net, prep, test_recon, test_labels):.4f}"
+        )
 
     t0 = time.perf_counter()
     tokenizer = models.build_tokenizer(captions.vocabulary_words())
@@ -210,9 +236,18 @@ def main(argv: list[str] | None = None) -> None:
         pipe = models.build_pipeline(tokenizer, text_encoder, unet, vae, models.build_scheduler())
         pipe.save_pretrained(args.out / f"checkpoint-{step}" / "pipeline", safe_serialization=True)
 
-    text_encoder, unet = train_diffusion(tokenizer, means * scaling, stds * scaling, attrs,
-                                         args.diffusion_steps, args.batch, gen, args.seed,
-                                         checkpoint if args.checkpoint_every else None, args.checkpoint_every)
+    text_encoder, unet = train_diffusion(
+        tokenizer,
+        means * scaling,
+        stds * scaling,
+        attrs,
+        args.diffusion_steps,
+        args.batch,
+        gen,
+        args.seed,
+        checkpoint if args.checkpoint_every else None,
+        args.checkpoint_every,
+    )
     timings["diffusion"] = time.perf_counter() - t0
 
     pipe = models.build_pipeline(tokenizer, text_encoder, unet, vae, models.build_scheduler())
