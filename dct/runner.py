@@ -88,12 +88,16 @@ def resolve_device(name: str) -> torch.device:
 
 def load_models(config: RunConfig, device: torch.device | str) -> Models:
     """Load the pipeline, the guide and the evaluator (if configured) once, frozen, on ``device``."""
+    from dct.classifiers import ModelNotAvailableError
     from dct.pipelines import load_pipeline
 
     device = torch.device(device)
-    loaded = load_pipeline(config.diffusion, device)
-    guide = load_classifier(config.classifier, device)
-    ev = load_classifier(config.evaluation.evaluator, device) if config.evaluation.evaluator else None
+    try:
+        loaded = load_pipeline(config.diffusion, device)
+        guide = load_classifier(config.classifier, device)
+        ev = load_classifier(config.evaluation.evaluator, device) if config.evaluation.evaluator else None
+    except ModelNotAvailableError as exc:
+        raise exc.for_dataset(config.dataset) from None  # the error then names `dct models pull --dataset X`
     return Models(
         pipe=loaded.pipe,
         pipe_revision=loaded.resolved_revision,

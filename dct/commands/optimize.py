@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dct.classifiers import load_classifier
+    from dct.classifiers import ModelNotAvailableError, load_classifier
     from dct.config import token_key
     from dct.datasets import get_dataset, select_classes
     from dct.optimize import build_token_metadata, optimize_token
@@ -89,8 +89,11 @@ def run(args: argparse.Namespace) -> int:
     # Models present, of a known kind and not pickles — checked without loading any weights.
     check_models_available(config, args.dataset)
 
-    loaded_pipe = load_pipeline(config.diffusion, device)
-    loaded_clf = load_classifier(config.classifier, device)
+    try:
+        loaded_pipe = load_pipeline(config.diffusion, device)
+        loaded_clf = load_classifier(config.classifier, device)
+    except ModelNotAvailableError as exc:
+        raise exc.for_dataset(spec.name) from None
     result = optimize_token(
         loaded_pipe.pipe,
         loaded_clf.classifier,
