@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from dct.commands.common import add_device_argument, positive_int
 
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     run_id = new_run_id()
     preflight_store(ArtifactStore.from_config(config.storage), run_id)
     check_models_available(config, args.dataset)
+    # With no PREFECT_API_URL, Prefect starts a temporary local API; its 20 s default start-up budget is too
+    # short on a busy 2-core laptop, and a timeout there would look like a failed run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         from flows.dct_flow import dct  # Prefect is imported only once the input is known to be good
     except ModuleNotFoundError as exc:
