@@ -22,9 +22,10 @@ def test_both_variants_timed_and_compared(toy_result):
         assert s["median_s"] > 0 and s["images_per_s"] > 0
         assert s["counted_flops"] > 0 and s["tflops_per_s"] > 0
     assert toy_result["ratio_reference_over_ours"] > 0
-    # The reference recomputes checkpointed activations and re-encodes the unconditional prompt per
-    # image: it executes more FLOPs than ours for the same images.
-    assert toy_result["variants"]["reference"]["counted_flops"] > toy_result["variants"]["ours"]["counted_flops"]
+    # Same images through the same models: the counts differ only by each variant's recomputation.
+    ours, ref = (toy_result["variants"][v]["counted_flops"] for v in ("ours", "reference"))
+    assert 0.7 < ours / ref < 1.3
+    assert toy_result["useful_flops_per_epoch"] == min(ours, ref)
 
 
 def test_reference_epoch_moves_only_the_token_row():
