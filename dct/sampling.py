@@ -173,8 +173,8 @@ def render(
         return decode_latents(pipe.vae, latents)
     # With gradients, the VAE decoder's full-resolution activations are the largest saved tensors of the
     # epoch (more than the UNet's at 8x fewer pixels). Checkpoint the decode image by image: only the
-    # latents are kept, and the backward recomputes one image's decoder at a time, so that part of the
-    # peak is one image's whole batch size (as the reference's batch of one) for one extra decoder forward.
+    # latents are kept, and the backward recomputes one image's decoder at a time: that part of the peak
+    # is one image's (as with the reference's batch of one), for one extra decoder forward per image.
     return torch.cat(
         [checkpoint(decode_latents, pipe.vae, latents[i : i + 1], use_reentrant=False) for i in range(len(latents))]
     )
