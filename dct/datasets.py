@@ -287,7 +287,9 @@ def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        parts.append(f"{loc}: {err['msg']}")
+        value = err.get("input")
+        given = "" if err["type"] == "missing" or isinstance(value, (dict, list, tuple)) else f" (got {value!r:.80})"
+        parts.append(f"{loc}: {err['msg']}{given}")
     return "; ".join(parts)
 
 

@@ -69,7 +69,7 @@ def run_shards_on_workers(
     Args:
         shard_params: parameters of `dct-shard` other than ``class_ids``/``run_id`` (JSON-serialisable).
         dataset_label: the dataset's name, for child run names.
-        shard_timeout_s: a child still not final this long after it started is treated as lost.
+        shard_timeout_s: a child still not final this long after a worker took it is treated as lost.
         unfinished: maps class ids to those without a record in the store (read back from the store).
 
     Returns:
@@ -86,7 +86,10 @@ def run_shards_on_workers(
             for a in pending:
                 fr = client.read_flow_run(a.flow_run_id)
                 state = fr.state.type.value if fr.state else "SCHEDULED"
-                if fr.start_time and a.started is None:
+                if a.started is None and (fr.start_time or state in ("PENDING", "RUNNING")):
+                    # The clock starts once a worker has taken the run (Pending): a run still Scheduled is
+                    # only waiting for a free GPU, but a worker that dies before its run reaches Running
+                    # leaves it Pending forever.
                     a.started = time.monotonic()
                 if (
                     state not in FINAL_STATES

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -12,10 +13,15 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py helpers
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server's per-request access log
 
 
+# One thread: results differ slightly with the thread count (pinned, so comparisons are exact), and
+# for the tiny test models one thread is far faster than two fighting over a shared 2-core machine.
+# Subprocesses (workers, `dct run`) inherit it through OMP_NUM_THREADS.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
-    # Results differ slightly with the thread count; pin it so comparisons inside one test are exact.
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -23,8 +23,12 @@ def test_saved_token_loads_through_diffusers_and_reproduces_embedding(tmp_path, 
     fresh.load_textual_inversion(str(path))
     got = encode_prompts(fresh.tokenizer, fresh.text_encoder, [prompt])
     assert torch.equal(got, expected)
-    # and the token really matters: the baseline word gives another embedding
-    assert not torch.equal(got, encode_prompts(fresh.tokenizer, fresh.text_encoder, ["A photo of a cat"]))
+    token_id = fresh.tokenizer.convert_tokens_to_ids(result.token)
+    assert torch.equal(fresh.text_encoder.get_input_embeddings().weight[token_id], result.vector)
+    # ... and the token really steers the prompt: another vector gives another embedding.
+    with torch.no_grad():
+        fresh.text_encoder.get_input_embeddings().weight[token_id] += 1.0
+    assert not torch.equal(encode_prompts(fresh.tokenizer, fresh.text_encoder, [prompt]), expected)
 
 
 def test_round_trip_bytes_and_metadata(tmp_path):

@@ -170,3 +170,134 @@ def tiny_world_files(tmp_path_factory):
     bad = good.with_name("tinybad.toml")
     bad.write_text(text + "\n")
     return good, bad
+
+
+def _descendants(procs: Processes, worker: str) -> list:
+    import psutil
+
+    return psutil.Process(procs.procs[worker].pid).children(recursive=True)
+
+
+def _running_shard(procs: Processes) -> tuple[str, list] | None:
+    for worker in ("worker-gpu-0", "worker-gpu-1"):
+        if worker in procs.procs and (kids := _descendants(procs, worker)):
+            return worker, kids
+    return None
+
+
+def _watch(procs: Processes, params: dict):
+    import subprocess
+
+    return subprocess.Popen(
+        [
+            "prefect",
+            "deployment",
+            "run",
+            "dct/optimize-all",
+            "--params",
+            json.dumps(params),
+            "--watch",
+            "--watch-timeout",
+            "420",
+        ],
+        env=procs.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_shard_killed_mid_class_is_resubmitted_with_its_unfinished_classes(cluster, tiny_world_files):
+    """SIGKILL of the shard's flow process (Prefect marks it Crashed): the parent resubmits only the classes
+    without a record; every class ends exactly once in the run, the finished one is not redone."""
+    import signal
+
+    import s3fs
+
+    procs, bucket = cluster
+    good, _ = tiny_world_files
+    store = f"s3://{bucket}/crash"
+    fs = s3fs.S3FileSystem(
+        key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
+    )
+    watch = _watch(procs, {"dataset": str(good), "classes": [2, 3], "shard_size": 2, "store": store})
+    try:
+
+        def first_class_recorded() -> bool:
+            fs.invalidate_cache()
+            return bool(fs.glob(f"{bucket}/crash/records/tiny/*/00002.json"))
+
+        wait_for(first_class_recorded, 600, "class 2's record", interval=0.3)
+        token2 = fs.glob(f"{bucket}/crash/tokens/tiny/*/00002.safetensors")[0]
+        modified = fs.info(token2)["LastModified"]
+        shard = _running_shard(procs)
+        assert shard is not None, "no shard process found"
+        for p in shard[1]:
+            p.send_signal(signal.SIGKILL)  # the flow process dies in the middle of class 3
+        out = watch.communicate(timeout=480)[0]
+        assert watch.returncode == 0, out[-3000:] + _logs(procs)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    fs.invalidate_cache()
+    assert fs.info(token2)["LastModified"] == modified  # class 2 was not redone
+    rows = _read_classes(fs, f"{bucket}/crash")
+    assert sorted(rows["class_id"]) == [2, 3] and set(rows["status"]) <= {"done", "diverged"}
+    states = _shard_states(procs)
+    assert "CRASHED" in states and states.count("COMPLETED") >= 1, states
+
+
+def test_lost_worker_is_caught_by_the_shard_timeout(cluster, tiny_world_files):
+    """SIGKILL of a worker with its flow process (a lost node): nobody reports the child, which stays Running;
+    the parent's shard timeout cancels it and resubmits its classes to the remaining worker."""
+    import signal
+
+    import s3fs
+
+    procs, bucket = cluster
+    good, _ = tiny_world_files
+    fs = s3fs.S3FileSystem(
+        key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
+    )
+    watch = _watch(
+        procs, {"dataset": str(good), "classes": [0], "store": f"s3://{bucket}/lost", "shard_timeout_minutes": 1.0}
+    )
+    try:
+        wait_for(lambda: _running_shard(procs) is not None, 600, "a shard process", interval=0.3)
+        worker, kids = _running_shard(procs)
+        import psutil
+
+        for p in [psutil.Process(procs.procs[worker].pid), *kids]:
+            p.send_signal(signal.SIGKILL)
+        procs.procs.pop(worker)
+        out = watch.communicate(timeout=480)[0]
+        assert watch.returncode == 0, out[-3000:] + _logs(procs)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    fs.invalidate_cache()
+    assert len(fs.glob(f"{bucket}/lost/records/tiny/*/00000.json")) == 1
+    states = _shard_states(procs)
+    assert "CANCELLED" in states or "CANCELLING" in states, states
+
+
+def _read_classes(fs, root: str):
+    import pyarrow.dataset as pads
+
+    return (
+        pads.dataset(f"{root}/results/classes", filesystem=fs, format="parquet", partitioning="hive")
+        .to_table()
+        .to_pandas()
+    )
+
+
+def _shard_states(procs: Processes) -> list[str]:
+    code = (
+        "import json; from prefect.client.orchestration import get_client\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    d = c.read_deployment_by_name('dct-shard/gpu')\n"
+        "    print(json.dumps([r.state.type.value for r in c.read_flow_runs() if r.deployment_id == d.id]))\n"
+    )
+    out = procs.run([sys.executable, "-c", code], timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -318,7 +318,6 @@ def test_bad_cli_input_is_one_line_nonzero_early_and_harmless(
         assert s3_objects() == objects_before, f"{name}: objects changed"
 
 
-@pytest.mark.xfail(strict=True, reason="dct/datasets.py _one_line omits the input value; fix proposed in the report")
 @pytest.mark.parametrize("defect, value", [("bad_dtype", "'float8'"), ("escaping_name", "'../../etc'")])
 def test_dataset_file_field_errors_name_the_value(files, defect, value):
     from dct.datasets import get_dataset
