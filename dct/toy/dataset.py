@@ -30,8 +30,11 @@ TEMPLATES: tuple[str, ...] = ("A photo of {}", "a high resolution realistic imag
 REFERENCE_IMAGES = "toy:shapes"
 
 SAMPLER = SamplerConfig(scheduler="ddim", num_inference_steps=5, timestep_spacing="trailing", guidance_scale=5.0)
-OPTIMIZER = OptimizerConfig(lr=0.04, lr_scale="token_norm", lr_schedule="cosine")
-TRAINING = TrainingConfig(images_per_epoch=6, max_epochs=20, accuracy_threshold=0.8, patience=16, grad_steps=1)
+OPTIMIZER = OptimizerConfig(lr=0.05, lr_scale="token_norm", lr_schedule="cosine")
+# accuracy_threshold=1.0: never "strictly above", i.e. no early stop on accuracy. Stopping at 5 of 6 right
+# (measured) left held-out accuracy at 0.68–0.81 where the ceiling is 1.0. Patience and the best-loss token
+# end easy classes in ~20 updates; hard ones (triangles, rings: the initial loss is ~5) need the 40.
+TRAINING = TrainingConfig(images_per_epoch=8, max_epochs=40, accuracy_threshold=1.0, patience=16, grad_steps=1)
 EVALUATION = EvaluationConfig(num_samples=64, seed=10_000, batch_size=64, fid_features="evaluator")
 
 

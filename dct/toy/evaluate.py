@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,10 +60,9 @@ class ClassScores:
 
 def load_world(spec: DatasetSpec, device: str = "cpu"):
     """(pipeline, guide, evaluator) of a dataset, loaded once."""
-    from diffusers import StableDiffusionPipeline
+    from dct.pipelines import load_pipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(spec.diffusion.model_id, torch_dtype=torch.float32).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(spec.diffusion, device, local_files_only=True).pipe  # frozen, eval mode
     guide = load_classifier(spec.classifier, device).classifier
     evaluator = load_classifier(spec.evaluator, device).classifier if spec.evaluator else guide
     return pipe, guide, evaluator
@@ -86,7 +86,7 @@ def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     a, b = features_a.double().numpy(), features_b.double().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean.real))
 
 
@@ -213,7 +213,10 @@ def merge(dirs: list[Path], out: Path) -> dict:
     classes = sorted((c for p in parts for c in p["classes"]), key=lambda c: c["class_id"])
     pooled = {k: torch.cat([s[k] for s in samples]) for k in samples[0]}
     summary = summarize(classes, pooled, evaluator, parts[0]["runs"], parts[0]["per_class_samples"])
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokens").mkdir(parents=True, exist_ok=True)
+    for d in dirs:
+        for token_file in sorted((d / "tokens").glob("*.safetensors")):
+            shutil.copy2(token_file, out / "tokens" / token_file.name)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -25,7 +25,7 @@ def test_pipeline_loads_offline_without_safety_checker_warnings(caplog, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
-        pipe = StableDiffusionPipeline.from_pretrained(models.PIPELINE_DIR, torch_dtype=torch.float32)
+        pipe = StableDiffusionPipeline.from_pretrained(models.PIPELINE_DIR, dtype=torch.float32)
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "safety" in m.lower()], messages
     assert pipe.safety_checker is None
