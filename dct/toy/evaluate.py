@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from scipy import linalg
 
 from dct.classifiers import ImageClassifier, load_classifier
@@ -172,7 +173,7 @@ def evaluate(class_ids: list[int], runs: int, out: Path) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     # The images are kept so that evaluations of class subsets (parallel processes) can be merged.
-    torch.save({k: torch.cat(v) for k, v in pooled.items()}, out / "samples.pt")
+    save_file({k: torch.cat(v).contiguous() for k, v in pooled.items()}, out / "samples.safetensors")
     summary = summarize(
         [asdict(c) | {"dct": c.dct} for c in results],
         {k: torch.cat(v) for k, v in pooled.items()},
@@ -209,7 +210,7 @@ def merge(dirs: list[Path], out: Path) -> dict:
     spec = get_dataset("toy")
     evaluator = load_classifier(spec.evaluator).classifier
     parts = [json.loads((d / "results.json").read_text()) for d in dirs]
-    samples = [torch.load(d / "samples.pt") for d in dirs]
+    samples = [load_file(d / "samples.safetensors") for d in dirs]  # safetensors: no unpickling
     classes = sorted((c for p in parts for c in p["classes"]), key=lambda c: c["class_id"])
     pooled = {k: torch.cat([s[k] for s in samples]) for k in samples[0]}
     summary = summarize(classes, pooled, evaluator, parts[0]["runs"], parts[0]["per_class_samples"])

@@ -220,7 +220,10 @@ def test_shard_killed_mid_class_is_resubmitted_with_its_unfinished_classes(clust
     fs = s3fs.S3FileSystem(
         key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
     )
-    watch = _watch(procs, {"dataset": str(good), "classes": [2, 3], "shard_size": 2, "store": store})
+    # Enough work per class that class 3 is surely still running when the kill comes.
+    slow = {"max_epochs": 20, "images_per_epoch": 6, "num_samples": 48}
+    params = {"dataset": str(good), "classes": [2, 3], "shard_size": 2, "store": store, "overrides": slow}
+    watch = _watch(procs, params)
     try:
 
         def first_class_recorded() -> bool:
@@ -232,6 +235,7 @@ def test_shard_killed_mid_class_is_resubmitted_with_its_unfinished_classes(clust
         modified = fs.info(token2)["LastModified"]
         shard = _running_shard(procs)
         assert shard is not None, "no shard process found"
+        assert not fs.glob(f"{bucket}/crash/records/tiny/*/00003.json"), "class 3 finished before the kill"
         for p in shard[1]:
             p.send_signal(signal.SIGKILL)  # the flow process dies in the middle of class 3
         out = watch.communicate(timeout=480)[0]
