@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Per-request logs of the HTTP clients (Prefect's API, the hub) drown the progress lines.
+    for noisy in ("httpx", "httpcore", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except Exception as exc:
