@@ -283,19 +283,6 @@ PRESET_NAMES = ("toy", "mid", "sd14", "sd21-base")
 # ------------------------------------------------------------------------------------------ builders
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # CLIP's reversible byte -> printable unicode map (openai/CLIP simple_tokenizer.py).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def clip_tokenizer(max_length: int):
     """CLIP's BPE tokenizer built locally: the full 49k merges when open_clip (which ships CLIP's BPE
     file) is installed, else byte-level pieces only. Either way the text encoder gets CLIP's 49,408
@@ -318,7 +305,9 @@ def _clip_tokenizer():
             with gzip.open(bpe, "rt", encoding="utf-8") as f:
                 lines = f.read().split("\n")
             merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    base = list(_bytes_to_unicode().values())
+    from dct.toy.models import bytes_to_unicode  # CLIP's byte -> unicode map, defined once
+
+    base = list(bytes_to_unicode().values())
     vocab_list = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab_list))}
     return CLIPTokenizer(vocab=vocab, merges=merges)

@@ -33,21 +33,11 @@ WORDS = [
 ]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def write_tiny_clip_vocab(directory: Path) -> tuple[Path, Path]:
     """A small CLIP BPE vocabulary: every byte character, with and without '</w>', plus whole WORDS."""
-    chars = list(_bytes_to_unicode().values())
+    from dct.toy.models import bytes_to_unicode  # CLIP's byte -> unicode map, defined once
+
+    chars = list(bytes_to_unicode().values())
     vocab: list[str] = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
     for word in WORDS:

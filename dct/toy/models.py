@@ -86,7 +86,7 @@ def _clip_bpe_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     # CLIP's reversible byte -> printable unicode map (openai/CLIP simple_tokenizer.py).
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -116,7 +116,7 @@ def build_tokenizer(words: list[str]):
         lines = f.read().split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     ranks = {m: i for i, m in enumerate(merges)}
-    byte_encoder = _bytes_to_unicode()
+    byte_encoder = bytes_to_unicode()
     used: set[tuple[str, str]] = set()
     for text in words:
         for w in _CLIP_WORD_RE.findall(text.lower()):
