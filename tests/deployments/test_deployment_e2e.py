@@ -75,21 +75,14 @@ def cluster(tmp_path_factory, moto_endpoint):
 
 
 def _deployment_run(procs: Processes, params: dict) -> tuple[int, str]:
-    out = procs.run(
-        [
-            "prefect",
-            "deployment",
-            "run",
-            "dct/optimize-all",
-            "--params",
-            json.dumps(params),
-            "--watch",
-            "--watch-timeout",
-            "900",
-        ],
-        timeout=960,
-    )
-    return out.returncode, out.stdout + out.stderr
+    """`prefect deployment run dct/optimize-all --watch` to the end: (exit code, output)."""
+    watch = _watch(procs, params)
+    try:
+        out = watch.communicate(timeout=480)[0]
+        return watch.returncode, out
+    finally:
+        if watch.poll() is None:
+            watch.kill()
 
 
 def _logs(procs: Processes) -> str:
@@ -104,7 +97,13 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
         key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
     )
     good, bad = tiny_world_files
-    params = {"dataset": str(good), "classes": [0, 1], "shard_size": 1}
+    # Enough work per shard that the two shards are visibly in flight together on the two gpu workers.
+    params = {
+        "dataset": str(good),
+        "classes": [0, 1],
+        "shard_size": 1,
+        "overrides": {"max_epochs": 8, "num_samples": 32},
+    }
 
     # The deployment has no default dataset and an inactive nightly schedule per dataset.
     inspect = procs.run(["prefect", "deployment", "inspect", "dct/optimize-all", "--output", "json"], timeout=60)
@@ -125,11 +124,12 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
     assert fs.glob(f"{root}/samples/tiny/*/*/dct/*.png")
     assert fs.glob(f"{root}/results/classes/dataset=tiny/*/*.parquet")
 
-    # The two shards ran at the same time on the two gpu workers, never more than the pool's limit.
+    # The two shards were in flight at the same time, one on each gpu worker (limit 1 each, pool limit 2):
+    # each was taken by a worker (Pending) before the other had finished.
     spans = _shard_spans(procs)
     assert len(spans) == 2, spans
     (s0, e0), (s1, e1) = spans
-    assert max(s0, s1) < min(e0, e1), f"shards did not overlap: {spans}"
+    assert max(s0, s1) < min(e0, e1), f"shards were not in flight together: {spans}"
 
     # Same parameters again: nothing to optimise, still a published run row.
     tokens_before = {p: fs.info(p)["LastModified"] for p in fs.glob(f"{root}/tokens/tiny/*/*.safetensors")}
@@ -145,13 +145,16 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
 
 
 def _shard_spans(procs: Processes) -> list[tuple[float, float]]:
+    """(taken by a worker = first Pending state, end) of every finished shard run, from the server."""
     code = (
         "import json; from prefect.client.orchestration import get_client\n"
-        "from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName\n"
         "with get_client(sync_client=True) as c:\n"
         "    d = c.read_deployment_by_name('dct-shard/gpu')\n"
-        "    runs = [r for r in c.read_flow_runs() if r.deployment_id == d.id]\n"
-        "    print(json.dumps([[r.start_time.timestamp(), r.end_time.timestamp()] for r in runs if r.end_time]))\n"
+        "    runs = [r for r in c.read_flow_runs() if r.deployment_id == d.id and r.end_time]\n"
+        "    def taken(r):\n"
+        "        states = c.read_flow_run_states(r.id)\n"
+        "        return min(s.timestamp.timestamp() for s in states if s.type.value == 'PENDING')\n"
+        "    print(json.dumps([[taken(r), r.end_time.timestamp()] for r in runs]))\n"
     )
     out = procs.run([sys.executable, "-c", code], timeout=60)
     assert out.returncode == 0, out.stderr
