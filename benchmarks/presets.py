@@ -1,7 +1,7 @@
 """Benchmark presets: random-weight models built from configs (no hub, no downloads).
 
-- ``toy``: the toy world's architectures (``dct.toy.models`` configs when that package is present,
-  else a tiny stand-in of the same shape), 32×32 images, a small ResNet guide.
+- ``toy``: the toy world's architectures (the configs in ``dct.toy.models``), 32×32 images, its
+  ResNet guide.
 - ``mid``: Stable Diffusion's UNet/VAE/CLIP-text architecture (same block types, attention layout,
   77-token context, 49,408-row embedding table) scaled down in width and resolution (128×128 images,
   16×16 latents) so one epoch takes seconds on 2 CPU cores; a small ViT guide behind the reference's
@@ -122,42 +122,6 @@ MID_TEXT = {
 }
 MID_VIT = {**VIT_L16, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
 
-# Stand-in for the toy world when dct.toy is not importable (same shapes as dct/toy/models.py).
-_TOY_FALLBACK = dict(
-    unet=dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D",) * 2,
-        up_block_types=("CrossAttnUpBlock2D",) * 2,
-        cross_attention_dim=64,
-        layers_per_block=1,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    ),
-    vae=dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    ),
-    text=dict(
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=32,
-        projection_dim=64,
-    ),
-)
-
-
 @dataclass(frozen=True)
 class Preset:
     """Architectures (config kwargs of the library classes) and the method settings of one benchmark."""
@@ -199,27 +163,12 @@ class Preset:
 
 
 def _toy_preset() -> Preset:
-    try:
-        from dct.toy import models as toy
+    from dct.toy import models as toy  # part of the package: the toy world's own configs, not a copy
 
-        unet, vae, text = dict(toy.UNET_CONFIG), dict(toy.VAE_CONFIG), dict(toy.TEXT_CONFIG)
-        guide = toy.CLASSIFIER_SPECS["guide"]
-        classifier = {"kind": "toy-guide", "spec": {k: v for k, v in guide.items() if k != "preprocess"}}
-        preprocess = guide["preprocess"]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("dct.toy", "dct.toy.models"):
-            raise
-        unet, vae, text = (dict(_TOY_FALLBACK[k]) for k in ("unet", "vae", "text"))
-        classifier = {
-            "kind": "vit",
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-            "image_size": 32,
-            "patch_size": 8,
-        }
-        preprocess = PreprocessConfig(resize=32, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear")
+    guide = toy.CLASSIFIER_SPECS["guide"]
+    unet, vae, text = dict(toy.UNET_CONFIG), dict(toy.VAE_CONFIG), dict(toy.TEXT_CONFIG)
+    classifier = {"kind": "toy-guide", "spec": {k: v for k, v in guide.items() if k != "preprocess"}}
+    preprocess = guide["preprocess"]
     return Preset(
         name="toy",
         unet=unet,

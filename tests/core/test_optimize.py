@@ -22,6 +22,43 @@ def _hardest_class(pipe, clf, config) -> int:
     return int(torch.softmax(clf(imgs), dim=1).mean(0).argmin())
 
 
+def _one_epoch(pipe, clf, config, class_id: int = 0) -> tuple[torch.nn.Parameter, float]:
+    """Add the class token and run one epoch's forward + backward; returns (token parameter with .grad, loss)."""
+    token = config.token_string(class_id)
+    token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
+    vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
+    prompts = epoch_prompts(config.prompts.templates, token, "cat", config.training.images_per_epoch)
+    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).detach()
+    loss, _ = epoch_loss_and_grad(
+        pipe,
+        clf,
+        vec,
+        token_id,
+        prompts,
+        list(config.training.seeds),
+        class_id,
+        config,
+        uncond,
+        device="cpu",
+        dtype=torch.float32,
+    )
+    return vec, loss
+
+
+def _saved_tensor_count(fn) -> int:
+    """How many tensors autograd keeps for backward while ``fn`` runs."""
+    n = 0
+
+    def pack(t):
+        nonlocal n
+        n += 1
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return n
+
+
 def test_only_the_token_row_changes(tiny_pipe, tiny_clf):
     config = tiny_run_config(max_epochs=3, accuracy_threshold=1.0)
     before = tiny_pipe.text_encoder.get_input_embeddings().weight.detach().clone()
@@ -42,24 +79,7 @@ def test_only_the_token_row_changes(tiny_pipe, tiny_clf):
 def test_gradient_nonzero_and_loss_falls(tiny_pipe, tiny_clf):
     config = tiny_run_config(max_epochs=8, accuracy_threshold=1.0, patience=50)
     target = _hardest_class(tiny_pipe, tiny_clf, config)
-    token = config.token_string(target)
-    token_id = add_placeholder_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, token, "a")
-    vec = torch.nn.Parameter(get_token_vector(tiny_pipe.text_encoder, token_id))
-    prompts = epoch_prompts(config.prompts.templates, token, "cat", 3)
-    uncond = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, [""]).detach()
-    epoch_loss_and_grad(
-        tiny_pipe,
-        tiny_clf,
-        vec,
-        token_id,
-        prompts,
-        list(config.training.seeds),
-        target,
-        config,
-        uncond,
-        device="cpu",
-        dtype=torch.float32,
-    )
+    vec, _ = _one_epoch(tiny_pipe, tiny_clf, config, target)
     assert vec.grad is not None and float(vec.grad.norm()) > 0
 
     result = optimize_token(tiny_pipe, tiny_clf, class_id=target, class_name="cat", config=config)
@@ -89,14 +109,7 @@ def test_batch_equals_micro_batches_and_accumulation(tmp_path, tiny_clf, schedul
             update={"sampler": SamplerConfig(scheduler=scheduler, num_inference_steps=4, guidance_scale=3.0)}
         )
         pipe = tiny_pipeline(tmp_path / str(micro), scheduler=scheduler)
-        token = config.token_string(0)
-        token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
-        vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
-        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).detach()
-        prompts = epoch_prompts(config.prompts.templates, token, "cat", 3)
-        epoch_loss_and_grad(
-            pipe, tiny_clf, vec, token_id, prompts, [0, 1, 2], 0, config, uncond, device="cpu", dtype=torch.float32
-        )
+        vec, _ = _one_epoch(pipe, tiny_clf, config)
         grads.append(vec.grad.clone())
         result = optimize_token(pipe, tiny_clf, class_id=0, class_name="cat", config=config)
         vectors.append(result.vector)
@@ -118,23 +131,7 @@ def test_saved_tensors_independent_of_step_count(tmp_path, tiny_clf, scheduler):
             update={"sampler": SamplerConfig(scheduler=scheduler, num_inference_steps=steps, guidance_scale=3.0)}
         )
         pipe = tiny_pipeline(tmp_path / f"{steps}", scheduler=scheduler)
-        token = config.token_string(0)
-        token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
-        vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
-        uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).detach()
-        prompts = epoch_prompts(config.prompts.templates, token, "cat", 3)
-        n = 0
-
-        def pack(t):
-            nonlocal n
-            n += 1
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            epoch_loss_and_grad(
-                pipe, tiny_clf, vec, token_id, prompts, [0, 1, 2], 0, config, uncond, device="cpu", dtype=torch.float32
-            )
-        counts[steps] = n
+        counts[steps] = _saved_tensor_count(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))
     assert counts[5] == counts[20] > 0
 
 
@@ -146,31 +143,7 @@ def test_grad_steps_two_keeps_more_than_one(tmp_path, tiny_clf):
     for grad_steps in (1, 2):
         config = tiny_run_config(grad_steps=grad_steps)
         pipe = tiny_pipeline(tmp_path / f"{grad_steps}")
-        token = config.token_string(0)
-        token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
-        vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
-        n = 0
-
-        def pack(t):
-            nonlocal n
-            n += 1
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            epoch_loss_and_grad(
-                pipe,
-                tiny_clf,
-                vec,
-                token_id,
-                ["a photo of " + token] * 2,
-                [0, 1],
-                0,
-                config,
-                None,
-                device="cpu",
-                dtype=torch.float32,
-            )
-        counts[grad_steps] = n
+        counts[grad_steps] = _saved_tensor_count(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))
     assert counts[2] > counts[1]
 
 
@@ -217,23 +190,8 @@ def test_vector_is_best_loss_vector(tiny_pipe, tiny_clf):
     """Re-evaluating the returned vector reproduces the best epoch loss exactly (fixed seeds and prompts)."""
     config = tiny_run_config(max_epochs=5, accuracy_threshold=1.0, patience=50)
     result = optimize_token(tiny_pipe, tiny_clf, class_id=3, class_name="cat", config=config)
-    token_id = tiny_pipe.tokenizer.convert_tokens_to_ids(result.token)
-    vec = torch.nn.Parameter(result.vector.clone())
-    uncond = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, [""]).detach()
-    prompts = epoch_prompts(config.prompts.templates, result.token, "cat", 3)
-    loss, _ = epoch_loss_and_grad(
-        tiny_pipe,
-        tiny_clf,
-        vec,
-        token_id,
-        prompts,
-        list(config.training.seeds),
-        3,
-        config,
-        uncond,
-        device="cpu",
-        dtype=torch.float32,
-    )
+    # optimize_token left the best vector in the token's row; one more epoch from it re-measures its loss.
+    _, loss = _one_epoch(tiny_pipe, tiny_clf, config, class_id=3)
     assert math.isclose(loss, result.best_loss, rel_tol=1e-5)
 
 
