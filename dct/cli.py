@@ -11,8 +11,8 @@ import importlib
 import logging
 import sys
 
-# Subcommand modules, in help order. A module missing here is simply not offered.
-COMMANDS = ("optimize", "run", "generate", "datasets", "models")
+# Subcommand modules, in help order.
+COMMANDS = ("optimize", "run", "datasets", "models")
 
 
 class UserError(Exception):
@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"dct.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"dct.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"dct.commands.{name}").register(sub)
     return parser
 
 

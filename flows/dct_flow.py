@@ -50,7 +50,7 @@ def dct(
     run_id: str | None = None,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
-    from dct.plan import build_config
+    from dct.plan import build_config, failed_fraction
     from dct.results import new_run_id
 
     logger = get_run_logger()
@@ -116,8 +116,8 @@ def dct(
         "token_key": plan.token_key,
         "eval_key": plan.eval_key,
     }
-    fraction = outcome.failed_ids and len(outcome.failed_ids) / outcome.attempted
-    if fraction and fraction > max_failed_fraction:
+    fraction = failed_fraction(len(outcome.failed_ids), outcome.attempted)
+    if fraction > max_failed_fraction:
         raise RunFailedError(
             f"{len(outcome.failed_ids)} of {outcome.attempted} classes failed ({fraction:.0%} > "
             f"max_failed_fraction {max_failed_fraction:.0%}): {outcome.failed_ids}; re-run to retry only those"
