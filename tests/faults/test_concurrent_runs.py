@@ -47,7 +47,7 @@ def test_two_runs_started_together_stay_consistent(tiny_world, tmp_path):
     tokens = sorted(Path(store, "tokens", "tiny").rglob("*.safetensors"))
     assert len(tokens) == 3
     for path in tokens:
-        token, vector, meta = load_token(path)  # complete and parseable: never a torn write
+        token, _, meta = load_token(path)  # complete and parseable: never a torn write
         assert meta["class_id"] == str(int(path.stem)) and token == f"<dct-tiny-{int(path.stem):05d}>"
     records = sorted(Path(store, "records", "tiny").rglob("*.json"))
     assert [int(p.stem) for p in records] == [0, 1, 2]
