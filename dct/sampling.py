@@ -118,13 +118,24 @@ def denoise(
     use_cfg = uncond is not None and guidance_scale != 1.0
     context = torch.cat([uncond, cond]) if use_cfg else cond
     for step, t in enumerate(timesteps):
-        with torch.set_grad_enabled(torch.is_grad_enabled() and step >= grad_from_step):
-            model_in = torch.cat([latents, latents]) if use_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            noise = unet(model_in, t, encoder_hidden_states=context.to(model_in.dtype)).sample
-            if use_cfg:
-                noise_uncond, noise_cond = noise.chunk(2)
+        grad = torch.is_grad_enabled() and step >= grad_from_step
+        with torch.set_grad_enabled(grad):
+            if use_cfg and grad and not latents.requires_grad and not uncond.requires_grad:
+                # First graph-building step: the unconditional branch depends on neither the latents'
+                # history nor the token, so its UNet evaluation keeps no activations (half of this
+                # step's saved tensors). Mathematically the same gradient as the joint batch.
+                model_in = scheduler.scale_model_input(latents, t)
+                with torch.no_grad():
+                    noise_uncond = unet(model_in, t, encoder_hidden_states=uncond.to(model_in.dtype)).sample
+                noise_cond = unet(model_in, t, encoder_hidden_states=cond.to(model_in.dtype)).sample
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            else:
+                model_in = torch.cat([latents, latents]) if use_cfg else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                noise = unet(model_in, t, encoder_hidden_states=context.to(model_in.dtype)).sample
+                if use_cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(noise, t, latents).prev_sample
     return latents
 

@@ -45,18 +45,23 @@ def _one_epoch(pipe, clf, config, class_id: int = 0) -> tuple[torch.nn.Parameter
     return vec, loss
 
 
-def _saved_tensor_count(fn) -> int:
-    """How many tensors autograd keeps for backward while ``fn`` runs."""
-    n = 0
+def _saved_tensors(fn) -> tuple[int, int]:
+    """How many tensors, and how many bytes, autograd keeps for backward while ``fn`` runs."""
+    n, nbytes = 0, 0
 
     def pack(t):
-        nonlocal n
+        nonlocal n, nbytes
         n += 1
+        nbytes += t.numel() * t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return n
+    return n, nbytes
+
+
+def _saved_tensor_count(fn) -> int:
+    return _saved_tensors(fn)[0]
 
 
 def test_only_the_token_row_changes(tiny_pipe, tiny_clf):
@@ -145,6 +150,24 @@ def test_grad_steps_two_keeps_more_than_one(tmp_path, tiny_clf):
         pipe = tiny_pipeline(tmp_path / f"{grad_steps}")
         counts[grad_steps] = _saved_tensor_count(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))
     assert counts[2] > counts[1]
+
+
+def test_guidance_unconditional_branch_keeps_no_activations(tmp_path, tiny_clf):
+    """With grad_steps=1 the unconditional half of the guided UNet batch depends on nothing learnable: the
+    epoch keeps about the same activations with classifier-free guidance as without it (not twice the UNet's)."""
+    from tiny import tiny_pipeline
+
+    saved = {}
+    for scale in (1.0, 3.0):
+        config = tiny_run_config(grad_steps=1)
+        config = config.model_copy(
+            update={"sampler": SamplerConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=scale)}
+        )
+        pipe = tiny_pipeline(tmp_path / f"{scale}")
+        saved[scale] = _saved_tensors(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))[1]
+        assert saved[scale] > 0
+    # Guidance adds only the guidance combination's few latent-sized tensors.
+    assert saved[3.0] <= 1.05 * saved[1.0]
 
 
 class _ScriptedClassifier(torch.nn.Module):
