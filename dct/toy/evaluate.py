@@ -59,6 +59,38 @@ class ClassScores:
         return {k: statistics.fmean(r[k] for r in self.dct_runs) for k in keys}
 
 
+def world_spec(weights: Path | None = None) -> DatasetSpec:
+    """The ``toy`` dataset, with its models read from ``weights`` (a ``dct.toy.train --out`` directory) if given.
+
+    Lets a freshly retrained world be evaluated before it replaces the shipped weights.
+
+    Raises:
+        FileNotFoundError: ``weights`` lacks the pipeline or a classifier file.
+    """
+    spec = get_dataset("toy")
+    if weights is None:
+        return spec
+    weights = Path(weights).resolve()
+    needed = [
+        weights / "pipeline" / "model_index.json",
+        weights / "guide.safetensors",
+        weights / "evaluator.safetensors",
+    ]
+    missing = [str(f) for f in needed if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"--weights {weights} is not a toy world (missing {', '.join(missing)}); "
+            "pass a directory written by `python -m dct.toy.train --out DIR`"
+        )
+    return spec.model_copy(
+        update={
+            "diffusion": spec.diffusion.model_copy(update={"model_id": str(weights / "pipeline")}),
+            "classifier": spec.classifier.model_copy(update={"model_id": str(weights / "guide.safetensors")}),
+            "evaluator": spec.evaluator.model_copy(update={"model_id": str(weights / "evaluator.safetensors")}),
+        }
+    )
+
+
 def load_world(spec: DatasetSpec, device: str = "cpu"):
     """(pipeline, guide, evaluator) of a dataset, loaded once."""
     from dct.pipelines import load_pipeline
@@ -113,8 +145,8 @@ def ceiling(pipe, config: RunConfig, class_id: int, seeds: list[int], guide, eva
     return best
 
 
-def evaluate(class_ids: list[int], runs: int, out: Path) -> dict:
-    spec = get_dataset("toy")
+def evaluate(class_ids: list[int], runs: int, out: Path, weights: Path | None = None) -> dict:
+    spec = world_spec(weights)
     config = spec.run_config()
     pipe, guide, evaluator = load_world(spec)
     seeds = list(config.evaluation.seeds)
@@ -205,9 +237,9 @@ def summarize(
     }
 
 
-def merge(dirs: list[Path], out: Path) -> dict:
+def merge(dirs: list[Path], out: Path, weights: Path | None = None) -> dict:
     """Merge evaluations of disjoint class subsets (``--merge``); FID is recomputed on the pooled images."""
-    spec = get_dataset("toy")
+    spec = world_spec(weights)
     evaluator = load_classifier(spec.evaluator).classifier
     parts = [json.loads((d / "results.json").read_text()) for d in dirs]
     samples = [load_file(d / "samples.safetensors") for d in dirs]  # safetensors: no unpickling
@@ -267,13 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("toy-eval"), help="output directory (results.json, tokens/)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--merge", type=Path, nargs="+", help="merge these evaluation directories into --out instead")
+    p.add_argument("--weights", type=Path, default=None, help="a `dct.toy.train --out` directory (default: shipped)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     if args.merge:
-        summary = merge([d.resolve() for d in args.merge], args.out.resolve())
+        summary = merge([d.resolve() for d in args.merge], args.out.resolve(), args.weights)
     else:
-        summary = evaluate(parse_classes(args.classes), args.runs, args.out.resolve())
+        summary = evaluate(parse_classes(args.classes), args.runs, args.out.resolve(), args.weights)
     print(format_table(summary))
 
 

@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from dct.datasets import get_dataset
 from dct.optimize import epoch_prompts
 from dct.sampling import generate
 from dct.tokens import add_placeholder_token, load_token, set_token_vector
-from dct.toy.evaluate import CEILING_ELIGIBLE, load_world, parse_classes
+from dct.toy.evaluate import CEILING_ELIGIBLE, load_world, parse_classes, world_spec
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classes", default=None, help="e.g. '0-4'; default: eligible classes in ../results.json")
     p.add_argument("--run", type=int, default=0)
     p.add_argument("--n", type=int, default=8, help="images per side")
+    p.add_argument("--weights", type=Path, default=None, help="a `dct.toy.train --out` directory (default: shipped)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
-    spec = get_dataset("toy")
+    spec = world_spec(args.weights)
     config = spec.run_config()
     if args.classes:
         class_ids = parse_classes(args.classes)

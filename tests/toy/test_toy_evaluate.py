@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dct.datasets import get_dataset
-from dct.toy.evaluate import fid, parse_classes, run_config_for
+from dct.toy import models
+from dct.toy.evaluate import fid, load_world, parse_classes, run_config_for, world_spec
 
 
 def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
@@ -26,3 +27,20 @@ def test_parse_classes():
     assert parse_classes("0-2,5") == [0, 1, 2, 5]
     with pytest.raises(ValueError, match="outside"):
         parse_classes("0-10")
+
+
+def test_world_spec_points_every_model_at_a_retrained_world(tmp_path):
+    # The shipped weights directory has the layout `dct.toy.train --out` writes.
+    spec = world_spec(models.WEIGHTS_DIR)
+    assert spec.diffusion.model_id == str(models.PIPELINE_DIR)
+    assert spec.classifier.model_id == str(models.WEIGHTS_DIR / "guide.safetensors")
+    assert spec.evaluator.model_id == str(models.WEIGHTS_DIR / "evaluator.safetensors")
+    _pipe, guide, evaluator = load_world(spec)
+    assert guide.num_classes == evaluator.num_classes == 10
+    assert world_spec(None) == get_dataset("toy")
+
+
+def test_world_spec_rejects_a_directory_that_is_not_a_toy_world(tmp_path):
+    (tmp_path / "pipeline").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"guide\.safetensors.*dct\.toy\.train --out"):
+        world_spec(tmp_path)
