@@ -12,7 +12,7 @@ import logging
 import sys
 
 # Subcommand modules, in help order.
-COMMANDS = ("optimize", "run", "datasets", "models")
+COMMANDS = ("optimize", "run", "datasets", "models", "generate")
 
 
 class UserError(Exception):

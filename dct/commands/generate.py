@@ -1,0 +1,268 @@
+"""`dct generate`: render images of one class with its learned token (and the baseline prompt) as PNGs.
+
+The images are made exactly as evaluation makes them: the dataset's configured sampler through the one
+denoising loop (``dct.sampling.generate``), image j from template ``j mod len(templates)`` and noise seed
+``seed + j``, so ``--seed`` defaults to the evaluation seed and the DCT and baseline images of one index
+share their noise and template (only the word differs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dct.commands.common import add_device_argument, nonnegative_int, positive_int, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="render images of one class with its learned token (and the baseline prompt) to compare",
+        description="Load one class token (a token file from `dct optimize`, or a run's bundle from `dct run`) "
+        "into the dataset's pipeline and write N images with the dataset's sampler, prompts and seeds.",
+    )
+    p.add_argument(
+        "--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy"
+    )
+    p.add_argument(
+        "--class", dest="class_", metavar="CLASS", required=True, help="class id (0-based) or exact class name"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--token", help="token file written by `dct optimize` (local path or store URI, s3://...)")
+    source.add_argument(
+        "--bundle",
+        help="run bundle written by `dct run`: .../runs/<dataset>/<run_id>/bundle/tokens.safetensors "
+        "(or its folder), local or s3://...",
+    )
+    p.add_argument("--n", type=positive_int, default=8, help="images per variant (default 8)")
+    p.add_argument(
+        "--seed", type=nonnegative_int, help="image j uses noise seed SEED + j (default: the dataset's evaluation seed)"
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also render the baseline prompt (the baseline word, 'a', in place of the token) on the same seeds",
+    )
+    p.add_argument("--out", type=Path, help="output folder; default ./samples/<dataset>-<class id>/")
+    p.add_argument("--pipeline", help="diffusion model: hub id or local pipeline directory (overrides the dataset's)")
+    p.add_argument("--revision", help="hub revision of --pipeline")
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class _ClassToken:
+    """One class token as read from a token file or a bundle, with what it says it was learned on."""
+
+    token: str
+    vector: torch.Tensor  # (D,) fp32
+    base_model: str | None
+    base_model_revision: str | None
+
+
+def run(args: argparse.Namespace) -> int:
+    from dct.classifiers import ModelNotAvailableError
+    from dct.datasets import get_dataset, select_classes
+    from dct.optimize import epoch_prompts
+    from dct.pipelines import load_pipeline
+    from dct.runner import encode_image
+    from dct.sampling import generate
+    from dct.tokens import add_placeholder_token, set_token_vector
+
+    # Validate everything cheap — arguments, the token itself, the output folder — before any model is loaded.
+    device = resolve_device(args.device)
+    spec = get_dataset(args.dataset)
+    ids = select_classes(spec, args.class_)
+    if len(ids) != 1:
+        raise ValueError(f"--class {args.class_!r} selects {len(ids)} classes; `dct generate` takes one")
+    class_id = ids[0]
+    class_name = spec.class_names[class_id]
+    config = spec.run_config()
+    if args.pipeline:
+        diffusion = config.diffusion.model_copy(update={"model_id": args.pipeline, "revision": args.revision})
+        config = type(config).model_validate({**config.model_dump(), "diffusion": diffusion.model_dump()})
+    seed = config.evaluation.seed if args.seed is None else args.seed
+    seeds = [seed + j for j in range(args.n)]
+    out = (args.out or Path("samples") / f"{spec.name}-{class_id:05d}").absolute()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; give a folder for the images")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
+    if args.token is not None:
+        found = _token_from_file(args.token, spec.name, class_id)
+    else:
+        found = _token_from_bundle(args.bundle, spec.name, class_id)
+    if found.base_model is not None and found.base_model != config.diffusion.model_id:
+        logger.warning(
+            "token %s was learned on %r, generating with %r (pass --pipeline to use the other): images may not "
+            "show what it learned",
+            found.token,
+            found.base_model,
+            config.diffusion.model_id,
+        )
+    try:
+        loaded = load_pipeline(config.diffusion, device)
+    except ModelNotAvailableError as exc:
+        raise exc.for_dataset(spec.name) from None
+
+    pipe = loaded.pipe
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    if found.vector.shape != (width,):
+        raise ValueError(
+            f"token {found.token!r} has {found.vector.shape[0]} dimensions but {config.diffusion.model_id!r} "
+            f"embeds tokens in {width}; it was learned for another model (pass that one with --pipeline)"
+        )
+    if pipe.tokenizer.convert_tokens_to_ids(found.token) not in (None, pipe.tokenizer.unk_token_id):
+        # Writing the vector would change an existing word (perhaps the baseline word itself).
+        raise ValueError(f"token {found.token!r} is already a word of the tokenizer; it cannot be a class token")
+    if found.base_model_revision not in (None, loaded.resolved_revision):
+        logger.warning(
+            "token %s was learned on revision %s of the pipeline, this one is %s: images may differ from the run's",
+            found.token,
+            found.base_model_revision,
+            loaded.resolved_revision,
+        )
+    token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, found.token, config.token.initializer_token)
+    set_token_vector(pipe.text_encoder, token_id, found.vector)
+
+    variants = [("dct", found.token)] + ([("baseline", config.prompts.baseline_word)] if args.baseline else [])
+    rendered = {}
+    for variant, word in variants:
+        prompts = epoch_prompts(config.prompts.templates, word, class_name, args.n)
+        images = generate(
+            pipe,
+            prompts,
+            seeds,
+            config.sampler,
+            device=device,
+            dtype=loaded.dtype,
+            batch_size=config.evaluation.batch_size,
+        )
+        rendered[variant] = (prompts[0], images)
+
+    out.mkdir(parents=True, exist_ok=True)
+    digits = max(2, len(str(args.n - 1)))
+    written = []
+    for variant, (_, images) in rendered.items():
+        for j, image in enumerate(images):
+            written.append(_write_atomic(out / f"{variant}-{j:0{digits}d}.png", encode_image(image, "png")))
+
+    height, width_px = rendered["dct"][1].shape[-2:]
+    print(
+        f"class {class_id} ({class_name}): token {found.token}; {args.n} image(s) per variant, "
+        f"{width_px}x{height}, seeds {seeds[0]}..{seeds[-1]} (image j: template j mod {len(config.prompts.templates)})"
+    )
+    for variant, (first_prompt, _) in rendered.items():
+        print(f'  {variant}: e.g. "{first_prompt}"')
+    print(f"  wrote {len(written)} PNGs to {out}{os.sep}: {written[0].name} .. {written[-1].name}")
+    return 0
+
+
+def _read_uri(uri: str, flag: str, default_name: str | None = None) -> tuple[str, bytes]:
+    """Bytes of a local path or store URI (``s3://...``) through the artifact store.
+
+    A folder is accepted when it holds ``default_name`` (the bundle's file name).
+
+    Returns:
+        ``(the URI read, its bytes)``.
+
+    Raises:
+        FileNotFoundError: nothing there.
+        ValueError: a folder without ``default_name``; an unsupported URI.
+    """
+    from dct.store import open_store
+
+    if "://" not in uri:
+        uri = os.path.abspath(os.path.expanduser(uri))
+        parent = os.path.dirname(uri)
+    else:
+        parent = uri.rstrip("/").rsplit("/", 1)[0]
+    store = open_store(parent)
+    if not store.exists(uri):
+        raise FileNotFoundError(f"{flag} {uri!r} does not exist")
+    if store.fs.isdir(store.to_path(uri)):
+        inner = f"{uri.rstrip('/')}/{default_name}" if default_name else None
+        if inner is None or not store.exists(inner):
+            raise ValueError(f"{flag} {uri!r} is a folder; give the {default_name or 'token'} file")
+        uri = inner
+    return uri, store.read_bytes(uri)
+
+
+def _token_from_file(uri: str, dataset: str, class_id: int) -> _ClassToken:
+    """The token of a ``dct optimize`` token file, checked against the dataset and class asked for.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a single-token safetensors file, a non-finite vector, or metadata naming another
+            dataset or class.
+    """
+    from dct.tokens import read_token_bytes
+
+    uri, data = _read_uri(uri, "--token")
+    try:
+        token, vector, meta = read_token_bytes(data)
+    except ValueError as exc:
+        raise ValueError(f"--token {uri!r}: {exc}; give a token file written by `dct optimize`") from None
+    if not bool(torch.isfinite(vector).all()):
+        raise ValueError(f"--token {uri!r}: the vector of {token!r} has non-finite values; re-optimise the class")
+    # The metadata `dct optimize` writes (build_token_metadata) says which dataset and class it is for.
+    for key, asked, flag in (("dataset", dataset, "--dataset"), ("class_id", str(class_id), "--class")):
+        if key not in meta:
+            logger.warning("--token %s has no %r in its metadata; assuming it is for %s %s", uri, key, flag, asked)
+        elif meta[key] != asked:
+            raise ValueError(
+                f"--token {uri!r} is the token of {key} {meta[key]!r}, not {asked!r}; pass {flag} {meta[key]} "
+                f"or the token file of {key} {asked!r}"
+            )
+    return _ClassToken(token, vector, meta.get("base_model"), meta.get("base_model_revision"))
+
+
+def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
+    """The token of ``class_id`` from a run's export bundle (``dct.bundle``), checked against the dataset.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a dct bundle, a bundle of another dataset, or no token for ``class_id`` in it.
+    """
+    from safetensors import SafetensorError
+
+    from dct.bundle import BUNDLE_FILE, read_bundle
+
+    uri, data = _read_uri(uri, "--bundle", BUNDLE_FILE)
+    try:
+        tokens, vectors, manifest = read_bundle(data)
+    except (SafetensorError, ValueError) as exc:  # pydantic's ValidationError and json errors are ValueErrors
+        raise ValueError(
+            f"--bundle {uri!r} is not readable ({exc}); give the tokens.safetensors that `dct run` wrote"
+        ) from None
+    if manifest.dataset != dataset:
+        raise ValueError(
+            f"--bundle {uri!r} holds tokens of dataset {manifest.dataset!r}, not {dataset!r}; "
+            f"pass --dataset {manifest.dataset} or that dataset's bundle"
+        )
+    by_class = {entry.class_id: i for i, entry in enumerate(manifest.tokens)}
+    if class_id not in by_class:
+        held = sorted(by_class)
+        shown = ", ".join(map(str, held[:20])) + (f", ... ({len(held)} in all)" if len(held) > 20 else "")
+        raise ValueError(f"class {class_id} is not in --bundle {uri!r} (run {manifest.run_id!r}); it holds {shown}")
+    i = by_class[class_id]
+    vector = vectors[i]
+    if not bool(torch.isfinite(vector).all()):
+        raise ValueError(f"--bundle {uri!r}: the vector of {tokens[i]!r} has non-finite values")
+    return _ClassToken(tokens[i], vector, manifest.base_model, manifest.base_model_revision)
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    """Write to a temporary name, then ``os.replace``: a reader never sees half an image."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
