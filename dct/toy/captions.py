@@ -7,8 +7,9 @@ the text-embedding space stays rich and smooth enough for a learned token to ste
 - empty captions (classifier-free guidance's unconditional branch);
 - coarse-only captions ("a photo of a small red shape on a dark background");
 - "species" captions: each fine class has a prompt name (``SPECIES_NAMES``, the dataset's class names)
-  that is attached during training to a RANDOM member of its colour group, so the name pins down the
-  coarse group but not the shape — the gap DCT has to close;
+  that is attached during training to a RANDOM member of its colour group (circles less often, rings
+  more often: ``SPECIES_SHAPE_WEIGHTS``), so the name pins down the coarse group but not the shape — the
+  gap DCT has to close;
 - descriptive captions ("a drawing of a large blue ring in the top left"), the plain-words ceiling.
 
 Many prefixes and optional attribute phrases give roughly 10^4–10^5 distinct captions.
@@ -71,8 +72,14 @@ BACKGROUND_PHRASES: dict[str, tuple[str, ...]] = {
     "light": ("on a light background", "on white", "on a bright background"),
 }
 
-# Shares of each caption kind (empty, coarse-only, species, descriptive).
+# Shares of each caption kind (empty, coarse-only, species, descriptive), on average over shapes.
 CAPTION_MIX: dict[str, float] = {"empty": 0.12, "coarse": 0.18, "species": 0.25, "descriptive": 0.45}
+# How often a species name goes with each shape, relative to the mean (the difference is taken from, or given
+# to, the descriptive share). Measured with uniform attachment: 5-step guided sampling renders an ambiguous
+# name as a round blob, so "A photo of a ember finch" drew red circles 0.45 of the time (more than the
+# name's 0.2 share) and rings never, which left DCT no image with a trace of a ring to start from (2 of 3
+# runs stuck at 0.00). Fewer circles and more rings under the names keep every name ambiguous.
+SPECIES_SHAPE_WEIGHTS: dict[str, float] = {"circle": 0.5, "square": 1.0, "triangle": 1.0, "cross": 1.0, "ring": 1.5}
 
 
 def descriptive_name(class_id: int) -> str:
@@ -90,10 +97,17 @@ def _position_phrase(a: ShapeAttributes, rng: np.random.Generator) -> str:
     return f"in the {a.vertical} {a.horizontal}"
 
 
+def caption_mix(shape: str) -> dict[str, float]:
+    """Caption-kind shares for an image of ``shape`` (:data:`CAPTION_MIX` with the species share weighted)."""
+    species = CAPTION_MIX["species"] * SPECIES_SHAPE_WEIGHTS[shape]
+    descriptive = CAPTION_MIX["descriptive"] + CAPTION_MIX["species"] - species
+    return CAPTION_MIX | {"species": species, "descriptive": descriptive}
+
+
 def caption(a: ShapeAttributes, rng: np.random.Generator, kind: str | None = None) -> str:
     """A random truthful caption of an image with attributes ``a`` (``kind`` forces a caption kind)."""
     if kind is None:
-        kinds, probs = zip(*CAPTION_MIX.items(), strict=True)
+        kinds, probs = zip(*caption_mix(a.shape).items(), strict=True)
         kind = str(rng.choice(kinds, p=np.asarray(probs)))
     if kind == "empty":
         return ""

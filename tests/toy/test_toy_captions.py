@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dct.toy import captions, shapes
 
@@ -35,3 +36,16 @@ def test_captions_are_rich_and_include_empty_ones():
 def test_descriptive_captions_name_the_fine_class():
     for a, text in _captions("descriptive", 200):
         assert a.group in text and any(w in text for w in captions.SHAPE_WORDS[a.shape])
+
+
+def test_species_names_go_with_circles_less_and_rings_more_often():
+    """The sampler draws an ambiguous name as a round blob; the names' shape weights counter that (docs/toy.md)."""
+    counts = dict.fromkeys(shapes.SHAPES, 0)
+    for a, text in _captions(None, 6000):
+        if any(n in text for n in captions.SPECIES_NAMES):
+            counts[a.shape] += 1
+    total = sum(counts.values())
+    assert 0.2 * 6000 < total < 0.3 * 6000  # the species share stays ~25 % overall
+    assert counts["circle"] < 0.7 * counts["square"] and counts["ring"] > 1.3 * counts["square"]
+    for shape in shapes.SHAPES:
+        assert sum(captions.caption_mix(shape).values()) == pytest.approx(1.0)
