@@ -117,8 +117,13 @@ def denoise(
     grad_from_step = len(timesteps) - grad_steps
     use_cfg = uncond is not None and guidance_scale != 1.0
     context = torch.cat([uncond, cond]) if use_cfg else cond
+    last = len(timesteps) - 1
     for step, t in enumerate(timesteps):
         grad = torch.is_grad_enabled() and step >= grad_from_step
+        # Graph-building evaluations before the last are checkpointed: the backward reaches them only after
+        # the last one's activations are freed, so recomputing them one at a time keeps the epoch's peak at
+        # one UNet evaluation's activations whatever grad_steps is (cost: one forward per such step).
+        call = _checkpointed(unet) if grad and step < last else unet
         with torch.set_grad_enabled(grad):
             if use_cfg and grad and not latents.requires_grad and not uncond.requires_grad:
                 # First graph-building step: the unconditional branch depends on neither the latents'
@@ -127,17 +132,26 @@ def denoise(
                 model_in = scheduler.scale_model_input(latents, t)
                 with torch.no_grad():
                     noise_uncond = unet(model_in, t, encoder_hidden_states=uncond.to(model_in.dtype)).sample
-                noise_cond = unet(model_in, t, encoder_hidden_states=cond.to(model_in.dtype)).sample
+                noise_cond = call(model_in, t, encoder_hidden_states=cond.to(model_in.dtype)).sample
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             else:
                 model_in = torch.cat([latents, latents]) if use_cfg else latents
                 model_in = scheduler.scale_model_input(model_in, t)
-                noise = unet(model_in, t, encoder_hidden_states=context.to(model_in.dtype)).sample
+                noise = call(model_in, t, encoder_hidden_states=context.to(model_in.dtype)).sample
                 if use_cfg:
                     noise_uncond, noise_cond = noise.chunk(2)
                     noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(noise, t, latents).prev_sample
     return latents
+
+
+def _checkpointed(unet):
+    """``unet`` called through activation checkpointing (non-reentrant: gradients reach ``cond``)."""
+
+    def call(*args, **kwargs):
+        return checkpoint(unet, *args, use_reentrant=False, **kwargs)
+
+    return call
 
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
