@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dct.runner import resolve_device  # noqa: F401 - re-exported for the subcommands
 
@@ -13,21 +14,65 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
+def add_one_class_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dataset`` (default toy), ``--class`` (one class), ``--pipeline``/``--revision`` (diffusion override)."""
+    parser.add_argument(
+        "--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy"
+    )
+    parser.add_argument(
+        "--class", dest="class_", metavar="CLASS", required=True, help="class id (0-based) or exact class name"
+    )
+    parser.add_argument(
+        "--pipeline", help="diffusion model: hub id or local pipeline directory (overrides the dataset's)"
+    )
+    parser.add_argument("--revision", help="hub revision of --pipeline")
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a non-negative integer")
-    return value
+def select_one_class(spec, class_arg: str, command: str) -> int:
+    """The single class id that ``--class`` names. Raises ValueError if it selects none or several."""
+    from dct.datasets import select_classes
+
+    ids = select_classes(spec, class_arg)
+    if len(ids) != 1:
+        raise ValueError(f"--class {class_arg!r} selects {len(ids)} classes; `dct {command}` takes one (use `dct run`)")
+    return ids[0]
+
+
+def with_overrides(config, **sections):
+    """``config`` with whole sections replaced (e.g. ``diffusion=...``), every validator run again."""
+    if not sections:
+        return config
+    return type(config).model_validate({**config.model_dump(), **{k: v.model_dump() for k, v in sections.items()}})
+
+
+def with_pipeline(config, pipeline: str | None, revision: str | None):
+    """``config`` with ``--pipeline``/``--revision`` applied (unchanged when no pipeline is given)."""
+    if not pipeline:
+        return config
+    return with_overrides(
+        config, diffusion=config.diffusion.model_copy(update={"model_id": pipeline, "revision": revision})
+    )
+
+
+def check_out_parent(out: Path) -> None:
+    """Raises ValueError if a parent of ``out`` that exists is a file (the write would fail late)."""
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be a {what} integer")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1, "positive")
+nonnegative_int = _int_at_least(0, "non-negative")

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import torch
 
-from dct.commands.common import add_device_argument, nonnegative_int, positive_int, resolve_device
+from dct.commands.common import (
+    add_device_argument,
+    add_one_class_arguments,
+    check_out_parent,
+    nonnegative_int,
+    positive_int,
+    resolve_device,
+    select_one_class,
+    with_pipeline,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Load one class token (a token file from `dct optimize`, or a run's bundle from `dct run`) "
         "into the dataset's pipeline and write N images with the dataset's sampler, prompts and seeds.",
     )
-    p.add_argument(
-        "--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy"
-    )
-    p.add_argument(
-        "--class", dest="class_", metavar="CLASS", required=True, help="class id (0-based) or exact class name"
-    )
+    add_one_class_arguments(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--token", help="token file written by `dct optimize` (local path or store URI, s3://...)")
     source.add_argument(
@@ -51,8 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also render the baseline prompt (the baseline word, 'a', in place of the token) on the same seeds",
     )
     p.add_argument("--out", type=Path, help="output folder; default ./samples/<dataset>-<class id>/")
-    p.add_argument("--pipeline", help="diffusion model: hub id or local pipeline directory (overrides the dataset's)")
-    p.add_argument("--revision", help="hub revision of --pipeline")
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -69,33 +71,26 @@ class _ClassToken:
 
 def run(args: argparse.Namespace) -> int:
     from dct.classifiers import ModelNotAvailableError
-    from dct.datasets import get_dataset, select_classes
+    from dct.datasets import get_dataset
     from dct.optimize import epoch_prompts
     from dct.pipelines import load_pipeline
     from dct.runner import encode_image
     from dct.sampling import generate
+    from dct.store import open_store
     from dct.tokens import add_placeholder_token, set_token_vector
 
     # Validate everything cheap — arguments, the token itself, the output folder — before any model is loaded.
     device = resolve_device(args.device)
     spec = get_dataset(args.dataset)
-    ids = select_classes(spec, args.class_)
-    if len(ids) != 1:
-        raise ValueError(f"--class {args.class_!r} selects {len(ids)} classes; `dct generate` takes one")
-    class_id = ids[0]
+    class_id = select_one_class(spec, args.class_, "generate")
     class_name = spec.class_names[class_id]
-    config = spec.run_config()
-    if args.pipeline:
-        diffusion = config.diffusion.model_copy(update={"model_id": args.pipeline, "revision": args.revision})
-        config = type(config).model_validate({**config.model_dump(), "diffusion": diffusion.model_dump()})
+    config = with_pipeline(spec.run_config(), args.pipeline, args.revision)
     seed = config.evaluation.seed if args.seed is None else args.seed
     seeds = [seed + j for j in range(args.n)]
     out = (args.out or Path("samples") / f"{spec.name}-{class_id:05d}").absolute()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder for the images")
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
+    check_out_parent(out)
     if args.token is not None:
         found = _token_from_file(args.token, spec.name, class_id)
     else:
@@ -148,12 +143,15 @@ def run(args: argparse.Namespace) -> int:
         )
         rendered[variant] = (prompts[0], images)
 
-    out.mkdir(parents=True, exist_ok=True)
+    # A local artifact store rooted at --out: its writes are atomic (a reader never sees half an image).
+    store = open_store(str(out))
     digits = max(2, len(str(args.n - 1)))
     written = []
     for variant, (_, images) in rendered.items():
         for j, image in enumerate(images):
-            written.append(_write_atomic(out / f"{variant}-{j:0{digits}d}.png", encode_image(image, "png")))
+            name = f"{variant}-{j:0{digits}d}.png"
+            store.write_bytes(store.uri(name), encode_image(image, "png"))
+            written.append(name)
 
     height, width_px = rendered["dct"][1].shape[-2:]
     print(
@@ -162,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for variant, (first_prompt, _) in rendered.items():
         print(f'  {variant}: e.g. "{first_prompt}"')
-    print(f"  wrote {len(written)} PNGs to {out}{os.sep}: {written[0].name} .. {written[-1].name}")
+    print(f"  wrote {len(written)} PNGs to {out}{os.sep}: {written[0]} .. {written[-1]}")
     return 0
 
 
@@ -258,11 +256,3 @@ def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
     if not bool(torch.isfinite(vector).all()):
         raise ValueError(f"--bundle {uri!r}: the vector of {tokens[i]!r} has non-finite values")
     return _ClassToken(tokens[i], vector, manifest.base_model, manifest.base_model_revision)
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write to a temporary name, then ``os.replace``: a reader never sees half an image."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path

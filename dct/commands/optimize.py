@@ -6,7 +6,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from dct.commands.common import add_device_argument, positive_int, resolve_device
+from dct.commands.common import (
+    add_device_argument,
+    add_one_class_arguments,
+    check_out_parent,
+    positive_int,
+    resolve_device,
+    select_one_class,
+    with_overrides,
+    with_pipeline,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -18,12 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Optimise one class token of a dataset (default: the embedded toy world) and save it as "
         "safetensors loadable by diffusers' load_textual_inversion.",
     )
-    p.add_argument(
-        "--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy"
-    )
-    p.add_argument("--class", dest="class_", required=True, help="class id (0-based) or exact class name")
-    p.add_argument("--pipeline", help="diffusion model: hub id or local pipeline directory (overrides the dataset's)")
-    p.add_argument("--revision", help="hub revision of --pipeline")
+    add_one_class_arguments(p)
     p.add_argument("--classifier", help="classifier model id/path (overrides the dataset's guide)")
     p.add_argument("--classifier-kind", help="loader kind of --classifier (hf, vit-mae, timm, local, toy)")
     p.add_argument("--out", type=Path, help="token file to write; default ./tokens/<dataset>-<class id>.safetensors")
@@ -38,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dct.classifiers import ModelNotAvailableError, load_classifier
     from dct.config import token_key
-    from dct.datasets import get_dataset, select_classes
+    from dct.datasets import get_dataset
     from dct.optimize import build_token_metadata, optimize_token
     from dct.pipelines import load_pipeline
     from dct.plan import check_models_available
@@ -47,18 +51,9 @@ def run(args: argparse.Namespace) -> int:
     # Validate everything cheap before any model is loaded.
     device = resolve_device(args.device)
     spec = get_dataset(args.dataset)
-    ids = select_classes(spec, args.class_)
-    if len(ids) != 1:
-        raise ValueError(
-            f"--class {args.class_!r} selects {len(ids)} classes; `dct optimize` takes one (use `dct run`)"
-        )
-    class_id = ids[0]
-    config = spec.run_config()
+    class_id = select_one_class(spec, args.class_, "optimize")
+    config = with_pipeline(spec.run_config(), args.pipeline, args.revision)
     updates: dict = {}
-    if args.pipeline:
-        updates["diffusion"] = config.diffusion.model_copy(
-            update={"model_id": args.pipeline, "revision": args.revision}
-        )
     if args.classifier or args.classifier_kind:
         updates["classifier"] = config.classifier.model_copy(
             update={
@@ -78,14 +73,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if training:
         updates["training"] = config.training.model_copy(update=training)
-    if updates:
-        config = type(config).model_validate({**config.model_dump(), **{k: v.model_dump() for k, v in updates.items()}})
+    config = with_overrides(config, **updates)
     out = (args.out or Path("tokens") / f"{spec.name}-{class_id:05d}.safetensors").absolute()
     if out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a directory; give a file name ending in .safetensors")
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ValueError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
+    check_out_parent(out)
     # Models present, of a known kind and not pickles — checked without loading any weights.
     check_models_available(config, args.dataset)
 
