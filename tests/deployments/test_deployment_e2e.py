@@ -144,21 +144,30 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
     assert code != 0, out
 
 
-def _shard_spans(procs: Processes) -> list[tuple[float, float]]:
-    """(taken by a worker = first Pending state, end) of every finished shard run, from the server."""
+def _query_shard_runs(procs: Processes, body: str):
+    """Run ``body`` against the server (``c`` = sync client, ``d`` = the dct-shard/gpu deployment); it prints one
+    JSON value, returned parsed."""
     code = (
         "import json; from prefect.client.orchestration import get_client\n"
         "with get_client(sync_client=True) as c:\n"
-        "    d = c.read_deployment_by_name('dct-shard/gpu')\n"
+        "    d = c.read_deployment_by_name('dct-shard/gpu')\n" + body
+    )
+    out = procs.run([sys.executable, "-c", code], timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _shard_spans(procs: Processes) -> list[tuple[float, float]]:
+    """(taken by a worker = first Pending state, end) of every finished shard run, from the server."""
+    spans = _query_shard_runs(
+        procs,
         "    runs = [r for r in c.read_flow_runs() if r.deployment_id == d.id and r.end_time]\n"
         "    def taken(r):\n"
         "        states = c.read_flow_run_states(r.id)\n"
         "        return min(s.timestamp.timestamp() for s in states if s.type.value == 'PENDING')\n"
-        "    print(json.dumps([[taken(r), r.end_time.timestamp()] for r in runs]))\n"
+        "    print(json.dumps([[taken(r), r.end_time.timestamp()] for r in runs]))\n",
     )
-    out = procs.run([sys.executable, "-c", code], timeout=60)
-    assert out.returncode == 0, out.stderr
-    return sorted(tuple(x) for x in json.loads(out.stdout.strip().splitlines()[-1]))
+    return sorted(tuple(x) for x in spans)
 
 
 @pytest.fixture(scope="module")
@@ -299,12 +308,7 @@ def _read_classes(fs, root: str):
 
 
 def _shard_states(procs: Processes) -> list[str]:
-    code = (
-        "import json; from prefect.client.orchestration import get_client\n"
-        "with get_client(sync_client=True) as c:\n"
-        "    d = c.read_deployment_by_name('dct-shard/gpu')\n"
-        "    print(json.dumps([r.state.type.value for r in c.read_flow_runs() if r.deployment_id == d.id]))\n"
+    return _query_shard_runs(
+        procs,
+        "    print(json.dumps([r.state.type.value for r in c.read_flow_runs() if r.deployment_id == d.id]))\n",
     )
-    out = procs.run([sys.executable, "-c", code], timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
