@@ -34,7 +34,7 @@ from dct.datasets import DatasetSpec, get_dataset
 from dct.optimize import epoch_prompts, optimize_token
 from dct.sampling import generate
 from dct.tokens import save_token
-from dct.toy import captions, shapes
+from dct.toy import captions, models, shapes
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,9 @@ def world_spec(weights: Path | None = None) -> DatasetSpec:
     if weights is None:
         return spec
     weights = Path(weights).resolve()
-    needed = [
-        weights / "pipeline" / "model_index.json",
-        weights / "guide.safetensors",
-        weights / "evaluator.safetensors",
-    ]
+    pipeline = models.pipeline_dir(weights)
+    guide, evaluator = (models.classifier_file(weights, name) for name in ("guide", "evaluator"))
+    needed = [pipeline / "model_index.json", guide, evaluator]
     missing = [str(f) for f in needed if not f.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -84,9 +82,9 @@ def world_spec(weights: Path | None = None) -> DatasetSpec:
         )
     return spec.model_copy(
         update={
-            "diffusion": spec.diffusion.model_copy(update={"model_id": str(weights / "pipeline")}),
-            "classifier": spec.classifier.model_copy(update={"model_id": str(weights / "guide.safetensors")}),
-            "evaluator": spec.evaluator.model_copy(update={"model_id": str(weights / "evaluator.safetensors")}),
+            "diffusion": spec.diffusion.model_copy(update={"model_id": str(pipeline)}),
+            "classifier": spec.classifier.model_copy(update={"model_id": str(guide)}),
+            "evaluator": spec.evaluator.model_copy(update={"model_id": str(evaluator)}),
         }
     )
 

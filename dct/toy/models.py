@@ -26,7 +26,19 @@ from dct.config import ClassifierConfig, PreprocessConfig
 from dct.preprocess import DifferentiablePreprocess
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-PIPELINE_DIR = WEIGHTS_DIR / "pipeline"
+
+
+# The layout of a weights directory: the shipped one, and every `python -m dct.toy.train --out DIR`.
+def pipeline_dir(weights_dir: Path) -> Path:
+    return weights_dir / "pipeline"
+
+
+def classifier_file(weights_dir: Path, name: str) -> Path:
+    """``name`` is "guide" or "evaluator"."""
+    return weights_dir / f"{name}.safetensors"
+
+
+PIPELINE_DIR = pipeline_dir(WEIGHTS_DIR)
 MAX_TOKENS = 32  # prompts are short; SD's 77 would only cost compute
 
 UNET_CONFIG = dict(
@@ -272,7 +284,7 @@ def save_classifier(model: nn.Module, name: str, labels: list[str], path: Path) 
 
 def classifier_path(model_id: str) -> Path:
     if model_id in CLASSIFIER_SPECS:
-        return WEIGHTS_DIR / f"{model_id}.safetensors"
+        return classifier_file(WEIGHTS_DIR, model_id)
     return Path(model_id).expanduser().resolve()
 
 

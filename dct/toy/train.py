@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, share, steps in (("guide", 0.8, args.guide_steps), ("evaluator", 0.5, args.classifier_steps)):
         t0 = time.perf_counter()
         net, prep = train_classifier(name, images, recon, labels, steps, 128, gen, share)
-        models.save_classifier(net, name, names, args.out / f"{name}.safetensors")
+        models.save_classifier(net, name, names, models.classifier_file(args.out, name))
         timings[name] = time.perf_counter() - t0
         print(
             f"{name}: test accuracy on fresh renders {accuracy(net, prep, test_images, test_labels):.4f}, "
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     def checkpoint(text_encoder, unet, step: int) -> None:
         # Intermediate pipelines let a long CPU run be inspected before it ends.
         pipe = models.build_pipeline(tokenizer, text_encoder, unet, vae, models.build_scheduler())
-        pipe.save_pretrained(args.out / f"checkpoint-{step}" / "pipeline", safe_serialization=True)
+        pipe.save_pretrained(models.pipeline_dir(args.out / f"checkpoint-{step}"), safe_serialization=True)
 
     text_encoder, unet = train_diffusion(
         tokenizer,
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     timings["diffusion"] = time.perf_counter() - t0
 
     pipe = models.build_pipeline(tokenizer, text_encoder, unet, vae, models.build_scheduler())
-    pipe.save_pretrained(args.out / "pipeline", safe_serialization=True)
+    pipe.save_pretrained(models.pipeline_dir(args.out), safe_serialization=True)
     timings["total"] = time.perf_counter() - t_all
     for k, v in timings.items():
         print(f"time {k}: {v:.1f} s")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,8 +62,15 @@ def _saved_tensors(fn) -> tuple[int, int]:
     return n, nbytes
 
 
-def _saved_tensor_count(fn) -> int:
-    return _saved_tensors(fn)[0]
+def _epoch_saved(tmp_path, clf, *, grad_steps: int, sampler: SamplerConfig | None = None) -> tuple[int, int]:
+    """(tensors, bytes) autograd keeps during one epoch on a fresh tiny pipeline (``sampler`` None = default)."""
+    from tiny import tiny_pipeline
+
+    config = tiny_run_config(grad_steps=grad_steps)
+    if sampler is not None:
+        config = config.model_copy(update={"sampler": sampler})
+    pipe = tiny_pipeline(Path(tempfile.mkdtemp(dir=tmp_path)), scheduler=sampler.scheduler if sampler else "ddim")
+    return _saved_tensors(lambda: _one_epoch(pipe, clf, config))
 
 
 def test_only_the_token_row_changes(tiny_pipe, tiny_clf):
@@ -127,44 +136,29 @@ def test_batch_equals_micro_batches_and_accumulation(tmp_path, tiny_clf, schedul
 @pytest.mark.parametrize("scheduler", ["ddim", "pndm"])
 def test_saved_tensors_independent_of_step_count(tmp_path, tiny_clf, scheduler):
     """With grad_steps=1 only the last UNet evaluation keeps activations: memory does not grow with steps."""
-    from tiny import tiny_pipeline
-
-    counts = {}
-    for steps in (5, 20):
-        config = tiny_run_config(grad_steps=1)
-        config = config.model_copy(
-            update={"sampler": SamplerConfig(scheduler=scheduler, num_inference_steps=steps, guidance_scale=3.0)}
-        )
-        pipe = tiny_pipeline(tmp_path / f"{steps}", scheduler=scheduler)
-        counts[steps] = _saved_tensor_count(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))
+    counts = {
+        steps: _epoch_saved(
+            tmp_path,
+            tiny_clf,
+            grad_steps=1,
+            sampler=SamplerConfig(scheduler=scheduler, num_inference_steps=steps, guidance_scale=3.0),
+        )[0]
+        for steps in (5, 20)
+    }
     assert counts[5] == counts[20] > 0
 
 
 def test_grad_steps_two_keeps_more_than_one(tmp_path, tiny_clf):
     """Sanity check of the counter above: two graded UNet evaluations save more tensors than one."""
-    from tiny import tiny_pipeline
-
-    counts = {}
-    for grad_steps in (1, 2):
-        config = tiny_run_config(grad_steps=grad_steps)
-        pipe = tiny_pipeline(tmp_path / f"{grad_steps}")
-        counts[grad_steps] = _saved_tensor_count(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))
+    counts = {g: _epoch_saved(tmp_path, tiny_clf, grad_steps=g)[0] for g in (1, 2)}
     assert counts[2] > counts[1]
 
 
 def test_more_grad_steps_do_not_keep_more_activations(tmp_path, tiny_clf):
     """Graph-building UNet evaluations before the last are checkpointed: the saved activations of an epoch are
     about the last evaluation's, whatever grad_steps is (the backward recomputes the earlier ones one by one)."""
-    from tiny import tiny_pipeline
-
-    saved = {}
-    for grad_steps in (2, 4):
-        config = tiny_run_config(grad_steps=grad_steps)
-        config = config.model_copy(
-            update={"sampler": SamplerConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=3.0)}
-        )
-        pipe = tiny_pipeline(tmp_path / f"{grad_steps}")
-        saved[grad_steps] = _saved_tensors(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))[1]
+    sampler = SamplerConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=3.0)
+    saved = {g: _epoch_saved(tmp_path, tiny_clf, grad_steps=g, sampler=sampler)[1] for g in (2, 4)}
     # From 2 on, both guidance halves of the last evaluation carry a graph; each further step adds only the
     # checkpoint's inputs. Without checkpointing this model kept 3.4 MB with 2 and 5.5 MB with 3.
     assert saved[4] <= 1.05 * saved[2]
@@ -173,17 +167,16 @@ def test_more_grad_steps_do_not_keep_more_activations(tmp_path, tiny_clf):
 def test_guidance_unconditional_branch_keeps_no_activations(tmp_path, tiny_clf):
     """With grad_steps=1 the unconditional half of the guided UNet batch depends on nothing learnable: the
     epoch keeps about the same activations with classifier-free guidance as without it (not twice the UNet's)."""
-    from tiny import tiny_pipeline
-
-    saved = {}
-    for scale in (1.0, 3.0):
-        config = tiny_run_config(grad_steps=1)
-        config = config.model_copy(
-            update={"sampler": SamplerConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=scale)}
-        )
-        pipe = tiny_pipeline(tmp_path / f"{scale}")
-        saved[scale] = _saved_tensors(lambda pipe=pipe, config=config: _one_epoch(pipe, tiny_clf, config))[1]
-        assert saved[scale] > 0
+    saved = {
+        scale: _epoch_saved(
+            tmp_path,
+            tiny_clf,
+            grad_steps=1,
+            sampler=SamplerConfig(scheduler="ddim", num_inference_steps=4, guidance_scale=scale),
+        )[1]
+        for scale in (1.0, 3.0)
+    }
+    assert saved[1.0] > 0
     # Guidance adds only the guidance combination's few latent-sized tensors.
     assert saved[3.0] <= 1.05 * saved[1.0]
 
