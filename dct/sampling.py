@@ -9,6 +9,7 @@ N+1 entries, so the reference code's "last step" is really the last two UNet eva
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -123,7 +124,7 @@ def denoise(
         # Graph-building evaluations before the last are checkpointed: the backward reaches them only after
         # the last one's activations are freed, so recomputing them one at a time keeps the epoch's peak at
         # one UNet evaluation's activations whatever grad_steps is (cost: one forward per such step).
-        call = _checkpointed(unet) if grad and step < last else unet
+        call = functools.partial(checkpoint, unet, use_reentrant=False) if grad and step < last else unet
         with torch.set_grad_enabled(grad):
             if use_cfg and grad and not latents.requires_grad and not uncond.requires_grad:
                 # First graph-building step: the unconditional branch depends on neither the latents'
@@ -143,15 +144,6 @@ def denoise(
                     noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(noise, t, latents).prev_sample
     return latents
-
-
-def _checkpointed(unet):
-    """``unet`` called through activation checkpointing (non-reentrant: gradients reach ``cond``)."""
-
-    def call(*args, **kwargs):
-        return checkpoint(unet, *args, use_reentrant=False, **kwargs)
-
-    return call
 
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
