@@ -151,10 +151,31 @@ class TrainingConfig(_Frozen):
     micro_batch_size: PositiveInt | None = Field(
         default=None, description="images per forward/backward; None = the whole epoch in one batch"
     )
+    restarts: NonNegativeInt = Field(
+        default=0,
+        description="extra attempts after a stalled one, attempt k on the next seed block (0 = reference behaviour)",
+    )
+    restart_below: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="an attempt has stalled when its best-loss epoch's guide accuracy is below this",
+    )
 
     @property
     def seeds(self) -> tuple[int, ...]:
-        return tuple(self.seed + i for i in range(self.images_per_epoch))
+        """The first attempt's seeds (the only ones unless a restart happens)."""
+        return self.attempt_seeds(0)
+
+    def attempt_seeds(self, attempt: int) -> tuple[int, ...]:
+        """Seeds of attempt ``attempt``: the ``attempt``-th block of ``images_per_epoch`` seeds after ``seed``."""
+        first = self.seed + attempt * self.images_per_epoch
+        return tuple(range(first, first + self.images_per_epoch))
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every seed an optimisation may use, restarts included."""
+        return tuple(range(self.seed, self.seed + (self.restarts + 1) * self.images_per_epoch))
 
 
 class PromptConfig(_Frozen):
@@ -210,7 +231,7 @@ class RunConfig(_Frozen):
 
     @model_validator(mode="after")
     def _seeds_disjoint(self) -> RunConfig:
-        opt, ev = set(self.training.seeds), set(self.evaluation.seeds)
+        opt, ev = set(self.training.all_seeds), set(self.evaluation.seeds)
         if opt & ev:
             raise ValueError(
                 f"evaluation seeds {min(ev)}..{max(ev)} overlap the optimisation seeds {min(opt)}..{max(opt)}; "
@@ -241,6 +262,12 @@ def short_hash(obj: Any, length: int = 16) -> str:
 ResolvedRevision = Annotated[str, Field(description="commit SHA of a hub model, or a content hash of a local one")]
 
 
+def _training_fields_outside_token_key(training: TrainingConfig) -> set[str]:
+    """Training fields that do not change the learned token: micro-batching (same gradient), and the
+    restart settings while restarts are off (so turning the feature's defaults around keeps old keys)."""
+    return {"micro_batch_size"} | ({"restarts", "restart_below"} if training.restarts == 0 else set())
+
+
 def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifier_revision: ResolvedRevision) -> str:
     """Hash of everything that determines a learned token (DESIGN "Names").
 
@@ -266,7 +293,9 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
             "sampler": config.sampler.model_dump(mode="json"),
             "token": config.token.model_dump(mode="json"),
             "optimizer": config.optimizer.model_dump(mode="json"),
-            "training": config.training.model_dump(mode="json", exclude={"micro_batch_size"}),
+            "training": config.training.model_dump(
+                mode="json", exclude=_training_fields_outside_token_key(config.training)
+            ),
             "prompts": config.prompts.model_dump(mode="json"),
         }
     )

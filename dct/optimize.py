@@ -5,6 +5,10 @@ with classifier-free guidance, gradients only through the last ``grad_steps`` UN
 classified, and the mean cross-entropy to the target class is back-propagated to the token vector alone.
 Then clip, then one AdamW step. Stopping as in the reference: accuracy > threshold, or ``patience``
 updates without a better epoch loss; the best-loss vector is returned.
+
+Optionally (``training.restarts``, off by default): an attempt whose best-loss epoch classifies fewer than
+``restart_below`` of its images right has stalled in a local minimum of the token; the optimisation starts
+again from the initial vector on the next block of seeds, and the attempt with the best such accuracy is kept.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 StopReason = Literal["accuracy", "patience", "max_epochs", "diverged"]
 
+
 @dataclass
 class TokenResult:
     """The outcome of optimising one class token.
@@ -48,6 +53,9 @@ class TokenResult:
     stop_reason: StopReason = "max_epochs"
     seconds: float = 0.0
     message: str = ""
+    attempt: int = 0  # which attempt this is (0 = the first; see TrainingConfig.restarts)
+    attempts: int = 1  # attempts run for the class (the kept one is ``attempt``)
+    seeds: tuple[int, ...] = ()  # the optimisation seeds of the kept attempt
 
     @property
     def epochs(self) -> int:
@@ -56,6 +64,11 @@ class TokenResult:
     @property
     def best_loss(self) -> float:
         return self.losses[self.best_epoch] if self.best_epoch >= 0 else math.nan
+
+    @property
+    def best_accuracy(self) -> float:
+        """Guide accuracy of the best-loss epoch (0 if no epoch finished)."""
+        return self.accuracies[self.best_epoch] if self.best_epoch >= 0 else 0.0
 
 
 def fill_template(template: str, word: str, class_name: str) -> str:
@@ -152,28 +165,96 @@ def optimize_token(
     if not 0 <= class_id < classifier.num_classes:
         raise ValueError(f"class_id {class_id!r} is outside the classifier's classes 0..{classifier.num_classes - 1}")
     t0 = time.perf_counter()
-    train, opt_cfg = config.training, config.optimizer
+    train = config.training
     dtype = dtype or pipe.unet.dtype
     token = config.token_string(class_id)
     token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, config.token.initializer_token)
     init_ids = pipe.tokenizer.encode(config.token.initializer_token, add_special_tokens=False)
     initial = get_token_vector(pipe.text_encoder, init_ids[0])
-    vector = torch.nn.Parameter(initial.clone().to(device))
-    base_lr = opt_cfg.lr * (float(initial.norm()) if opt_cfg.lr_scale == "token_norm" else 1.0)
-    optimizer = torch.optim.AdamW(
-        [vector], lr=base_lr, betas=opt_cfg.betas, weight_decay=opt_cfg.weight_decay, eps=opt_cfg.eps
-    )
     prompts = epoch_prompts(config.prompts.templates, token, class_name, train.images_per_epoch)
-    seeds = list(train.seeds)
     with torch.no_grad(), autocast(device, dtype):
         # The unconditional embedding does not depend on the token: computed once per class, not per step.
         uncond_one = (
             encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]) if config.sampler.guidance_scale != 1.0 else None
         )
 
-    result = TokenResult(token, class_id, class_name, initial.clone(), initial.clone())
+    result = None
+    for attempt in range(train.restarts + 1):
+        current = TokenResult(token, class_id, class_name, initial.clone(), initial.clone(), attempt=attempt)
+        _run_attempt(
+            current,
+            pipe,
+            classifier,
+            token_id,
+            prompts,
+            list(train.attempt_seeds(attempt)),
+            uncond_one,
+            config,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+        )
+        if result is None or current.best_accuracy > result.best_accuracy:
+            result = current  # a later attempt is kept only if its best epoch classifies more images right
+        if current.stop_reason == "diverged" or current.best_accuracy >= train.restart_below:
+            break
+        if attempt < train.restarts:
+            logger.info(
+                "%s (%s): attempt %d stalled (best-loss epoch accuracy %.2f < %.2f); restarting on seeds %s",
+                token,
+                class_name,
+                attempt,
+                current.best_accuracy,
+                train.restart_below,
+                _seed_span(train.attempt_seeds(attempt + 1)),
+            )
+    result.attempts = attempt + 1
+    set_token_vector(pipe.text_encoder, token_id, result.vector)
+    result.seconds = time.perf_counter() - t0
+    logger.info(
+        "%s (%s): %s after %d epochs (attempt %d of %d), best loss %.4f at epoch %d, %.1fs",
+        token,
+        class_name,
+        result.stop_reason,
+        result.epochs,
+        result.attempt + 1,
+        result.attempts,
+        result.best_loss,
+        result.best_epoch,
+        result.seconds,
+    )
+    return result
+
+
+def _seed_span(seeds: Sequence[int]) -> str:
+    return f"{seeds[0]}-{seeds[-1]}"
+
+
+def _run_attempt(
+    result: TokenResult,
+    pipe,
+    classifier: ImageClassifier,
+    token_id: int,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    uncond_one: torch.Tensor | None,
+    config: RunConfig,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    progress: bool | None,
+) -> None:
+    """One optimisation from the initial vector on ``seeds``; fills ``result`` (losses, best vector, stop)."""
+    train, opt_cfg = config.training, config.optimizer
+    token, class_id = result.token, result.class_id
+    result.seeds = tuple(seeds)
+    vector = torch.nn.Parameter(result.initial_vector.clone().to(device))
+    base_lr = opt_cfg.lr * (float(result.initial_vector.norm()) if opt_cfg.lr_scale == "token_norm" else 1.0)
+    optimizer = torch.optim.AdamW(
+        [vector], lr=base_lr, betas=opt_cfg.betas, weight_decay=opt_cfg.weight_decay, eps=opt_cfg.eps
+    )
     best_loss, since_best = math.inf, 0
-    bar = _progress_bar(train.max_epochs, f"{token} {class_name}", progress)
+    bar = _progress_bar(train.max_epochs, f"{token} {result.class_name}", progress)
     try:
         for epoch in range(train.max_epochs):
             optimizer.zero_grad(set_to_none=True)
@@ -226,19 +307,6 @@ def optimize_token(
     finally:
         if bar is not None:
             bar.close()
-    set_token_vector(pipe.text_encoder, token_id, result.vector)
-    result.seconds = time.perf_counter() - t0
-    logger.info(
-        "%s (%s): %s after %d epochs, best loss %.4f at epoch %d, %.1fs",
-        token,
-        class_name,
-        result.stop_reason,
-        result.epochs,
-        result.best_loss,
-        result.best_epoch,
-        result.seconds,
-    )
-    return result
 
 
 def _progress_bar(total: int, desc: str, progress: bool | None):
@@ -286,5 +354,7 @@ def build_token_metadata(
         "stop_reason": result.stop_reason,
         "epochs": str(result.epochs),
         "best_loss": repr(result.best_loss),
+        "attempt": f"{result.attempt + 1} of {result.attempts}",
+        "optimisation_seeds": _seed_span(result.seeds) if result.seeds else "",
         "dct_version": __version__,
     }

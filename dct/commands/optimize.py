@@ -110,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
         f"  stop: {result.stop_reason} after {result.epochs} epochs; best epoch {result.best_epoch}: "
         f"loss {result.best_loss:.4f}, guide accuracy {best_acc:.2f}; {result.seconds:.1f}s"
     )
+    if result.attempts > 1:
+        print(
+            f"  restarts: attempt {result.attempt + 1} of {result.attempts} kept "
+            f"(optimisation seeds {metadata['optimisation_seeds']}); the others stalled"
+        )
     if result.message:
         print(f"  note: {result.message}")
     print(f"  token file: {out}  (token_key {tkey})")

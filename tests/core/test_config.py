@@ -48,6 +48,12 @@ def test_what_changes_which_key():
     assert token_key(tiny_run_config(micro_batch_size=1), "r1", "r2") == t
     assert token_key(tiny_run_config(max_epochs=7), "r1", "r2") != t
     assert token_key(c, "r1-other-revision", "r2") != t
+    # restart settings count only when restarts are on (restarts=0 keeps the keys of tokens learned before them)
+    assert token_key(tiny_run_config(restart_below=0.9), "r1", "r2") == t
+    assert token_key(tiny_run_config(restarts=1), "r1", "r2") != t
+    assert token_key(tiny_run_config(restarts=1, restart_below=0.9), "r1", "r2") != token_key(
+        tiny_run_config(restarts=1), "r1", "r2"
+    )
     # evaluation settings change only the eval_key
     c2 = c.model_copy(update={"evaluation": EvaluationConfig(num_samples=8, seed=1000)})
     assert token_key(c2, "r1", "r2") == t
@@ -57,6 +63,10 @@ def test_what_changes_which_key():
 def test_bad_values_name_the_value():
     with pytest.raises(ValidationError, match="overlap the optimisation seeds"):
         tiny_run_config(seed=1000)
+    # a restart's seed block (3 images from seed 997: 1000-1002) may not reach the evaluation seeds either
+    tiny_run_config(seed=994, restarts=1)
+    with pytest.raises(ValidationError, match=r"evaluation seeds 1000..1003 overlap the optimisation seeds 994..1002"):
+        tiny_run_config(seed=994, restarts=2)
     with pytest.raises(ValidationError, match=r"'A photo of' must contain exactly one"):
         PromptConfig(templates=("A photo of",))
     with pytest.raises(ValidationError, match="grad_steps=9"):

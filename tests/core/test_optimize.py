@@ -11,7 +11,7 @@ import torch
 from tiny import tiny_run_config
 
 from dct.config import SamplerConfig
-from dct.optimize import epoch_loss_and_grad, epoch_prompts, optimize_token
+from dct.optimize import build_token_metadata, epoch_loss_and_grad, epoch_prompts, optimize_token
 from dct.sampling import encode_prompts
 from dct.tokens import add_placeholder_token, get_token_vector
 
@@ -218,6 +218,51 @@ def test_stops_on_patience_and_returns_best_not_last(tiny_pipe, tiny_clf):
     assert result.epochs == 1 + 1 + 3  # epochs 0,1 then 3 without improvement
     assert result.best_loss == min(result.losses)
     assert result.best_loss < result.losses[-1]
+
+
+def test_stalled_attempt_restarts_on_the_next_seed_block(tiny_pipe, tiny_clf):
+    # Attempt 0 (3 epochs): target pushed down, accuracy 0 < restart_below; attempt 1: forced up -> stops.
+    clf = _ScriptedClassifier(tiny_clf, 1, [-50, -50, -50, +50])
+    config = tiny_run_config(max_epochs=3, restarts=2, restart_below=0.5)
+    result = optimize_token(tiny_pipe, clf, class_id=1, class_name="cat", config=config)
+    assert (result.attempt, result.attempts, result.stop_reason) == (1, 2, "accuracy")
+    assert result.seeds == (3, 4, 5) == config.training.attempt_seeds(1)
+    assert clf.calls == 4  # no third attempt after a good one
+    meta = build_token_metadata(config, result, token_key="k", diffusion_revision="d", classifier_revision="c")
+    assert (meta["attempt"], meta["optimisation_seeds"]) == ("2 of 2", "3-5")
+
+
+def test_no_restart_after_a_good_or_diverged_attempt(tiny_pipe, tiny_clf):
+    config = tiny_run_config(max_epochs=3, restarts=2, restart_below=0.5)
+    good = optimize_token(
+        tiny_pipe, _ScriptedClassifier(tiny_clf, 1, [+50]), class_id=1, class_name="cat", config=config
+    )
+    assert (good.attempts, good.seeds) == (1, (0, 1, 2))
+    nan = optimize_token(tiny_pipe, _NaNAfter(tiny_clf, 1), class_id=1, class_name="cat", config=config)
+    assert (nan.attempts, nan.stop_reason) == (1, "diverged")
+
+
+def test_kept_attempt_is_the_optimisation_on_its_own_seeds(tmp_path, tiny_clf):
+    """With restarts, the kept token is exactly what a plain optimisation on that attempt's seed block learns,
+    and it is the attempt whose best epoch classifies most images right."""
+    from tiny import tiny_pipeline
+
+    config = tiny_run_config(max_epochs=2, accuracy_threshold=1.0, restarts=1, restart_below=1.0)
+    result = optimize_token(tiny_pipeline(tmp_path / "r"), tiny_clf, class_id=3, class_name="cat", config=config)
+    alone = [
+        optimize_token(
+            tiny_pipeline(tmp_path / f"a{k}"),
+            tiny_clf,
+            class_id=3,
+            class_name="cat",
+            config=tiny_run_config(max_epochs=2, accuracy_threshold=1.0, seed=3 * k),
+        )
+        for k in range(2)
+    ]
+    assert result.attempts == (1 if alone[0].best_accuracy >= 1.0 else 2)
+    kept = alone[result.attempt]
+    assert torch.equal(result.vector, kept.vector) and result.losses == kept.losses
+    assert result.best_accuracy == max(a.best_accuracy for a in alone[: result.attempts])
 
 
 def test_vector_is_best_loss_vector(tiny_pipe, tiny_clf):
