@@ -99,6 +99,7 @@ def denoise(
     num_inference_steps: int,
     guidance_scale: float,
     grad_steps: int,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Run the sampler from ``latents`` (already scaled by ``init_noise_sigma``).
 
@@ -109,6 +110,8 @@ def denoise(
         cond: ``(B, L, D)`` prompt embeddings (may require grad).
         uncond: ``(B, L, D)`` unconditional embeddings, or None when ``guidance_scale == 1``.
         grad_steps: how many of the final UNet evaluations build a graph (0 = none).
+        start_step: skip the first ``start_step`` timesteps: ``latents`` are an image already noised to
+            ``timesteps[start_step]`` (SDEdit-style redrawing; 0 = start from pure noise).
 
     Returns:
         Final latents ``(B, C, h, w)``; they carry a graph to ``cond`` iff ``grad_steps > 0``.
@@ -120,6 +123,8 @@ def denoise(
     context = torch.cat([uncond, cond]) if use_cfg else cond
     last = len(timesteps) - 1
     for step, t in enumerate(timesteps):
+        if step < start_step:
+            continue
         grad = torch.is_grad_enabled() and step >= grad_from_step
         # Graph-building evaluations before the last are checkpointed: the backward reaches them only after
         # the last one's activations are freed, so recomputing them one at a time keeps the epoch's peak at

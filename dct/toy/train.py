@@ -183,29 +183,29 @@ def redraw(pipe, images: torch.Tensor, attrs, start: int, gen: torch.Generator, 
     """Generated-looking images of known class: each image encoded, noised to the sampler's ``start``-th
     timestep and denoised by the world's own UNet with a descriptive caption (SDEdit). The generator's way of
     drawing a shape (rounded corners, blobs) with the label of the render it started from."""
-    from dct.sampling import encode_prompts, make_scheduler
+    from dct.sampling import decode_latents, denoise, encode_prompts, make_scheduler
     from dct.toy.dataset import SAMPLER
 
     out = []
-    scaling = pipe.vae.config.scaling_factor
     for i in range(0, len(images), batch):
         x = images[i : i + batch]
         sched = make_scheduler(pipe.scheduler, SAMPLER)
         sched.set_timesteps(SAMPLER.num_inference_steps)
-        timesteps = sched.timesteps[start:]
-        z0 = pipe.vae.encode(x * 2 - 1).latent_dist.mean * scaling
-        z = sched.add_noise(z0, torch.randn(z0.shape, generator=gen), timesteps[:1].repeat(len(x)))
+        z0 = pipe.vae.encode(x * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+        z = sched.add_noise(z0, torch.randn(z0.shape, generator=gen), sched.timesteps[start : start + 1].repeat(len(x)))
         texts = [captions.caption(a, rng, kind="descriptive") for a in attrs[i : i + batch]]
-        context = torch.cat(
-            [
-                encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] * len(x)),
-                encode_prompts(pipe.tokenizer, pipe.text_encoder, texts),
-            ]
+        z = denoise(
+            pipe.unet,
+            sched,
+            z,
+            encode_prompts(pipe.tokenizer, pipe.text_encoder, texts),
+            encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] * len(x)),
+            num_inference_steps=SAMPLER.num_inference_steps,
+            guidance_scale=SAMPLER.guidance_scale,
+            grad_steps=0,
+            start_step=start,
         )
-        for t in timesteps:
-            noise_uncond, noise_cond = pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=context).sample.chunk(2)
-            z = sched.step(noise_uncond + SAMPLER.guidance_scale * (noise_cond - noise_uncond), t, z).prev_sample
-        out.append((pipe.vae.decode(z / scaling).sample / 2 + 0.5).clamp(0, 1))
+        out.append(decode_latents(pipe.vae, z))
     return torch.cat(out)
 
 
