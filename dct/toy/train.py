@@ -224,10 +224,10 @@ def finetune_guide_on_redrawn(
     share: float = 0.5,
     lr: float = 1e-3,
     batch: int = 128,
-) -> torch.Tensor:
-    """Fine-tune the guide on ``share`` redrawn images (:func:`redraw` from t=599) and the rest clean renders
-    and VAE reconstructions, as in its first training. Own random streams (``seed``), so the earlier stages
-    draw the same numbers whether or not this stage runs. Returns the redrawn pool (for reporting)."""
+) -> None:
+    """Fine-tune the guide (in place) on ``share`` redrawn images (:func:`redraw` from t=599) and the rest clean
+    renders and VAE reconstructions, as in its first training. Own random streams (``seed``), so the earlier
+    stages draw the same numbers whether or not this stage runs."""
     gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     num_redrawn = min(num_redrawn, len(images))
     pool = redraw(pipe, images[:num_redrawn], attrs[:num_redrawn], start, gen, rng)
@@ -253,7 +253,6 @@ def finetune_guide_on_redrawn(
         if step % 50 == 0 or step == steps - 1:
             logger.info("guide on redrawn images step %d/%d loss %.4f", step, steps, loss.item())
     net.eval().requires_grad_(False)
-    return pool
 
 
 def main(argv: list[str] | None = None) -> None:
