@@ -1,4 +1,4 @@
-"""Benchmarks of the DCT optimisation loop against a reference-style loop (issue 9).
+"""Benchmarks of the DCT optimisation loop against a reference-style loop (benchmarks/RESULTS.md).
 
 ``python -m benchmarks.optimize --preset mid`` times one optimisation epoch of ours and of the
 reference-style loop, interleaved in one process, on identical random-weight models built from

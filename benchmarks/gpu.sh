@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 9 as one short script (a few minutes on an H100/H200):
+# The GPU benchmark (benchmarks/RESULTS.md) as one short script (a few minutes on an H100/H200):
 #   bash benchmarks/gpu.sh [OUT_DIR]
 # sd21-base at 512x512, 5 images/epoch, ours (bf16, one batch) vs the reference-style loop (fp16,
 # batch 1 x 5, UNet checkpointing), interleaved; then ours again with torch.compile of the UNet.

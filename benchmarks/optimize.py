@@ -5,7 +5,7 @@
 
 Variants, on identical seeded random-weight models built from configs (:mod:`benchmarks.presets`):
 
-- ``ours``: ``dct.optimize.epoch_loss_and_grad`` (the epoch's images in one batch unless
+- ``ours``: ``dct.method.optimize.epoch_loss_and_grad`` (the epoch's images in one batch unless
   ``--micro-batch-size``), then ``clip_grad_norm_`` and one AdamW step on the fp32 token — exactly the
   per-epoch work of ``optimize_token``. Weights: fp32 on CPU; on CUDA bf16 UNet/VAE (the pipeline
   loader's ``auto``), fp32 text encoder and classifier, bf16 autocast.
@@ -42,10 +42,10 @@ import torch
 
 from benchmarks.presets import PRESET_NAMES, Preset, build_models, get_preset
 from benchmarks.reference import reference_epoch, setup_reference
-from dct.config import RunConfig
-from dct.optimize import epoch_loss_and_grad, epoch_prompts
-from dct.sampling import autocast, encode_prompts
-from dct.tokens import add_placeholder_token, get_token_vector
+from dct.config import RunConfig, epoch_prompts
+from dct.method.optimize import epoch_loss_and_grad
+from dct.method.sampling import autocast, encode_prompts
+from dct.method.tokens import add_placeholder_token, get_token_vector
 
 VARIANTS = ("ours", "reference")
 CLASS_NAME = "tiger cat"

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from dct.classifiers import ImageClassifier
 from dct.config import (
     ClassifierConfig,
     DiffusionConfig,
@@ -35,8 +34,9 @@ from dct.config import (
     SamplerConfig,
     TrainingConfig,
 )
-from dct.preprocess import PRESETS as PREPROCESS_PRESETS
-from dct.preprocess import DifferentiablePreprocess
+from dct.models.interface import ImageClassifier
+from dct.models.preprocess import PRESETS as PREPROCESS_PRESETS
+from dct.models.preprocess import DifferentiablePreprocess
 
 CLIP_VOCAB_SIZE = 49408  # rows of CLIP's embedding table in SD 1.x/2.x (the reference decays all of them)
 
@@ -321,8 +321,3 @@ def build_models(preset: Preset, *, seed: int = 0, device: torch.device | str = 
         m.eval()
     classifier.to(device)
     return pipe, classifier
-
-
-def clone_pipeline(pipe):
-    """An independent deep copy (own modules, own tokenizer), so a variant's changes stay its own."""
-    return copy.deepcopy(pipe)

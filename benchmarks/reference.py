@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dct.config import RunConfig
-from dct.sampling import initial_latents, make_scheduler, vae_scale_factor
+from dct.method.sampling import initial_latents, make_scheduler, vae_scale_factor
 
 
 @dataclass

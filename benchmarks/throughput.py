@@ -1,6 +1,6 @@
 """Class throughput of a shard: models loaded once, against reloading them for every class (the reference).
 
-    python -m benchmarks.throughput --world toy          # the shipped toy world (dct.runner.load_models)
+    python -m benchmarks.throughput --world toy          # the shipped toy world (dct.models.loading.load_models)
     python -m benchmarks.throughput --world preset:mid   # a benchmark preset saved to disk and reloaded
 
 Both modes optimise the same classes with the same config (a fixed number of epochs per class, stopping
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dct.config import RunConfig
-from dct.optimize import optimize_token
+from dct.method.optimize import optimize_token
 
 
 @dataclass
@@ -42,9 +42,9 @@ def _fixed_epochs(config: RunConfig, epochs: int) -> RunConfig:
 
 
 def toy_world(epochs: int) -> World:
-    """The toy world through the production loaders (``dct.runner.load_models``)."""
-    from dct.datasets import get_dataset
-    from dct.runner import load_models
+    """The toy world through the production loaders (``dct.models.loading.load_models``)."""
+    from dct.models.datasets import get_dataset
+    from dct.models.loading import load_models
 
     spec = get_dataset("toy")
     config = _fixed_epochs(spec.run_config(), epochs)

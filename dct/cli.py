@@ -7,16 +7,15 @@ loaded before the arguments are validated.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from dct.artifacts.store import StoreUnavailableError
+from dct.commands import datasets, generate, models, optimize, run
+from dct.commands.common import UserError
+
 # Subcommand modules, in help order.
-COMMANDS = ("optimize", "run", "datasets", "models", "generate")
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
+COMMANDS = (optimize, run, datasets, models, generate)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dct", description="Discriminative Class Tokens at dataset scale.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"dct.commands.{name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
@@ -58,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: BaseException) -> bool:
     """Bad input or environment the user can fix (the message says how); anything else is a bug: traceback."""
-    if isinstance(exc, (UserError, ValueError, FileNotFoundError, PermissionError)):
-        return True
-    store = sys.modules.get("dct.store")  # imported lazily: only a command that opened a store can raise it
-    return store is not None and isinstance(exc, store.StoreUnavailableError)
+    return isinstance(exc, (UserError, ValueError, FileNotFoundError, PermissionError, StoreUnavailableError))
 
 
 if __name__ == "__main__":

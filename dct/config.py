@@ -1,7 +1,7 @@
 """Run configuration: one frozen pydantic model per concern, composed into :class:`RunConfig`.
 
 The canonical JSON of the parts that decide an artifact hashes to a short key (``token_key`` /
-``eval_key``, see ../shared/DESIGN.md "Names"). Keys must be stable across processes and machines,
+``eval_key``, see docs/design.md "Names and keys"). Keys must be stable across processes and machines,
 so they are computed from ``model_dump(mode="json")`` with sorted keys and no whitespace.
 """
 
@@ -9,9 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 # Bump by hand whenever the optimisation method changes in a way that changes the learned token for the
 # same settings (loss, loop order, noise construction, ...). It is part of every token_key.
@@ -84,7 +95,9 @@ class PreprocessConfig(_Frozen):
 class ClassifierConfig(_Frozen):
     """A frozen image classifier (the guide, or a held-out evaluator)."""
 
-    kind: str = Field(description="loader kind, a key of dct.classifiers.CLASSIFIER_LOADERS (e.g. 'hf', 'timm', 'toy')")
+    kind: str = Field(
+        description="loader kind, a key of dct.models.classifiers.CLASSIFIER_LOADERS (e.g. 'hf', 'timm', 'toy')"
+    )
     model_id: str = Field(description="hub id, timm name or local path, depending on kind")
     revision: str | None = Field(default=None, description="hub revision; None = 'main'")
     preprocess: PreprocessConfig | None = Field(
@@ -269,7 +282,7 @@ def _training_fields_outside_token_key(training: TrainingConfig) -> set[str]:
 
 
 def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifier_revision: ResolvedRevision) -> str:
-    """Hash of everything that determines a learned token (DESIGN "Names").
+    """Hash of everything that determines a learned token (docs/design.md, "Names and keys").
 
     The resolved revisions are passed in because they are facts about the loaded models (a hub SHA or
     a content hash of a local directory), not configuration.
@@ -352,3 +365,97 @@ class RunOverrides(_Frozen):
         for section, values in sections.items():
             data[section].update({k: v for k, v in values.items() if v is not None})
         return RunConfig.model_validate(data)
+
+
+# The one prompt builder: optimisation, evaluation, generation and the report all call these two.
+def fill_template(template: str, word: str, class_name: str) -> str:
+    """Reference prompt construction: the template formatted with the token (or word), class name appended."""
+    return f"{template.format(word)} {class_name}"
+
+
+def epoch_prompts(templates: Sequence[str], word: str, class_name: str, n: int) -> list[str]:
+    """Prompt of image i = template ``i mod len(templates)`` (fixed noise↔prompt pairs, unlike the reference).
+
+    ``word`` is the class token, or the baseline word for the baseline images (docs/design.md, "Prompts").
+    """
+    return [fill_template(templates[i % len(templates)], word, class_name) for i in range(n)]
+
+
+_UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def validate_class_name(name: str) -> str:
+    """A class name must be non-empty, stripped, and safe as a path component.
+
+    Raises:
+        ValueError: the offending name and why.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"class name {name!r} is empty")
+    if name != name.strip():
+        raise ValueError(f"class name {name!r} has leading/trailing whitespace")
+    if name in (".", "..") or _UNSAFE.search(name):
+        raise ValueError(f"class name {name!r} is not safe as a path component (no '/', '\\', control chars, '..')")
+    if len(name) > 200:
+        raise ValueError(f"class name {name[:40]!r}... is longer than 200 characters")
+    return name
+
+
+class DatasetSpec(BaseModel):
+    """Everything a dataset decides. Method settings default to the paper's and may be overridden per dataset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="registry name, used in token strings and keys"
+    )
+    description: str = ""
+    licence: str = Field(default="unknown", description="terms of the dataset's images/labels (reference set, names)")
+    class_names: tuple[str, ...] = Field(min_length=1, description="prompt name per class id (0-based, unique)")
+    classifier: ClassifierConfig
+    evaluator: ClassifierConfig | None = None
+    diffusion: DiffusionConfig
+    prompts: PromptConfig = PromptConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    reference_images: str | None = Field(default=None, description="URI/dir of real images for FID, or None")
+
+    @field_validator("class_names")
+    @classmethod
+    def _names_unique_and_safe(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        seen: dict[str, int] = {}
+        for i, n in enumerate(names):
+            validate_class_name(n)
+            key = n.lower()
+            if key in seen:
+                raise ValueError(f"class name {n!r} is used by class ids {seen[key]} and {i}; names must be unique")
+            seen[key] = i
+        return names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def run_config(self, storage: StorageConfig | None = None, token: TokenConfig | None = None) -> RunConfig:
+        evaluation = self.evaluation
+        if evaluation.evaluator is None and self.evaluator is not None:
+            evaluation = evaluation.model_copy(update={"evaluator": self.evaluator})
+        return RunConfig(
+            dataset=self.name,
+            diffusion=self.diffusion,
+            sampler=self.sampler,
+            classifier=self.classifier,
+            token=token or TokenConfig(),
+            optimizer=self.optimizer,
+            training=self.training,
+            prompts=self.prompts,
+            evaluation=evaluation,
+            storage=storage or StorageConfig(),
+        )
+
+    def models(self) -> list[ClassifierConfig | DiffusionConfig]:
+        """Every model this dataset needs (diffusion, classifier, evaluator), for ``dct models pull``."""
+        evaluator = self.evaluation.evaluator or self.evaluator
+        return [self.diffusion, self.classifier, *([evaluator] if evaluator else [])]

@@ -35,7 +35,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dct.store import ArtifactStore, open_store, validate_class_id, validate_component
+from dct.artifacts.store import ArtifactStore, open_store, validate_class_id, validate_component
+from dct.config import RunConfig
 
 if TYPE_CHECKING:
     import duckdb
@@ -179,6 +180,86 @@ class ClassRecord(_Record):
         flat = self.model_dump(exclude={"provenance"}) | self.provenance.model_dump()
         flat["run_date"] = run_date
         return {name: flat[name] for name in CLASS_SCHEMA.names}
+
+
+# One summary of a class outcome: what a task returns and what the flow's table artifact shows.
+CLASS_SUMMARY_FIELDS: tuple[str, ...] = (
+    "class_id",
+    "class_name",
+    "status",
+    "stop_reason",
+    "error",
+    "epochs",
+    "guide_top1_baseline",
+    "guide_top1_dct",
+    "evaluator_top1_baseline",
+    "evaluator_top1_dct",
+)
+MAX_ERROR_CHARS = 2000
+
+
+def class_summary(record: ClassRecord) -> dict[str, Any]:
+    """The few fields of a record worth showing per class (task results, the Prefect table artifact)."""
+    return {k: getattr(record, k) for k in CLASS_SUMMARY_FIELDS}
+
+
+def build_provenance(
+    config: RunConfig,
+    *,
+    diffusion_revision: str,
+    classifier_revision: str,
+    evaluator_revision: str | None,
+    device: str,
+    dtype: str,
+) -> Provenance:
+    """The provenance of a result: the config's models with their resolved revisions, libraries, hardware."""
+    ev = config.evaluation.evaluator
+    versions = library_versions()
+    return Provenance(
+        diffusion_model_id=config.diffusion.model_id,
+        diffusion_revision=diffusion_revision,
+        diffusion_licence=config.diffusion.licence,
+        classifier_model_id=f"{config.classifier.kind}:{config.classifier.model_id}",
+        classifier_revision=classifier_revision,
+        classifier_licence=config.classifier.licence,
+        evaluator_model_id=f"{ev.kind}:{ev.model_id}" if ev else None,
+        evaluator_revision=evaluator_revision,
+        evaluator_licence=ev.licence if ev else None,
+        **versions,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def failed_class_record(
+    config: RunConfig,
+    *,
+    run_id: str,
+    class_id: int,
+    class_name: str,
+    token_key: str,
+    eval_key: str,
+    error: BaseException | str,
+    provenance: Provenance,
+    started: dt.datetime,
+    finished: dt.datetime | None = None,
+) -> ClassRecord:
+    """A ``failed`` record with the error text (truncated); the next run retries the class. Not written here."""
+    text = (error if isinstance(error, str) else f"{type(error).__name__}: {error}")[:MAX_ERROR_CHARS]
+    return ClassRecord(
+        run_id=run_id,
+        dataset=config.dataset,
+        class_id=class_id,
+        class_name=class_name,
+        token=config.token_string(class_id),
+        token_key=token_key,
+        eval_key=eval_key,
+        status="failed",
+        error=text,
+        provenance=provenance,
+        started_at=started,
+        finished_at=finished or _utcnow(),
+    )
 
 
 class RunRecord(_Record):

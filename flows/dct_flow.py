@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -11,6 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from dct.config import RunOverrides
+from dct.models.datasets import dataset_label
+from dct.results import class_summary
 from flows.shard import dct_shard
 from tasks.evaluate import compute_pooled_metrics, write_report
 from tasks.plan import preflight_and_plan
@@ -19,11 +20,6 @@ from tasks.publish import write_results
 
 class RunFailedError(RuntimeError):
     """More classes failed than ``max_failed_fraction`` allows; the summary lists them."""
-
-
-def dataset_label(dataset: str) -> str:
-    """A dataset parameter for names: the registry name, or a dataset file's stem."""
-    return Path(dataset).stem if dataset.endswith((".toml", ".yaml", ".yml")) else dataset
 
 
 def _run_name() -> str:
@@ -50,8 +46,8 @@ def dct(
     run_id: str | None = None,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
-    from dct.plan import build_config, failed_fraction
     from dct.results import new_run_id
+    from dct.run.plan import build_config, failed_fraction
 
     logger = get_run_logger()
     if not 0.0 <= max_failed_fraction <= 1.0:
@@ -127,8 +123,8 @@ def dct(
 
 def _fan_out(plan, config, shard_params: dict, run_id: str, shard_timeout_minutes: float | None) -> dict[int, str]:
     """Deployment mode: shards as child runs of `dct-shard/gpu`; records come back through the store."""
-    from dct.plan import estimate_work
-    from dct.store import ArtifactStore
+    from dct.artifacts.store import ArtifactStore
+    from dct.run.plan import estimate_work
     from flows.fanout import run_shards_on_workers
 
     store = ArtifactStore.from_config(config.storage)
@@ -159,21 +155,7 @@ def _fan_out(plan, config, shard_params: dict, run_id: str, shard_timeout_minute
 
 def _publish_artifacts(dataset: str, plan, outcome) -> None:
     key = f"dct-{dataset}".lower().replace("_", "-")
-    rows = [
-        {
-            "class_id": r.class_id,
-            "class_name": r.class_name,
-            "status": r.status,
-            "stop_reason": r.stop_reason,
-            "epochs": r.epochs,
-            "guide_top1_baseline": r.guide_top1_baseline,
-            "guide_top1_dct": r.guide_top1_dct,
-            "evaluator_top1_baseline": r.evaluator_top1_baseline,
-            "evaluator_top1_dct": r.evaluator_top1_dct,
-            "error": r.error,
-        }
-        for r in outcome.records
-    ]
+    rows = [class_summary(r) for r in outcome.records]
     if rows:
         create_table_artifact(rows, key=f"{key}-classes", description=f"per-class results of run {plan.run_id}")
     run = outcome.run

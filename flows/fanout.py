@@ -2,7 +2,7 @@
 
 All shards are submitted first (``run_deployment(..., timeout=0)``), then waited on together — a
 blocking call per shard would run them one by one. Parent and workers share no Prefect result storage:
-what a shard did is read back from the store by the parent (``dct.publish``). Every child's final state
+what a shard did is read back from the store by the parent (``dct.run.publish``). Every child's final state
 is inspected, because a failed child does not fail its parent in Prefect by itself:
 
 - Completed / Failed: final. A Failed shard (e.g. the models could not be loaded) is not retried: the

@@ -9,6 +9,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from dct.config import RunOverrides
+from dct.models.datasets import dataset_label
 from tasks.classes import load_shard_models, optimize_and_evaluate_class, record_failed_class
 
 
@@ -16,8 +17,6 @@ def _shard_run_name() -> str:
     p = flow_run.parameters
     ids = p.get("class_ids") or []
     span = f"{ids[0]:05d}-{ids[-1]:05d}" if ids else "empty"
-    from flows.dct_flow import dataset_label
-
     return f"dct-shard-{dataset_label(str(p.get('dataset')))}-{span}"
 
 
@@ -32,8 +31,8 @@ def dct_shard(
     device: str = "auto",
 ) -> list[dict]:
     """Optimise and evaluate a shard of classes with the models loaded once; a failed class is recorded."""
-    from dct.plan import build_config
-    from dct.runner import resolve_device
+    from dct.models.loading import resolve_device
+    from dct.run.plan import build_config
 
     logger = get_run_logger()
     spec, config = build_config(dataset, overrides, store)

@@ -7,10 +7,11 @@ import datetime as dt
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from dct.artifacts.store import ArtifactStore
 from dct.config import RunConfig
-from dct.results import ClassRecord
-from dct.runner import Models, failed_record, load_models, process_class
-from dct.store import ArtifactStore
+from dct.models.loading import Models, load_models
+from dct.results import class_summary
+from dct.run.runner import failed_record, process_class
 
 
 @task(name="load-models", cache_policy=NO_CACHE)
@@ -26,7 +27,7 @@ def optimize_and_evaluate_class(
     """Optimise one class token, sample and score both variants, write token, samples and record."""
     store = ArtifactStore.from_config(config.storage)
     record = process_class(store, config, models, class_id=class_id, class_name=class_name, run_id=run_id, force=force)
-    return _summary(record)
+    return class_summary(record)
 
 
 @task(name="record-failed-class", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 20])
@@ -44,22 +45,4 @@ def record_failed_class(
     record = failed_record(
         store, config, models, class_id=class_id, class_name=class_name, run_id=run_id, error=error, started=started
     )
-    return _summary(record)
-
-
-def _summary(record: ClassRecord) -> dict:
-    return {
-        k: getattr(record, k)
-        for k in (
-            "class_id",
-            "class_name",
-            "status",
-            "stop_reason",
-            "error",
-            "epochs",
-            "guide_top1_baseline",
-            "guide_top1_dct",
-            "evaluator_top1_baseline",
-            "evaluator_top1_dct",
-        )
-    }
+    return class_summary(record)

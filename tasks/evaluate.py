@@ -5,16 +5,16 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from dct.artifacts.store import ArtifactStore
 from dct.config import RunConfig
-from dct.plan import RunPlan
-from dct.store import ArtifactStore
+from dct.run.plan import RunPlan
 
 
 @task(name="compute-pooled-metrics", cache_policy=NO_CACHE)
 def compute_pooled_metrics(config: RunConfig, plan: RunPlan, reference_images: str | None, device: str = "cpu") -> dict:
     """Pooled FID/KID of the baseline and DCT samples vs the reference images; returns RunRecord fields."""
-    from dct.evaluation import finished_records, pooled_metrics
-    from dct.runner import resolve_device
+    from dct.evaluation.metrics import finished_records, pooled_metrics
+    from dct.models.loading import resolve_device
 
     logger = get_run_logger()
     store = ArtifactStore.from_config(config.storage)
@@ -35,7 +35,7 @@ def compute_pooled_metrics(config: RunConfig, plan: RunPlan, reference_images: s
 @task(name="write-report", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])
 def write_report(config: RunConfig, plan: RunPlan, dataset_licence: str | None = None) -> str:
     """Write the run's static HTML report (grids, accuracy plot, FID/KID, licences); returns its URI."""
-    from dct.report import write_run_report
+    from dct.evaluation.report import write_run_report
 
     uri = write_run_report(ArtifactStore.from_config(config.storage), config, plan, dataset_licence=dataset_licence)
     get_run_logger().info("report: %s", uri)

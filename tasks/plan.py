@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dct.config import RunOverrides
-from dct.plan import RunPlan, plan_run
+from dct.run.plan import RunPlan, plan_run
 
 
 @task(name="preflight-and-plan", cache_policy=NO_CACHE)

@@ -7,10 +7,10 @@ import datetime as dt
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from dct.artifacts.store import ArtifactStore
 from dct.config import RunConfig
-from dct.plan import RunPlan
-from dct.publish import RunOutcome, publish_run
-from dct.store import ArtifactStore
+from dct.run.plan import RunPlan
+from dct.run.publish import RunOutcome, publish_run
 
 
 @task(name="write-results", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])

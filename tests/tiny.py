@@ -144,9 +144,9 @@ class TinyConvNet(nn.Module):
 
 
 def tiny_classifier(num_classes: int = 4, seed: int = 0):
-    from dct.classifiers import ImageClassifier
     from dct.config import PreprocessConfig
-    from dct.preprocess import DifferentiablePreprocess
+    from dct.models.interface import ImageClassifier
+    from dct.models.preprocess import DifferentiablePreprocess
 
     torch.manual_seed(seed)
     pre = DifferentiablePreprocess(PreprocessConfig(resize=16, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3))

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dct.runner import resolve_device  # noqa: F401 - re-exported for the subcommands
+from dct.models.loading import resolve_device  # noqa: F401 - re-exported for the subcommands
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +34,7 @@ def add_one_class_arguments(parser: argparse.ArgumentParser) -> None:
 
 def select_one_class(spec, class_arg: str, command: str) -> int:
     """The single class id that ``--class`` names. Raises ValueError if it selects none or several."""
-    from dct.datasets import select_classes
+    from dct.models.datasets import select_classes
 
     ids = select_classes(spec, class_arg)
     if len(ids) != 1:

@@ -23,13 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _summary_row(name: str) -> tuple[str, str, str, str]:
-    from dct.classifiers import ModelNotAvailableError
-    from dct.datasets import DATASET_SUMMARIES, get_dataset
+    from dct.models.datasets import DATASETS, get_dataset
+    from dct.models.hub import ModelNotAvailableError
 
     try:
         spec = get_dataset(name)
     except ModelNotAvailableError:
-        s = DATASET_SUMMARIES.get(name)
+        s = DATASETS[name].summary
         if s is None:
             raise
         return name, f"{s['num_classes']} (names: dct models pull --dataset {name})", s["classifier"], s["diffusion"]
@@ -37,7 +37,7 @@ def _summary_row(name: str) -> tuple[str, str, str, str]:
 
 
 def list_datasets(args: argparse.Namespace) -> int:
-    from dct.datasets import dataset_names
+    from dct.models.datasets import dataset_names
 
     rows = [("name", "classes", "classifier", "diffusion model")] + [_summary_row(n) for n in dataset_names()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -57,7 +57,7 @@ def _model(cfg) -> dict | None:
 
 
 def show_dataset(args: argparse.Namespace) -> int:
-    from dct.datasets import get_dataset, select_classes
+    from dct.models.datasets import get_dataset, select_classes
 
     spec = get_dataset(args.name)
     ids = select_classes(spec, args.classes)

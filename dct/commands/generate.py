@@ -1,7 +1,7 @@
 """`dct generate`: render images of one class with its learned token (and the baseline prompt) as PNGs.
 
 The images are made exactly as evaluation makes them: the dataset's configured sampler through the one
-denoising loop (``dct.sampling.generate``), image j from template ``j mod len(templates)`` and noise seed
+denoising loop (``dct.method.sampling.generate``), image j from template ``j mod len(templates)`` and noise seed
 ``seed + j``, so ``--seed`` defaults to the evaluation seed and the DCT and baseline images of one index
 share their noise and template (only the word differs).
 """
@@ -70,14 +70,14 @@ class _ClassToken:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dct.classifiers import ModelNotAvailableError
-    from dct.datasets import get_dataset
-    from dct.optimize import epoch_prompts
-    from dct.pipelines import load_pipeline
-    from dct.runner import encode_image
-    from dct.sampling import generate
-    from dct.store import open_store
-    from dct.tokens import add_placeholder_token, set_token_vector
+    from dct.artifacts.images import encode_image
+    from dct.artifacts.store import open_store
+    from dct.config import epoch_prompts
+    from dct.method.sampling import generate
+    from dct.method.tokens import add_placeholder_token, set_token_vector
+    from dct.models.datasets import get_dataset
+    from dct.models.hub import ModelNotAvailableError
+    from dct.models.pipelines import load_pipeline
 
     # Validate everything cheap — arguments, the token itself, the output folder — before any model is loaded.
     device = resolve_device(args.device)
@@ -176,7 +176,7 @@ def _read_uri(uri: str, flag: str, default_name: str | None = None) -> tuple[str
         FileNotFoundError: nothing there.
         ValueError: a folder without ``default_name``; an unsupported URI.
     """
-    from dct.store import open_store
+    from dct.artifacts.store import open_store
 
     if "://" not in uri:
         uri = os.path.abspath(os.path.expanduser(uri))
@@ -202,29 +202,24 @@ def _token_from_file(uri: str, dataset: str, class_id: int) -> _ClassToken:
         ValueError: not a single-token safetensors file, a non-finite vector, or metadata naming another
             dataset or class.
     """
-    from dct.tokens import read_token_bytes
+    from dct.artifacts.token_file import check_token, read_token_bytes
 
     uri, data = _read_uri(uri, "--token")
     try:
         token, vector, meta = read_token_bytes(data)
     except ValueError as exc:
         raise ValueError(f"--token {uri!r}: {exc}; give a token file written by `dct optimize`") from None
-    if not bool(torch.isfinite(vector).all()):
-        raise ValueError(f"--token {uri!r}: the vector of {token!r} has non-finite values; re-optimise the class")
     # The metadata `dct optimize` writes (build_token_metadata) says which dataset and class it is for.
-    for key, asked, flag in (("dataset", dataset, "--dataset"), ("class_id", str(class_id), "--class")):
-        if key not in meta:
-            logger.warning("--token %s has no %r in its metadata; assuming it is for %s %s", uri, key, flag, asked)
-        elif meta[key] != asked:
-            raise ValueError(
-                f"--token {uri!r} is the token of {key} {meta[key]!r}, not {asked!r}; pass {flag} {meta[key]} "
-                f"or the token file of {key} {asked!r}"
-            )
+    flags = {"dataset": "--dataset", "class_id": "--class"}
+    missing = check_token(f"--token {uri!r}", token, vector, meta, flags=flags, dataset=dataset, class_id=str(class_id))
+    for key in missing:
+        asked = dataset if key == "dataset" else class_id
+        logger.warning("--token %s has no %r in its metadata; assuming it is for %s %s", uri, key, flags[key], asked)
     return _ClassToken(token, vector, meta.get("base_model"), meta.get("base_model_revision"))
 
 
 def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
-    """The token of ``class_id`` from a run's export bundle (``dct.bundle``), checked against the dataset.
+    """The token of ``class_id`` from a run's export bundle (``dct.artifacts.bundle``), checked against the dataset.
 
     Raises:
         FileNotFoundError: no such file.
@@ -232,7 +227,8 @@ def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
     """
     from safetensors import SafetensorError
 
-    from dct.bundle import BUNDLE_FILE, read_bundle
+    from dct.artifacts.bundle import BUNDLE_FILE, read_bundle
+    from dct.artifacts.token_file import check_token
 
     uri, data = _read_uri(uri, "--bundle", BUNDLE_FILE)
     try:
@@ -253,6 +249,5 @@ def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
         raise ValueError(f"class {class_id} is not in --bundle {uri!r} (run {manifest.run_id!r}); it holds {shown}")
     i = by_class[class_id]
     vector = vectors[i]
-    if not bool(torch.isfinite(vector).all()):
-        raise ValueError(f"--bundle {uri!r}: the vector of {tokens[i]!r} has non-finite values")
+    check_token(f"--bundle {uri!r}", tokens[i], vector, {})
     return _ClassToken(tokens[i], vector, manifest.base_model, manifest.base_model_revision)

@@ -36,7 +36,7 @@ def _check_labels(spec, path) -> None:
     "judge's robe" / "judges robe"): a few differences are logged; many mean a different class ORDER,
     which would silently train every token for the wrong class, so that fails.
     """
-    from dct.labels import cub_prompt_name, imagenet_labels
+    from dct.models.labels import cub_prompt_name, imagenet_labels
 
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -70,7 +70,7 @@ def _check_labels(spec, path) -> None:
 
 
 def pull_models(args: argparse.Namespace) -> int:
-    from dct.classifiers import ModelNotAvailableError
+    from dct.models.hub import ModelNotAvailableError
 
     try:
         return _pull(args)
@@ -85,10 +85,11 @@ def pull_models(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from dct.classifiers import fetch_classifier_files, hub_snapshot, is_local_path, snapshot_revision
     from dct.config import DiffusionConfig
-    from dct.datasets import INAT_CLASSIFIER, get_dataset
-    from dct.pipelines import resolve_pipeline_dir
+    from dct.models.classifiers import fetch_classifier_files
+    from dct.models.datasets import INAT_CLASSIFIER, get_dataset
+    from dct.models.hub import hub_snapshot, is_local_path, snapshot_revision
+    from dct.models.pipelines import resolve_pipeline_dir
 
     if args.dataset == "inat":
         # inat's class names live in the classifier's config: fetch it first so the spec can be built.

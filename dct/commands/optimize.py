@@ -40,13 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dct.classifiers import ModelNotAvailableError, load_classifier
+    from dct.artifacts.token_file import build_token_metadata, save_token
     from dct.config import token_key
-    from dct.datasets import get_dataset
-    from dct.optimize import build_token_metadata, optimize_token
-    from dct.pipelines import load_pipeline
-    from dct.plan import check_models_available
-    from dct.tokens import save_token
+    from dct.method.optimize import optimize_token
+    from dct.models.classifiers import load_classifier
+    from dct.models.datasets import get_dataset
+    from dct.models.hub import ModelNotAvailableError
+    from dct.models.pipelines import load_pipeline
+    from dct.run.plan import check_models_available
 
     # Validate everything cheap before any model is loaded.
     device = resolve_device(args.device)

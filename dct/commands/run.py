@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from dct.commands.common import add_device_argument, positive_int
+from dct.commands.common import UserError, add_device_argument, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,16 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dct.cli import UserError
 
     if not 0.0 <= args.max_failed_fraction <= 1.0:
         raise UserError(f"--max-failed-fraction {args.max_failed_fraction!r} must be within [0, 1]")
+    from dct.artifacts.store import ArtifactStore
     from dct.config import RunOverrides
-    from dct.datasets import get_dataset, select_classes
-    from dct.plan import build_config, check_models_available, preflight_store
+    from dct.models.datasets import get_dataset, select_classes
+    from dct.models.loading import resolve_device
     from dct.results import new_run_id
-    from dct.runner import resolve_device
-    from dct.store import ArtifactStore
+    from dct.run.plan import build_config, check_models_available, preflight_store
 
     # The preflight before Prefect starts, cheapest first, so bad input fails in seconds with one line and
     # nothing written (the flow repeats it: deployments start the flow without this command).
@@ -102,8 +101,8 @@ def _failure_text(state) -> str:
 
 
 def _print_outcome(args: argparse.Namespace, dataset: str, state, run_id: str) -> int:
+    from dct.artifacts.store import open_store
     from dct.results import read_run_record
-    from dct.store import open_store
 
     store = open_store(args.store)
     run = read_run_record(store, dataset, run_id)

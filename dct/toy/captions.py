@@ -1,8 +1,8 @@
 """Training captions for the toy text-to-image model.
 
 Text must *under-specify* the fine class the way rare or ambiguous names do for Stable Diffusion, while
-the text-embedding space stays rich and smooth enough for a learned token to steer generation (issue
-"The embedded toy world", scoping facts). So the caption mix is:
+the text-embedding space stays rich and smooth enough for a learned token to steer generation
+(docs/toy.md). So the caption mix is:
 
 - empty captions (classifier-free guidance's unconditional branch);
 - coarse-only captions ("a photo of a small red shape on a dark background");

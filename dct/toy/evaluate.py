@@ -28,13 +28,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from scipy import linalg
 
-from dct.classifiers import ImageClassifier, load_classifier
-from dct.config import RunConfig, TokenConfig
-from dct.datasets import DatasetSpec, get_dataset
-from dct.optimize import epoch_prompts, optimize_token
-from dct.sampling import generate
-from dct.tokens import save_token
+from dct.artifacts.token_file import save_token
+from dct.config import DatasetSpec, RunConfig, TokenConfig, epoch_prompts
+from dct.method.optimize import optimize_token
+from dct.method.sampling import generate
+from dct.models.interface import ImageClassifier
 from dct.toy import captions, models, shapes
+from dct.toy.dataset import toy_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def world_spec(weights: Path | None = None) -> DatasetSpec:
     Raises:
         FileNotFoundError: ``weights`` lacks the pipeline or a classifier file.
     """
-    spec = get_dataset("toy")
+    spec = toy_dataset()
     if weights is None:
         return spec
     weights = Path(weights).resolve()
@@ -89,13 +89,18 @@ def world_spec(weights: Path | None = None) -> DatasetSpec:
     )
 
 
+def _toy_classifier(config, device: str = "cpu") -> ImageClassifier:
+    # The toy loader directly, not the registry: the toy world never imports a registry back.
+    return models.load_toy_classifier(config).classifier.to(device)
+
+
 def load_world(spec: DatasetSpec, device: str = "cpu"):
     """(pipeline, guide, evaluator) of a dataset, loaded once."""
-    from dct.pipelines import load_pipeline
+    from dct.models.pipelines import load_pipeline
 
     pipe = load_pipeline(spec.diffusion, device, local_files_only=True).pipe  # frozen, eval mode
-    guide = load_classifier(spec.classifier, device).classifier
-    evaluator = load_classifier(spec.evaluator, device).classifier if spec.evaluator else guide
+    guide = _toy_classifier(spec.classifier, device)
+    evaluator = _toy_classifier(spec.evaluator, device) if spec.evaluator else guide
     return pipe, guide, evaluator
 
 
@@ -238,7 +243,7 @@ def summarize(
 def merge(dirs: list[Path], out: Path, weights: Path | None = None) -> dict:
     """Merge evaluations of disjoint class subsets (``--merge``); FID is recomputed on the pooled images."""
     spec = world_spec(weights)
-    evaluator = load_classifier(spec.evaluator).classifier
+    evaluator = _toy_classifier(spec.evaluator)
     parts = [json.loads((d / "results.json").read_text()) for d in dirs]
     samples = [load_file(d / "samples.safetensors") for d in dirs]  # safetensors: no unpickling
     classes = sorted((c for p in parts for c in p["classes"]), key=lambda c: c["class_id"])

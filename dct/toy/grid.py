@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from dct.optimize import epoch_prompts
-from dct.sampling import generate
-from dct.tokens import add_placeholder_token, load_token, set_token_vector
+from dct.artifacts.token_file import load_token
+from dct.config import epoch_prompts
+from dct.method.sampling import generate
+from dct.method.tokens import add_placeholder_token, set_token_vector
 from dct.toy.evaluate import CEILING_ELIGIBLE, load_world, parse_classes, world_spec
 
 logger = logging.getLogger(__name__)

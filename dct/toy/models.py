@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dct.classifiers import ImageClassifier, LoadedClassifier, register_classifier_loader
 from dct.config import ClassifierConfig, PreprocessConfig
-from dct.preprocess import DifferentiablePreprocess
+from dct.models.interface import ImageClassifier, LoadedClassifier
+from dct.models.preprocess import DifferentiablePreprocess
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -75,7 +75,7 @@ TEXT_CONFIG = dict(
     projection_dim=64,
 )
 # Stable Diffusion's noise schedule; DDIM with "trailing" spacing so that the last of 5 steps is at
-# t=199, not t≈1 (a gradient through that one step carries signal; scoping fact 2).
+# t=199, not t≈1 (a gradient through that one step carries signal; docs/toy.md, "Method defaults").
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -288,7 +288,6 @@ def classifier_path(model_id: str) -> Path:
     return Path(model_id).expanduser().resolve()
 
 
-@register_classifier_loader("toy")
 def load_toy_classifier(config: ClassifierConfig) -> LoadedClassifier:
     """Load a toy classifier: ``config.model_id`` is "guide", "evaluator" or a path to a ``.safetensors``.
 

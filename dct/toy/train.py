@@ -88,7 +88,7 @@ def train_classifier(
     """Train one toy classifier on a mix of clean renders and VAE reconstructions (+ flips, noise)."""
     spec = models.CLASSIFIER_SPECS[name]
     net = models.build_classifier_model(spec, shapes.NUM_CLASSES)
-    from dct.preprocess import DifferentiablePreprocess
+    from dct.models.preprocess import DifferentiablePreprocess
 
     prep = DifferentiablePreprocess(spec["preprocess"])
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
@@ -183,7 +183,7 @@ def redraw(pipe, images: torch.Tensor, attrs, start: int, gen: torch.Generator, 
     """Generated-looking images of known class: each image encoded, noised to the sampler's ``start``-th
     timestep and denoised by the world's own UNet with a descriptive caption (SDEdit). The generator's way of
     drawing a shape (rounded corners, blobs) with the label of the render it started from."""
-    from dct.sampling import decode_latents, denoise, encode_prompts, make_scheduler
+    from dct.method.sampling import decode_latents, denoise, encode_prompts, make_scheduler
     from dct.toy.dataset import SAMPLER
 
     out = []

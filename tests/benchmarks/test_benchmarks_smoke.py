@@ -33,7 +33,7 @@ def test_reference_epoch_moves_only_the_token_row():
     from benchmarks.optimize import CLASS_NAME
     from benchmarks.presets import build_models, get_preset
     from benchmarks.reference import reference_epoch, setup_reference
-    from dct.optimize import epoch_prompts
+    from dct.config import epoch_prompts
 
     torch.set_num_threads(1)  # 2 threads on a shared 2-core machine make OpenMP barriers spin
     preset = get_preset("toy")

@@ -30,12 +30,13 @@ class TinyRun:
 def tiny_run(tmp_path_factory) -> TinyRun:
     from prefect.logging import disable_run_logger
 
-    from dct.datasets import get_dataset
-    from dct.plan import build_config, plan_run
-    from dct.publish import publish_run
+    from dct.artifacts.store import ArtifactStore
+    from dct.models.datasets import get_dataset
+    from dct.models.loading import load_models
     from dct.results import new_run_id
-    from dct.runner import load_models, process_class
-    from dct.store import ArtifactStore
+    from dct.run.plan import build_config, plan_run
+    from dct.run.publish import publish_run
+    from dct.run.runner import process_class
     from tasks.evaluate import compute_pooled_metrics, write_report
 
     base = tmp_path_factory.mktemp("eval-run")

@@ -3,28 +3,22 @@ feature caches, and the Inception weights' "missing → clear error" path."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 from scipy import linalg
 
-from dct.evaluation import (
+from dct.artifacts.store import ArtifactStore
+from dct.evaluation.features import (
     ClassifierFeatures,
     FeatureWeightsMissingError,
     extract_features,
-    fid_from_features,
-    kid_from_features,
-    kid_subset_size,
     load_inception_state_dict,
-    min_fid_samples,
     reference_batches,
     reference_features,
     resolve_inception_weights,
 )
-from dct.store import ArtifactStore
+from dct.evaluation.metrics import fid_from_features, kid_from_features, kid_subset_size, min_fid_samples
 
 
 def scipy_fid(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -40,14 +34,14 @@ def scipy_fid(a: torch.Tensor, b: torch.Tensor) -> float:
 def evaluator_features():
     """The toy world's held-out evaluator (its shipped weights), else the same architecture at a fixed
     random init: features of a real network on the toy world's real (procedural) images."""
-    from dct.classifiers import ImageClassifier
     from dct.config import PreprocessConfig
-    from dct.preprocess import DifferentiablePreprocess
+    from dct.models.interface import ImageClassifier
+    from dct.models.preprocess import DifferentiablePreprocess
     from dct.toy.models import ToyConvNet, classifier_path
 
     if classifier_path("evaluator").is_file():
-        from dct.classifiers import load_classifier
         from dct.config import ClassifierConfig
+        from dct.models.classifiers import load_classifier
 
         clf = load_classifier(ClassifierConfig(kind="toy", model_id="evaluator")).classifier
         name = "toy evaluator (shipped weights)"
@@ -168,7 +162,8 @@ def test_inception_weights_missing_names_where_to_put_them(tmp_path):
 def test_inception_config_without_weights_fails_before_any_work(tmp_path):
     from tiny import tiny_run_config
 
-    from dct.evaluation import build_feature_extractor, check_fid_features, pooled_metrics
+    from dct.evaluation.features import build_feature_extractor, check_fid_features
+    from dct.evaluation.metrics import pooled_metrics
 
     config = tiny_run_config()
     config = config.model_copy(
@@ -210,18 +205,13 @@ def test_inception_checkpoint_loading_never_unpickles_code(tmp_path):
         load_inception_state_dict(pickle.dumps({"x": Evil()}))
 
 
-def test_library_modules_do_not_import_prefect():
-    code = "import sys, dct.evaluation, dct.report; assert 'prefect' not in sys.modules, 'prefect imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_inception_extractor_from_store_weights(tmp_path, monkeypatch):
     """The whole Inception path with RANDOM weights (the real ones cannot be downloaded here): weights found
     in the store, loaded without unpickling code, handed to torch-fidelity, 2048-d features out."""
     import torch_fidelity.feature_extractor_inceptionv3 as fe
     from safetensors.torch import save
 
-    from dct.evaluation import load_inception_features
+    from dct.evaluation.features import load_inception_features
 
     with monkeypatch.context() as m:  # build the architecture without its (unavailable) download
         m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})

@@ -11,8 +11,8 @@ import pytest
 import torch
 from eval_world import NUM_SAMPLES, RUN_CLASSES
 
+from dct.artifacts.store import ArtifactStore
 from dct.results import read_results
-from dct.store import ArtifactStore
 
 
 def test_classes_table_has_both_variants_accuracies_by_guide_and_evaluator(tiny_run):
@@ -60,17 +60,17 @@ def test_runs_table_has_pooled_fid_kid_with_sample_counts(tiny_run):
 
 
 def test_pooled_metrics_reuse_cached_sample_features_and_state_why_fid_is_missing(tiny_run, monkeypatch):
-    from dct.evaluation import finished_records, pooled_metrics
+    from dct.evaluation.metrics import finished_records, pooled_metrics
 
     store = ArtifactStore(str(tiny_run.store_root))
     plan, config = tiny_run.plan, tiny_run.config
     records = finished_records(store, plan.dataset, plan.eval_key, plan.selected)
-    import dct.evaluation
+    import dct.evaluation.features
 
     def no_decoding(*a, **k):
         raise AssertionError("sample features must come from the cache")
 
-    monkeypatch.setattr(dct.evaluation, "load_class_samples", no_decoding)
+    monkeypatch.setattr(dct.evaluation.features, "load_class_samples", no_decoding)
     again = pooled_metrics(store, config, records, reference_images=str(tiny_run.reference))
     assert again.record_fields() == tiny_run.pooled
 
@@ -117,7 +117,7 @@ def test_report_shows_grids_with_working_relative_links(tiny_run, tmp_path):
 
 
 def test_report_escapes_html_and_handles_failed_classes(tiny_run):
-    from dct.report import ClassSection, render_report_html
+    from dct.evaluation.report import ClassSection, render_report_html
     from dct.results import read_class_record
 
     store = ArtifactStore(str(tiny_run.store_root))
@@ -135,7 +135,7 @@ def test_report_escapes_html_and_handles_failed_classes(tiny_run):
 
 
 def test_accuracy_plot_scales_to_many_classes(tiny_run):
-    from dct.report import accuracy_plot_png
+    from dct.evaluation.report import accuracy_plot_png
     from dct.results import read_class_record
 
     store = ArtifactStore(str(tiny_run.store_root))

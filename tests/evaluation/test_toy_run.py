@@ -24,12 +24,13 @@ def _toy_weights_present() -> bool:
 def test_toy_run_tables_hold_accuracies_and_pooled_metrics(tmp_path):
     from prefect.logging import disable_run_logger
 
+    from dct.artifacts.store import ArtifactStore
     from dct.config import RunOverrides
-    from dct.plan import build_config, plan_run
-    from dct.publish import publish_run
+    from dct.models.loading import load_models
     from dct.results import new_run_id, read_results
-    from dct.runner import load_models, process_class
-    from dct.store import ArtifactStore
+    from dct.run.plan import build_config, plan_run
+    from dct.run.publish import publish_run
+    from dct.run.runner import process_class
     from tasks.evaluate import compute_pooled_metrics, write_report
 
     overrides = RunOverrides(max_epochs=3, num_samples=TOY_SAMPLES)

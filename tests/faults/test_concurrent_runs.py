@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from dct.artifacts.token_file import load_token
 from dct.results import read_results
-from dct.tokens import load_token
 
 pytestmark = pytest.mark.slow
 

@@ -77,7 +77,7 @@ def test_outage_during_one_class_fails_only_that_class_and_rerun_completes_it(
     assert set(rows.loc[[0, 2], "status"]) <= {"done", "diverged"}
 
     # Nothing half-written is visible: every token in the bucket parses.
-    from dct.tokens import read_token_bytes
+    from dct.artifacts.token_file import read_token_bytes
 
     s3 = boto3.client("s3", endpoint_url=aws_env)
     bucket, prefix = store.removeprefix("s3://").split("/", 1)

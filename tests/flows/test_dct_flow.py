@@ -33,16 +33,16 @@ def test_two_classes_complete_then_skip(prefect_harness, tiny_world, tmp_path):
 
 
 def test_failed_class_recorded_and_run_fails(prefect_harness, tiny_world, tmp_path, monkeypatch):
-    import dct.runner
+    import dct.run.runner
 
-    real = dct.runner.optimize_token
+    real = dct.run.runner.optimize_token
 
     def flaky(pipe, classifier, *, class_id, **kw):
         if class_id == 1:
             raise RuntimeError("injected failure for class 1")
         return real(pipe, classifier, class_id=class_id, **kw)
 
-    monkeypatch.setattr(dct.runner, "optimize_token", flaky)
+    monkeypatch.setattr(dct.run.runner, "optimize_token", flaky)
     store = tmp_path / "store"
     state = _run(tiny_world, store, classes=[0, 1])
     assert state.is_failed()
@@ -58,7 +58,7 @@ def test_failed_class_recorded_and_run_fails(prefect_harness, tiny_world, tmp_pa
     assert state.result()["failed_classes"] == [1]
 
     # Once the fault is gone, a re-run retries only the failed class; the finished one is not redone.
-    monkeypatch.setattr(dct.runner, "optimize_token", real)
+    monkeypatch.setattr(dct.run.runner, "optimize_token", real)
     summary = _run(tiny_world, store, classes=[0, 1]).result()
     assert summary["skipped"] == 1 and summary["failed"] == 0 and summary["done"] + summary["diverged"] == 1
     df = read_results(str(store), table="classes", dataset="tiny")
@@ -66,12 +66,12 @@ def test_failed_class_recorded_and_run_fails(prefect_harness, tiny_world, tmp_pa
 
 
 def test_dry_run_plans_without_loading_the_pipeline(prefect_harness, tiny_world, tmp_path, monkeypatch):
-    import dct.runner
+    import dct.run.runner
 
     def boom(*a, **k):
         raise AssertionError("dry run must not load models")
 
-    monkeypatch.setattr(dct.runner, "load_models", boom)
+    monkeypatch.setattr(dct.run.runner, "load_models", boom)
     state = _run(
         tiny_world, tmp_path / "store", classes="all", dry_run=True, shard_size=3, overrides=RunOverrides(max_epochs=4)
     )
@@ -82,8 +82,8 @@ def test_dry_run_plans_without_loading_the_pipeline(prefect_harness, tiny_world,
 
 def test_plan_keys_equal_the_keys_of_loaded_models(tiny_world):
     """The parent plans with revisions resolved without loading the pipeline; they must equal the shard's."""
-    from dct.plan import build_config, resolve_revisions
-    from dct.runner import load_models
+    from dct.models.loading import load_models
+    from dct.run.plan import build_config, resolve_revisions
 
     _, config = build_config(str(tiny_world))
     rev = resolve_revisions(config)

@@ -7,8 +7,9 @@ import torch
 from hub_models import NUM_LABELS, put_in_hf_cache, save_tiny_timm, save_tiny_vit
 from safetensors.torch import save_file
 
-from dct.classifiers import ModelNotAvailableError, load_classifier
 from dct.config import ClassifierConfig
+from dct.models.classifiers import load_classifier
+from dct.models.hub import ModelNotAvailableError
 
 
 def images(b: int = 3, size: int = 48, seed: int = 0) -> torch.Tensor:

@@ -130,8 +130,8 @@ def test_models_pull_fetches_and_prints_revisions(tmp_path, hf_cache, capsys):
 def test_pull_checks_shipped_labels_against_the_model_label_map(tmp_path):
     """Punctuation variants of ImageNet labels pass; a shifted class order fails loudly."""
     from dct.commands.models import _check_labels
-    from dct.datasets import get_dataset
-    from dct.labels import imagenet_labels
+    from dct.models.datasets import get_dataset
+    from dct.models.labels import imagenet_labels
 
     spec = get_dataset("inet")
     cfg = tmp_path / "config.json"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from hub_models import put_in_hf_cache, write_inat_config
 
-from dct.classifiers import ModelNotAvailableError
-from dct.datasets import get_dataset, inat_class_names, load_dataset_file, select_classes
-from dct.labels import imagenet_labels, inat_prompt_name
+from dct.models.datasets import get_dataset, inat_class_names, load_dataset_file, select_classes
+from dct.models.hub import ModelNotAvailableError
+from dct.models.labels import imagenet_labels, inat_prompt_name
 
 DATA = Path(__file__).parent / "data"
 

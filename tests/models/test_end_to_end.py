@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from hub_models import save_tiny_timm, save_tiny_vit
 
-from dct.classifiers import load_classifier
 from dct.config import token_key
-from dct.datasets import get_dataset, select_classes
-from dct.pipelines import load_pipeline
+from dct.models.classifiers import load_classifier
+from dct.models.datasets import get_dataset, select_classes
+from dct.models.pipelines import load_pipeline
 
 DATA = Path(__file__).parent / "data"
 
@@ -20,8 +20,8 @@ DATA = Path(__file__).parent / "data"
 def test_custom_dataset_file_optimises_one_class_on_tiny_models(tmp_path):
     from tiny import tiny_pipeline
 
-    from dct.optimize import optimize_token
-    from dct.sampling import generate
+    from dct.method.optimize import optimize_token
+    from dct.method.sampling import generate
 
     shutil.copy(DATA / "tiny_shapes.toml", tmp_path)
     tiny_pipeline(tmp_path / "build").save_pretrained(tmp_path / "tiny-sd", safe_serialization=True)

@@ -6,11 +6,10 @@ import pytest
 import torch
 from hub_models import put_in_hf_cache
 
-from dct.classifiers import ModelNotAvailableError
 from dct.config import DiffusionConfig
-from dct.pipelines import (
+from dct.models.hub import ModelNotAvailableError
+from dct.models.pipelines import (
     PIPELINE_PRESETS,
-    get_pipeline_preset,
     load_pipeline,
     pipeline_allow_patterns,
     resolve_pipeline_dtype,
@@ -35,7 +34,7 @@ def test_local_dir_loads_frozen_without_safety_checker(tiny_sd_dir):
     assert pipe.text_encoder.dtype == torch.float32  # the learned token lives in its embedding table
     assert not any(p.requires_grad for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
     assert loaded.resolved_revision.startswith("sha256:")
-    assert type(pipe.scheduler).__name__ == "PNDMScheduler"  # the repo's scheduler; dct.sampling picks ours
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"  # the repo's scheduler; dct.method.sampling picks ours
     again = load_pipeline(DiffusionConfig(model_id=str(tiny_sd_dir)), "cpu")
     assert again.resolved_revision == loaded.resolved_revision
 
@@ -52,7 +51,7 @@ def test_hub_id_loads_offline_from_cache_with_commit_sha(tiny_sd_dir, hf_cache):
 
 def test_uncached_preset_with_hub_down_names_model_and_pull_command(hf_cache):
     with pytest.raises(ModelNotAvailableError, match=r"'CompVis/stable-diffusion-v1-4'.*dct models pull --dataset"):
-        load_pipeline(get_pipeline_preset("sd14"), "cpu")
+        load_pipeline(PIPELINE_PRESETS["sd14"], "cpu")
 
 
 def test_pickle_only_pipeline_dir_is_refused(tmp_path):
@@ -73,8 +72,6 @@ def test_presets_and_download_patterns():
     assert "*.fp16.*" in ignore  # only the full-precision files, not every variant
     allow, ignore = pipeline_allow_patterns("fp16")
     assert "unet/*.fp16.safetensors" in allow and ignore == []
-    with pytest.raises(ValueError, match="valid presets: sd14, sd21-base"):
-        get_pipeline_preset("sdxl")
 
 
 def test_dtype_resolution():

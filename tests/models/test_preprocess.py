@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from dct.config import PreprocessConfig
-from dct.preprocess import (
+from dct.models.preprocess import (
     PRESETS,
     DifferentiablePreprocess,
     get_preset,

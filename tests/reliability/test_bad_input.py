@@ -1,4 +1,4 @@
-"""Issue 10, item 6: bad input is refused with ONE actionable line naming the value, a non-zero exit code,
+"""Bad input is refused with ONE actionable line naming the value, a non-zero exit code,
 before any model is loaded, and with nothing previously written changed.
 
 Each case runs ``dct.cli.main`` in-process (the exit code it returns is the process's exit code), with a
@@ -107,7 +107,7 @@ def files(tiny_world):
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A store with earlier results in it, and the working directory (dct optimize writes ./tokens)."""
-    from dct.store import ArtifactStore
+    from dct.artifacts.store import ArtifactStore
 
     store = ArtifactStore.from_config(store=str(tmp_path / "store"))
     store.write_bytes(store.token_uri("tiny", "tk00000000000001", 0), b"earlier token bytes")
@@ -320,7 +320,7 @@ def test_bad_cli_input_is_one_line_nonzero_early_and_harmless(
 
 @pytest.mark.parametrize("defect, value", [("bad_dtype", "'float8'"), ("escaping_name", "'../../etc'")])
 def test_dataset_file_field_errors_name_the_value(files, defect, value):
-    from dct.datasets import get_dataset
+    from dct.models.datasets import get_dataset
 
     with pytest.raises(ValueError) as info:
         get_dataset(files[defect])

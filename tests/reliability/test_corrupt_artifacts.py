@@ -1,9 +1,9 @@
-"""Issue 10, item 3: a corrupt stored token is detected and re-optimised, never loaded into the pipeline.
+"""A corrupt stored token is detected and re-optimised, never loaded into the pipeline.
 
 Faults are injected by overwriting the stored token file (as a crashed copy, a foreign tool or a hand
-edit would leave it), then running :func:`dct.runner.process_class` again on the tiny world.
+edit would leave it), then running :func:`dct.run.runner.process_class` again on the tiny world.
 A corrupt Parquet file beside valid ones: see test_corrupt_parquet_partition_does_not_hide_valid_runs
-here and tests/store/test_store_results.py (garbage bytes).
+here and tests/artifacts/test_results.py (garbage bytes).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import os
 import pytest
 import torch
 
-from dct.bundle import load_stored_token
+from dct.artifacts.store import ArtifactStore
+from dct.artifacts.token_file import load_stored_token, read_token_bytes, token_file_bytes
 from dct.config import RunOverrides
-from dct.plan import build_config
-from dct.runner import load_models, process_class
-from dct.store import ArtifactStore
-from dct.tokens import get_token_vector, read_token_bytes, token_file_bytes
+from dct.method.tokens import get_token_vector
+from dct.models.loading import load_models
+from dct.run.plan import build_config
+from dct.run.runner import process_class
 
 CLASS_ID = 0
 
@@ -89,7 +90,7 @@ def test_corrupt_token_is_reoptimised_never_loaded(world, case, caplog):
     bad, planted = CORRUPTIONS[case](good)
     store.write_bytes(uri, bad)
 
-    with caplog.at_level(logging.WARNING, logger="dct.runner"):
+    with caplog.at_level(logging.WARNING, logger="dct.run.runner"):
         record = _run(world, f"run-{case.split()[0]}")
 
     assert record.token_reused is False, f"{case}: a corrupt token was reused"

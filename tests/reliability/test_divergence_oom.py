@@ -1,4 +1,4 @@
-"""Issue 10, item 5: NaN loss → the class is ``diverged`` and the run goes on; CUDA out-of-memory →
+"""NaN loss → the class is ``diverged`` and the run goes on; CUDA out-of-memory →
 retried once with micro_batch_size=1, then failed with a clear message; the next run retries it.
 
 Faults are injected at the model edge, by a guide classifier registered as its own loader kind and named
@@ -23,8 +23,9 @@ import shutil
 import pytest
 import torch
 
-from dct.classifiers import ImageClassifier, LoadedClassifier, load_classifier, register_classifier_loader
 from dct.config import RunOverrides
+from dct.models.classifiers import CLASSIFIER_LOADERS, load_classifier
+from dct.models.interface import ImageClassifier, LoadedClassifier
 from dct.results import read_results, results_relation
 
 pytestmark = pytest.mark.slow  # two flow runs under the Prefect harness (~30 s on a loaded 2-core box)
@@ -56,10 +57,12 @@ class FaultyGuide(ImageClassifier):
         return logits
 
 
-@register_classifier_loader("faulty-test-guide")
 def _load_faulty(config) -> LoadedClassifier:
     inner = load_classifier(config.model_copy(update={"kind": "local"}))
     return LoadedClassifier(FaultyGuide(inner.classifier), inner.resolved_revision)
+
+
+CLASSIFIER_LOADERS["faulty-test-guide"] = _load_faulty  # a plugin row, as a user would add one
 
 
 @pytest.fixture(scope="module")

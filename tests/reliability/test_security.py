@@ -1,4 +1,4 @@
-"""Issue 10, item 7: secrets never leave the environment; user strings never leave the store root; the
+"""Secrets never leave the environment; user strings never leave the store root; the
 code never deserialises untrusted code (YAML safe_load only, no trust_remote_code, no unsafe torch.load).
 
 Credentials come only from the process environment (or, in deployments, a Prefect Secret block that the
@@ -137,7 +137,7 @@ def test_no_credential_fields_in_configs_or_flow_parameters():
     ids=["dotdot", "absolute", "nul", "very-long", "upper", "embedded", "parent", "drive"],
 )
 def test_dataset_name_cannot_escape_the_store(tiny_world, name):
-    from dct.datasets import get_dataset
+    from dct.models.datasets import get_dataset
 
     path = tiny_world.parent / "named.toml"
     path.write_text(tiny_world.read_text().replace('name = "tiny"', f"name = {json.dumps(name)}"))
@@ -151,7 +151,7 @@ def test_dataset_name_cannot_escape_the_store(tiny_world, name):
     ids=["dotdot", "absolute", "nul", "very-long", "parent", "backslash"],
 )
 def test_unsafe_class_names_are_refused(tiny_world, bad):
-    from dct.datasets import get_dataset
+    from dct.models.datasets import get_dataset
 
     path = tiny_world.parent / "classes.toml"
     path.write_text(tiny_world.read_text().replace('"red circle"', json.dumps(bad)))
@@ -161,10 +161,11 @@ def test_unsafe_class_names_are_refused(tiny_world, bad):
 
 def test_odd_but_allowed_class_names_never_become_paths(tiny_world, tmp_path):
     """Names are prompts, not paths: files are named by class id, so a strange name cannot steer a write."""
+    from dct.artifacts.store import ArtifactStore
     from dct.config import RunOverrides
-    from dct.plan import build_config
-    from dct.runner import load_models, process_class
-    from dct.store import ArtifactStore
+    from dct.models.loading import load_models
+    from dct.run.plan import build_config
+    from dct.run.runner import process_class
 
     odd = "..%2f$(pwn)~é"  # short: the tiny text encoder takes 32 tokens per prompt
     path = tiny_world.parent / "odd.toml"

@@ -6,7 +6,7 @@ import pytest
 @pytest.fixture(scope="module")
 def toy_world():
     """The shipped toy pipeline, guide and evaluator, loaded once per module."""
-    from dct.datasets import get_dataset
+    from dct.models.datasets import get_dataset
     from dct.toy.evaluate import load_world
 
     spec = get_dataset("toy")

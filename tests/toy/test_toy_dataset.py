@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dct.datasets import get_dataset
+from dct.models.datasets import get_dataset
 from dct.toy import shapes
 
 

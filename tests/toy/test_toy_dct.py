@@ -1,11 +1,12 @@
-"""Regression: the shipped toy world responds to DCT (issue "The embedded toy world", acceptance)."""
+"""Regression: the shipped toy world responds to DCT (docs/toy.md, acceptance)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dct.optimize import epoch_prompts, optimize_token
-from dct.sampling import generate
+from dct.config import epoch_prompts
+from dct.method.optimize import optimize_token
+from dct.method.sampling import generate
 from dct.toy.evaluate import score
 
 CLASS_ID = 0  # red circle, "ember finch"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dct.datasets import get_dataset
+from dct.models.datasets import get_dataset
 from dct.toy import models
 from dct.toy.evaluate import fid, load_world, parse_classes, run_config_for, world_spec
 

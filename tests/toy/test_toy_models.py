@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from dct.classifiers import load_classifier
 from dct.config import ClassifierConfig
+from dct.models.classifiers import load_classifier
 from dct.toy import models, shapes
 
 

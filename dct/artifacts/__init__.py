@@ -1,0 +1,1 @@
+"""Artifacts: the store (every URI), token files, the run bundle, sample images."""

@@ -1,0 +1,232 @@
+"""Token export bundle: all class tokens of a run in ONE safetensors file plus a JSON manifest.
+
+For users who want a whole dataset's classes in one pipeline. Location (built by the store)::
+
+    runs/{dataset}/{run_id}/bundle/tokens.safetensors   {token: vector (D,)} for every class, fp32
+    runs/{dataset}/{run_id}/bundle/manifest.json        token ↔ class id/name, token_key, base model, licence
+
+The manifest is also embedded in the safetensors metadata (key ``dct_manifest``), so a copied
+``tokens.safetensors`` stays self-describing, and it is written after the tensor file, so a manifest
+that exists describes a complete bundle.
+
+Loading — ONE diffusers call. diffusers 0.42's ``load_textual_inversion`` accepts a single file only
+in the one-token format (a multi-key safetensors file is rejected as "incorrect"), but it accepts a
+list of tensors with a list of token strings of the same length::
+
+    from safetensors.torch import load_file
+    tokens = load_file("tokens.safetensors")                 # {"<dct-inat-00000>": tensor (D,), ...}
+    pipe.load_textual_inversion(list(tokens.values()), token=list(tokens.keys()))
+
+or, from the store (local or S3): ``dct.artifacts.bundle.load_bundle_into(pipe, bundle_uri)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from dct.artifacts.store import ArtifactStore, open_store, validate_component
+from dct.artifacts.token_file import load_stored_token
+from dct.results import ClassRecord
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_SCHEMA_VERSION = 1
+BUNDLE_FILE = "tokens.safetensors"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_METADATA_KEY = "dct_manifest"
+LOAD_SNIPPET = (
+    "from safetensors.torch import load_file; t = load_file('tokens.safetensors'); "
+    "pipe.load_textual_inversion(list(t.values()), token=list(t.keys()))"
+)
+
+
+class BundleEntry(BaseModel):
+    """One token of the bundle."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: str
+    class_id: int
+    class_name: str
+    token_key: str
+    base_model: str
+    base_model_revision: str
+    licence: str
+
+
+class BundleManifest(BaseModel):
+    """What a bundle holds and under which terms (the base model's licence carries over to its tokens)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = BUNDLE_SCHEMA_VERSION
+    dataset: str
+    run_id: str
+    token_key: str
+    base_model: str
+    base_model_revision: str
+    licence: str
+    classifier_model_id: str
+    classifier_licence: str
+    created_at: dt.datetime
+    load: str = LOAD_SNIPPET
+    tokens: tuple[BundleEntry, ...]
+
+
+def bundle_uri(store: ArtifactStore, dataset: str, run_id: str) -> str:
+    """Where a run's bundle tensor file lives (the manifest is beside it: :func:`manifest_uri`)."""
+    return store.run_uri(dataset, run_id, "bundle", BUNDLE_FILE)
+
+
+def manifest_uri(store: ArtifactStore, dataset: str, run_id: str) -> str:
+    return store.run_uri(dataset, run_id, "bundle", MANIFEST_FILE)
+
+
+def build_bundle(
+    records: Sequence[ClassRecord], vectors: dict[str, torch.Tensor], run_id: str
+) -> tuple[bytes, BundleManifest]:
+    """Serialise tokens into one safetensors blob (pure; no I/O).
+
+    Args:
+        records: finished records, one per class, all of one dataset and one token_key.
+        vectors: token string -> vector ``(D,)`` for every record.
+        run_id: the run exporting the bundle.
+
+    Returns:
+        ``(safetensors bytes, manifest)``; tensors in class-id order.
+
+    Raises:
+        ValueError: no records, mixed datasets/token keys/base models, duplicate tokens, a missing or
+            non-1-D vector, or vectors of different sizes.
+    """
+    if not records:
+        raise ValueError("no finished class records to bundle; finish at least one class first")
+    records = sorted(records, key=lambda r: r.class_id)
+    first = records[0]
+    for field in ("dataset", "token_key"):
+        values = sorted({getattr(r, field) for r in records})
+        if len(values) > 1:
+            raise ValueError(f"a bundle holds one {field}; got {values!r}: export each separately")
+    base = {(r.provenance.diffusion_model_id, r.provenance.diffusion_revision) for r in records}
+    if len(base) > 1:
+        raise ValueError(f"records come from different base models {sorted(base)!r}; export each separately")
+    tokens = [r.token for r in records]
+    if len(set(tokens)) != len(tokens):
+        dupes = sorted({t for t in tokens if tokens.count(t) > 1})
+        raise ValueError(f"duplicate token strings {dupes!r} in one bundle (one record per class expected)")
+    tensors: dict[str, torch.Tensor] = {}
+    for t in tokens:
+        if t not in vectors:
+            raise ValueError(f"no vector for token {t!r}")
+        v = vectors[t]
+        if v.ndim != 1:
+            raise ValueError(f"vector of token {t!r} has shape {tuple(v.shape)}, expected (D,)")
+        tensors[t] = v.detach().float().cpu().contiguous()
+    dims = {v.shape[0] for v in tensors.values()}
+    if len(dims) > 1:
+        raise ValueError(f"token vectors have different sizes {sorted(dims)}; they cannot share one text encoder")
+    prov = first.provenance
+    manifest = BundleManifest(
+        dataset=first.dataset,
+        run_id=validate_component(run_id, "run_id"),
+        token_key=first.token_key,
+        base_model=prov.diffusion_model_id,
+        base_model_revision=prov.diffusion_revision,
+        licence=prov.diffusion_licence,
+        classifier_model_id=prov.classifier_model_id,
+        classifier_licence=prov.classifier_licence,
+        created_at=dt.datetime.now(dt.UTC),
+        tokens=tuple(
+            BundleEntry(
+                token=r.token, class_id=r.class_id, class_name=r.class_name, token_key=r.token_key,
+                base_model=prov.diffusion_model_id, base_model_revision=prov.diffusion_revision,
+                licence=prov.diffusion_licence,
+            )
+            for r in records
+        ),
+    )
+    data = st_save(tensors, metadata={"format": "pt", MANIFEST_METADATA_KEY: manifest.model_dump_json()})
+    return data, manifest
+
+
+def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: str) -> tuple[str, BundleManifest]:
+    """Collect the stored tokens of ``records`` into the run's bundle and write it with its manifest.
+
+    Only records with status ``done`` are bundled (a diverged token is not a usable class token). Each
+    token is read from the store by (dataset, token_key, class_id) and checked against its record.
+
+    Args:
+        store: the artifact store.
+        records: per-class records of the dataset (typically every finished class of the plan,
+            including those finished by earlier runs).
+        run_id: the exporting run (names the bundle's folder).
+
+    Returns:
+        ``(bundle_uri, manifest)``.
+
+    Raises:
+        ValueError: see :func:`build_bundle` and :func:`load_stored_token`.
+        FileNotFoundError: a record without its token file.
+    """
+    done = [r for r in records if r.status == "done"]
+    if len(done) < len(records):
+        logger.info(
+            "bundle of run %s: %d of %d records are not 'done' and are left out",
+            run_id, len(records) - len(done), len(records),
+        )
+    vectors: dict[str, torch.Tensor] = {}
+    for r in done:
+        token, vector, _ = load_stored_token(store, r.dataset, r.token_key, r.class_id, r.token)
+        vectors[token] = vector
+    data, manifest = build_bundle(done, vectors, run_id)
+    uri = store.write_bytes(bundle_uri(store, manifest.dataset, run_id), data)
+    # The manifest is written last: a manifest that exists describes a complete bundle.
+    store.write_bytes(manifest_uri(store, manifest.dataset, run_id), manifest.model_dump_json(indent=1).encode())
+    return uri, manifest
+
+
+def read_bundle(data: bytes) -> tuple[list[str], torch.Tensor, BundleManifest]:
+    """Parse bundle bytes.
+
+    Returns:
+        ``(tokens, vectors (N, D) fp32, manifest)``, rows in manifest (class-id) order.
+
+    Raises:
+        ValueError: not a dct bundle, or tensors and manifest disagree.
+    """
+    tensors = st_load(data)
+    header_len = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    if MANIFEST_METADATA_KEY not in metadata:
+        raise ValueError(f"not a dct token bundle: no {MANIFEST_METADATA_KEY!r} in the safetensors metadata")
+    manifest = BundleManifest.model_validate_json(metadata[MANIFEST_METADATA_KEY])
+    tokens = [e.token for e in manifest.tokens]
+    if sorted(tokens) != sorted(tensors):
+        raise ValueError(f"bundle tensors {sorted(tensors)[:5]}... do not match its manifest {tokens[:5]}...")
+    return tokens, torch.stack([tensors[t] for t in tokens]), manifest
+
+
+def load_bundle_into(pipe, uri: str, store: ArtifactStore | None = None) -> BundleManifest:
+    """Add every token of a bundle to a diffusers pipeline with ONE ``load_textual_inversion`` call.
+
+    Args:
+        pipe: a pipeline with ``TextualInversionLoaderMixin`` (e.g. ``StableDiffusionPipeline``).
+        uri: the bundle's URI (``bundle_uri(...)``; a local path or ``s3://...``).
+        store: the store the URI is in (default: opened from the URI's own root folder).
+
+    Returns:
+        The manifest (token ↔ class id/name).
+    """
+    if store is None:
+        store = open_store(uri.rsplit("/", 1)[0])
+    tokens, vectors, manifest = read_bundle(store.read_bytes(uri))
+    pipe.load_textual_inversion(list(vectors), token=tokens)
+    return manifest

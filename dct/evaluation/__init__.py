@@ -1,0 +1,1 @@
+"""Evaluation: per-class accuracy, FID/KID features and metrics, the run report."""

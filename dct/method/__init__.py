@@ -1,0 +1,1 @@
+"""The algorithm: tensors in, tensors out; no store, no environment (docs/design.md, "Layers")."""

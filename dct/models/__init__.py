@@ -1,0 +1,1 @@
+"""Models: hub access, the classifier interface and loaders, preprocessing, pipelines, labels, datasets."""

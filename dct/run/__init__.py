@@ -1,0 +1,1 @@
+"""One run: plan, the per-class runner, publish: what tasks/ call."""

@@ -1,0 +1,105 @@
+"""The export bundle: all tokens of a run in one file, loaded into a pipeline with ONE diffusers call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dct.artifacts.bundle import bundle_uri, export_bundle, load_bundle_into, manifest_uri, read_bundle
+from dct.artifacts.token_file import load_stored_token, token_file_bytes
+from dct.results import write_class_record
+
+CLASSES = (0, 3, 11)
+
+
+def _store_tokens(store, make_record, dim: int):
+    records, vectors = [], {}
+    for cid in CLASSES:
+        rec = make_record(cid, run_id="run-1" if cid else "run-0")  # class 0 finished in an earlier run
+        vec = torch.randn(dim, generator=torch.Generator().manual_seed(100 + cid))
+        meta = {"token_key": rec.token_key, "class_id": str(cid), "dataset": rec.dataset}
+        store.write_token(rec.dataset, rec.token_key, cid, token_file_bytes(rec.token, vec, meta))
+        write_class_record(store, rec)
+        records.append(rec)
+        vectors[rec.token] = vec
+    failed = make_record(5, run_id="run-1", status="failed", error="oom")
+    return [*records, failed], vectors
+
+
+def test_bundle_loads_with_one_call_and_identical_embeddings(store, make_record, tiny_pipe, tmp_path):
+    dim = tiny_pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    records, vectors = _store_tokens(store, make_record, dim)
+
+    uri, manifest = export_bundle(store, records, "run-1")
+    assert uri == bundle_uri(store, "toy", "run-1") and store.exists(manifest_uri(store, "toy", "run-1"))
+    assert [e.class_id for e in manifest.tokens] == list(CLASSES)  # the failed class is left out
+    entry = manifest.tokens[1]
+    assert (entry.token, entry.class_name, entry.token_key) == ("<dct-toy-00003>", "class 3", "tk0001")
+    assert (entry.base_model, entry.licence) == ("toy/diffusion", "creativeml-openrail-m")
+
+    rows_before = tiny_pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    load_bundle_into(tiny_pipe, uri, store)  # one load_textual_inversion call inside
+
+    tok, emb = tiny_pipe.tokenizer, tiny_pipe.text_encoder.get_input_embeddings().weight
+    for token, vec in vectors.items():
+        ids = tok(token, add_special_tokens=False).input_ids
+        assert len(ids) == 1, f"{token} is not one token: {ids}"
+        assert torch.equal(emb[ids[0]].detach(), vec)
+    assert torch.equal(emb[: rows_before.shape[0]].detach(), rows_before)  # other rows untouched
+    # all tokens usable in one prompt
+    tiny_pipe.encode_prompt("A photo of <dct-toy-00003> and <dct-toy-00011>", "cpu", 1, False)
+
+
+def test_documented_raw_snippet_without_dct(s3_store, make_record, tmp_path):
+    """The call the manifest and docs give users who only have the file, safetensors and diffusers."""
+    from tiny import tiny_pipeline
+
+    store = s3_store
+    pipe = tiny_pipeline(tmp_path)
+    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    records, vectors = _store_tokens(store, make_record, dim)
+    uri, _ = export_bundle(store, records, "run-1")
+    local = tmp_path / "tokens.safetensors"
+    local.write_bytes(store.read_bytes(uri))
+
+    t = load_file(str(local))
+    pipe.load_textual_inversion(list(t.values()), token=list(t.keys()))
+
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    for token, vec in vectors.items():
+        assert torch.equal(emb[pipe.tokenizer.convert_tokens_to_ids(token)].detach(), vec)
+
+
+def test_read_bundle_and_mismatch_detection(store, make_record):
+    records, _ = _store_tokens(store, make_record, 8)
+    uri, manifest = export_bundle(store, records, "run-1")
+    tokens, stacked, back = read_bundle(store.read_bytes(uri))
+    assert tokens == [f"<dct-toy-{c:05d}>" for c in CLASSES] and stacked.shape == (3, 8) and back == manifest
+
+    # a token file whose metadata contradicts its record is refused, not bundled
+    rec = records[0]
+    store.write_token("toy", rec.token_key, rec.class_id,
+                      token_file_bytes(rec.token, torch.zeros(8), {"token_key": "someother", "class_id": "0"}))
+    with pytest.raises(ValueError, match="token_key='someother'"):
+        export_bundle(store, records, "run-2")
+
+
+def test_load_stored_token_detects_corrupt_and_foreign_files(store):
+    meta = {"token_key": "tk0001", "class_id": "1", "dataset": "toy"}
+    good = token_file_bytes("<dct-toy-00001>", torch.ones(4), meta)
+    store.write_token("toy", "tk0001", 1, good)
+    token, vec, _ = load_stored_token(store, "toy", "tk0001", 1, "<dct-toy-00001>")
+    assert token == "<dct-toy-00001>" and torch.equal(vec, torch.ones(4))
+
+    store.write_token("toy", "tk0001", 1, good[:-3])  # truncated
+    with pytest.raises(ValueError, match="unreadable"):
+        load_stored_token(store, "toy", "tk0001", 1)
+    store.write_token("toy", "tk0001", 1, good)
+    with pytest.raises(ValueError, match="expected '<dct-toy-00002>'"):
+        load_stored_token(store, "toy", "tk0001", 1, "<dct-toy-00002>")
+    store.write_token("toy", "tk0001", 2, good)  # copied to another class's location
+    with pytest.raises(ValueError, match="class_id='1'"):
+        load_stored_token(store, "toy", "tk0001", 2)
+    with pytest.raises(FileNotFoundError):
+        load_stored_token(store, "toy", "tk0001", 3)
