@@ -66,12 +66,12 @@ def test_failed_class_recorded_and_run_fails(prefect_harness, tiny_world, tmp_pa
 
 
 def test_dry_run_plans_without_loading_the_pipeline(prefect_harness, tiny_world, tmp_path, monkeypatch):
-    import dct.run.runner
+    import dct.models.loading
 
     def boom(*a, **k):
         raise AssertionError("dry run must not load models")
 
-    monkeypatch.setattr(dct.run.runner, "load_models", boom)
+    monkeypatch.setattr(dct.models.loading, "load_models", boom)
     state = _run(
         tiny_world, tmp_path / "store", classes="all", dry_run=True, shard_size=3, overrides=RunOverrides(max_epochs=4)
     )
