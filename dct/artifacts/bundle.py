@@ -30,10 +30,9 @@ from collections.abc import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from dct.artifacts.store import ArtifactStore, open_store, validate_component
-from dct.artifacts.token_file import load_stored_token
+from dct.artifacts.token_file import canonical_safetensors, load_stored_token
 from dct.results import ClassRecord
 
 logger = logging.getLogger(__name__)
@@ -153,7 +152,7 @@ def build_bundle(
             for r in records
         ),
     )
-    data = st_save(tensors, metadata={"format": "pt", MANIFEST_METADATA_KEY: manifest.model_dump_json()})
+    data = canonical_safetensors(tensors, {"format": "pt", MANIFEST_METADATA_KEY: manifest.model_dump_json()})
     return data, manifest
 
 

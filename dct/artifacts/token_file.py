@@ -21,6 +21,24 @@ from dct.config import RunConfig
 from dct.method.optimize import TokenResult, seed_span
 
 
+def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """safetensors bytes that depend only on the tensors and the metadata: the same token, the same bytes.
+
+    safetensors writes its ``__metadata__`` map in a per-process random order (a Rust ``HashMap``), so two
+    processes saving the same token produce different bytes. The header is rewritten with sorted metadata
+    keys (tensor entries and data unchanged, header padded to 8 bytes as safetensors does); any safetensors
+    reader loads it as before.
+    """
+    data = st_save(dict(tensors), metadata=dict(metadata))
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
+
+
 def token_file_bytes(token: str, vector: torch.Tensor, metadata: Mapping[str, str]) -> bytes:
     """Serialise one token: safetensors ``{token: vector}`` (fp32, ``(D,)``) with string-valued metadata.
 
@@ -34,7 +52,7 @@ def token_file_bytes(token: str, vector: torch.Tensor, metadata: Mapping[str, st
     bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(v, str)}
     if bad:
         raise ValueError(f"token metadata values must be strings; got {bad}")
-    return st_save({token: vector.detach().float().cpu().contiguous()}, metadata=dict(metadata))
+    return canonical_safetensors({token: vector.detach().float().cpu().contiguous()}, metadata)
 
 
 def read_token_bytes(data: bytes) -> tuple[str, torch.Tensor, dict[str, str]]:
