@@ -96,6 +96,11 @@ class _Precomputed(nn.Module):
         return x
 
 
+def _some(ids: Sequence[int], shown: int = 20) -> str:
+    """The first ``shown`` ids: a note about 10k classes must stay one line (the full lists are in the tables)."""
+    return str(list(ids[:shown]))[:-1] + (f", … ({len(ids)} in all)]" if len(ids) > shown else "]")
+
+
 def min_fid_samples(num_features: int) -> int:
     """Fewest images per set for FID with ``num_features``-d features: more images than dimensions."""
     return num_features + 1
@@ -330,13 +335,16 @@ def pooled_metrics(
     class_ids = sorted(r.class_id for r in used)
     notes: list[str] = []
     if skipped:
-        notes.append(f"classes without a 'done' record or samples are excluded from both variants: {skipped}")
+        notes.append(
+            f"{len(skipped)} classes without a 'done' record or samples are excluded from both variants: "
+            + _some(skipped)
+        )
     if bool((ref_ids >= 0).all()):
         ref = ref_all[torch.isin(ref_ids, torch.tensor(class_ids))]
         notes.append(f"reference restricted to the run's {len(class_ids)} classes: {ref.shape[0]} images")
         missing = sorted(set(class_ids) - set(ref_ids.tolist()))
         if missing:
-            notes.append(f"reference set has no images of classes {missing}")
+            notes.append(f"reference set has no images of {len(missing)} classes: {_some(missing)}")
     else:
         ref = ref_all
         notes.append(f"reference set is not labelled by class: all {ref.shape[0]} images used")
@@ -381,8 +389,7 @@ def pooled_metrics(
         result.class_ids = [c for c in class_ids if c not in set(no_features)]
         notes.append(
             f"{len(no_features)} classes have no current feature file (finished before shards wrote features, "
-            f"or by another extractor) and are excluded from both variants: {no_features[:50]}"
-            + (" …" if len(no_features) > 50 else "")
+            f"or by another extractor) and are excluded from both variants: {_some(no_features)}"
         )
     if keep is not None:
         notes.append(f"KID on {keep} images per class (of {total // len(used)}), at most {max_kid_samples} per variant")
