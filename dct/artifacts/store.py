@@ -458,7 +458,9 @@ class ArtifactStore:
             self._count("get", p)
         found: dict[str, bytes | None] = {}
         if self.protocol == "s3" and unique:
-            out = self.fs.cat(unique, on_error="return", batch_size=max_concurrency)
+            # max_concurrency=1 per object: these are small files, and s3fs would otherwise send a HEAD
+            # before every GET to decide on a chunked download (two requests per object).
+            out = self.fs.cat(unique, on_error="return", batch_size=max_concurrency, max_concurrency=1)
             if len(unique) == 1 and not isinstance(out, dict):  # fsspec returns bare bytes for one path
                 out = {unique[0]: out}
             for p in unique:
