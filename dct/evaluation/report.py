@@ -299,6 +299,8 @@ cols.forEach((c,i)=>{const th=document.createElement('th');th.textContent=c[0];t
  th.title='sort';th.onclick=()=>{dir=(sortI===i)?-dir:1;sortI=i;render();};hr.appendChild(th);});
 head.appendChild(hr); el.appendChild(head);
 q.oninput=()=>{page=0;render();};
+const pre=/^#q=(.*)$/.exec(location.hash);  // index.html#q=text: a shareable search
+if(pre){q.value=decodeURIComponent(pre[1]);q.scrollIntoView();}
 document.getElementById('classprev').onclick=()=>{page=Math.max(0,page-1);render();};
 document.getElementById('classnext').onclick=()=>{page=page+1;render();};
 render();
