@@ -220,6 +220,8 @@ class ArtifactStore:
             config: dict[str, Any] = {
                 "connect_timeout": connect_timeout,
                 "retries": {"max_attempts": max_attempts, "mode": "standard"},
+                # botocore's default pool of 10 connections would cap read_many at 10 requests in flight.
+                "max_pool_connections": DEFAULT_READ_CONCURRENCY,
             }
             if path_style:
                 config["s3"] = {"addressing_style": "path"}
