@@ -104,3 +104,40 @@ def test_many_shards_poll_with_one_read_per_round_and_every_final_state_is_inspe
     rounds = elapsed / POLL_S  # each round sleeps POLL_S first: an upper bound on the rounds
     assert per_shard == []
     assert 1 <= len(filtered) <= rounds + 1, (len(filtered), rounds)
+
+
+def _http_error(status: int):
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    request = httpx.Request("POST", "http://prefect.invalid/api/flow_runs/filter")
+    response = httpx.Response(status, request=request, headers={"Retry-After": "0"})
+    return PrefectHTTPStatusError.from_httpx_error(httpx.HTTPStatusError("rate", request=request, response=response))
+
+
+def test_rate_limited_calls_back_off_and_retry_other_errors_fail_at_once():
+    import logging
+
+    from flows.fanout import _with_backoff
+
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise _http_error(429)
+        return "ok"
+
+    assert _with_backoff(flaky, "poll", 0.0, logging.getLogger("test")) == "ok"
+    # Exponential: at least 1 s, then at least 2 s (a sleep never returns early).
+    assert len(calls) == 3 and calls[1] - calls[0] >= 1.0 and calls[2] - calls[1] >= 2.0
+
+    def broken():
+        calls.append(0)
+        raise _http_error(500)
+
+    calls.clear()
+    try:
+        _with_backoff(broken, "poll", 0.0, logging.getLogger("test"))
+    except Exception as exc:  # noqa: BLE001 - the error itself is what is checked
+        assert getattr(exc.response, "status_code", None) == 500
+    assert calls == [0]
