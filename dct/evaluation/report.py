@@ -12,7 +12,8 @@ Layout, under the run's folder (``runs/{dataset}/{run_id}/report/``)::
     classes.js        the class index (``window.DCT_REPORT = {...}``): one small row per selected class
     summary.png       distribution of the per-class uplift (DCT − baseline top-1: histogram and a
                       baseline-vs-DCT density), guide and evaluator
-    accuracy.png      top-1 accuracy per class, baseline vs DCT (bars up to 40 classes, else a scatter)
+    accuracy.png      top-1 accuracy per class, baseline vs DCT (bars up to 40 classes, else a scatter;
+                      only up to STATIC_TABLE_MAX classes)
     thumbs/{class_id:05d}-{variant}-{seed:06d}.{png|jpg}
 
 At 10,000 classes the report reads nothing per class beyond the records it is given (thumbnails only
@@ -801,9 +802,10 @@ def write_run_report(
                 cells.append(GridImage(seed, _rel(store, thumb_uri, report_dir), _rel(store, uri, report_dir)))
             s.images[v] = cells
     plot_href = summary_href = None
-    if records:
+    if records and len(records) <= STATIC_TABLE_MAX:  # above, a point per class is a solid block
         png = accuracy_plot_png(records, title=f"{ds} · run {run_id}")
         plot_href = _rel(store, store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, PLOT_FILE), png), report_dir)
+    if records:
         png = uplift_plot_png(records, title=f"{ds} · run {run_id}: per-class uplift")
         summary_uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, SUMMARY_PLOT_FILE), png)
         summary_href = _rel(store, summary_uri, report_dir)
@@ -821,7 +823,7 @@ def write_run_report(
         plan=plan,
         sections=sections,
         pooled=pooled,
-        plot_href=plot_href if len(records) <= STATIC_TABLE_MAX else None,  # a scatter of 10k points is a block
+        plot_href=plot_href,
         dataset_licence=dataset_licence,
         summary_href=summary_href,
         index_href=INDEX_JS_FILE,
