@@ -725,13 +725,40 @@ def latest_class_rows(df: pd.DataFrame) -> pd.DataFrame:
     return latest.sort_values(keys).reset_index(drop=True)
 
 
+def read_class_records(
+    store: ArtifactStore, dataset: str, eval_key: str, class_ids: Iterable[int]
+) -> dict[int, ClassRecord | None]:
+    """The finished record (or None) of each of ``class_ids``, read in parallel, each once."""
+    ids = list(class_ids)
+    uris = [store.record_uri(dataset, eval_key, c) for c in ids]
+    return {
+        c: None if data is None else _parse_record(data, uri)
+        for c, uri, data in zip(ids, uris, store.read_many(uris), strict=True)
+    }
+
+
+def read_class_outcomes(
+    store: ArtifactStore, dataset: str, eval_key: str, class_ids: Iterable[int], run_id: str
+) -> dict[int, ClassRecord | None]:
+    """:func:`read_class_outcome` of each class, batched: one listing of the records folder, the listed
+    finished records (one parallel read each), then this run's failed attempts only for the others.
+
+    Each class costs one read (the listing is one request per 1,000 records), not a failed GET first.
+    """
+    ids = list(class_ids)
+    listed = store.finished_class_ids(dataset, eval_key, ids)
+    out: dict[int, ClassRecord | None] = dict.fromkeys(ids)
+    out.update(read_class_records(store, dataset, eval_key, [c for c in ids if c in listed]))
+    rest = [c for c, r in out.items() if r is None]
+    uris = [store.attempt_uri(dataset, eval_key, c, run_id) for c in rest]
+    for c, uri, data in zip(rest, uris, store.read_many(uris), strict=True):
+        out[c] = None if data is None else _parse_record(data, uri)
+    return out
+
+
 def class_records_for(
     store: ArtifactStore, dataset: str, eval_key: str, class_ids: Iterable[int], run_id: str
 ) -> list[ClassRecord]:
     """The records a run produced for ``class_ids`` (finished in this run, or failed in it), read back."""
-    out = []
-    for cid in class_ids:
-        rec = read_class_outcome(store, dataset, eval_key, cid, run_id)
-        if rec is not None and rec.run_id == run_id:
-            out.append(rec)
-    return out
+    outcomes = read_class_outcomes(store, dataset, eval_key, class_ids, run_id)
+    return [r for r in outcomes.values() if r is not None and r.run_id == run_id]

@@ -15,7 +15,7 @@ from dct.results import class_summary
 from flows.shard import dct_shard
 from tasks.evaluate import compute_pooled_metrics, write_report
 from tasks.plan import preflight_and_plan
-from tasks.publish import write_results
+from tasks.publish import read_outcomes, write_results
 
 
 class RunFailedError(RuntimeError):
@@ -44,6 +44,7 @@ def dct(
     mode: Literal["local", "deployment"] = "local",
     shard_timeout_minutes: float | None = None,
     run_id: str | None = None,
+    max_in_flight: int | None = None,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
     from dct.results import new_run_id
@@ -54,6 +55,8 @@ def dct(
         raise ValueError(f"max_failed_fraction={max_failed_fraction!r} must be within [0, 1]")
     if shard_timeout_minutes is not None and shard_timeout_minutes <= 0:
         raise ValueError(f"shard_timeout_minutes={shard_timeout_minutes!r} must be positive (or None = estimated)")
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ValueError(f"max_in_flight={max_in_flight!r} must be a positive int (None: twice the gpu pool's limit)")
     started_at = dt.datetime.now(dt.UTC)
     run_id = run_id or new_run_id(started_at)
     plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id)
@@ -79,22 +82,33 @@ def dct(
     }
     missing_reasons: dict[int, str] = {}
     if mode == "deployment" and plan.shards:
-        missing_reasons = _fan_out(plan, config, shard_params, run_id, shard_timeout_minutes)
+        missing_reasons = _fan_out(plan, config, shard_params, run_id, shard_timeout_minutes, max_in_flight)
     else:
         for shard in plan.shards:  # local: each shard is an in-process child flow run
             dct_shard(class_ids=shard, run_id=run_id, **{**shard_params, "overrides": overrides})
 
     # Evaluate: pooled FID/KID over the selection's finished classes, then the report. A failure here must
     # not lose the tables of hours of GPU work: it is logged (a failed task in the UI) and the run publishes.
+    # Each record is read once (in parallel) and shared; in deployment mode the pooled metrics read only
+    # the feature files the shards wrote (docs/design.md, "Scale").
+    outcomes = read_outcomes(config, plan)
     pooled_state = compute_pooled_metrics(
-        config, plan, spec.reference_images, device if mode == "local" else "cpu", return_state=True
+        config,
+        plan,
+        spec.reference_images,
+        device if mode == "local" else "cpu",
+        features_only=mode == "deployment",
+        outcomes=outcomes,
+        return_state=True,
     )
     pooled = pooled_state.result() if pooled_state.is_completed() else None
     if pooled is None:
         logger.error("pooled FID/KID not computed: %s", pooled_state.message)
-    report_uri = write_report(config, plan, spec.licence)
+    report_uri = write_report(config, plan, spec.licence, outcomes=outcomes)
     logger.info("report: %s", report_uri)
-    outcome = write_results(config, plan, list(spec.class_names), started_at, missing_reasons, pooled, report_uri)
+    outcome = write_results(
+        config, plan, list(spec.class_names), started_at, missing_reasons, pooled, report_uri, outcomes=outcomes
+    )
     run = outcome.run
     _publish_artifacts(plan.dataset, plan, outcome)
     summary = {
@@ -121,7 +135,9 @@ def dct(
     return summary
 
 
-def _fan_out(plan, config, shard_params: dict, run_id: str, shard_timeout_minutes: float | None) -> dict[int, str]:
+def _fan_out(
+    plan, config, shard_params: dict, run_id: str, shard_timeout_minutes: float | None, max_in_flight: int | None
+) -> dict[int, str]:
     """Deployment mode: shards as child runs of `dct-shard/gpu`; records come back through the store."""
     from dct.artifacts.store import ArtifactStore
     from dct.run.plan import estimate_work
@@ -140,7 +156,7 @@ def _fan_out(plan, config, shard_params: dict, run_id: str, shard_timeout_minute
         timeout_s = max(1800.0, 2 * 3600 * estimate_work(config, largest)["gpu_hours_upper"])
 
     def unfinished(class_ids: list[int]) -> list[int]:
-        done = store.finished_class_ids(plan.dataset, plan.eval_key, class_ids)
+        done = store.finished_among(plan.dataset, plan.eval_key, class_ids)  # by key: no listing per shard
         return [c for c in class_ids if c not in done]
 
     return run_shards_on_workers(
@@ -150,14 +166,28 @@ def _fan_out(plan, config, shard_params: dict, run_id: str, shard_timeout_minute
         dataset_label=plan.dataset,
         shard_timeout_s=timeout_s,
         unfinished=unfinished,
+        max_in_flight=max_in_flight,
     )
 
 
 def _publish_artifacts(dataset: str, plan, outcome) -> None:
+    from dct.artifacts.store import ArtifactStore
+    from dct.evaluation.report import EXTREMES, extreme_classes
+
     key = f"dct-{dataset}".lower().replace("_", "-")
-    rows = [class_summary(r) for r in outcome.records]
+    # Not one row per class (10k rows is one ~3 MB API request): the worst and best classes; the rest
+    # is in the Parquet table and the report.
+    worst, best = extreme_classes(outcome.records, EXTREMES)
+    rows = [{"rank": f"worst {i + 1}", **class_summary(r)} for i, r in enumerate(worst)]
+    rows += [{"rank": f"best {i + 1}", **class_summary(r)} for i, r in enumerate(best)]
+    table = f"{ArtifactStore(plan.store_root).results_uri('classes')}/dataset={dataset}"
     if rows:
-        create_table_artifact(rows, key=f"{key}-classes", description=f"per-class results of run {plan.run_id}")
+        create_table_artifact(
+            rows,
+            key=f"{key}-classes",
+            description=f"worst and best classes of run {plan.run_id} by top-1 uplift; all {len(outcome.records)} "
+            f"classes: Parquet {table} (run_id={plan.run_id}) and the report",
+        )
     run = outcome.run
     failed = ", ".join(map(str, outcome.failed_ids)) or "none"
     create_markdown_artifact(
@@ -168,6 +198,7 @@ def _publish_artifacts(dataset: str, plan, outcome) -> None:
                 f"failed {run.classes_failed} ({failed}), skipped (already finished) {run.classes_skipped}",
                 f"- store: `{plan.store_root}`; token_key `{plan.token_key}`, eval_key `{plan.eval_key}`",
                 f"- token bundle: `{run.bundle_uri}`",
+                f"- per-class table (Parquet): `{table}`, run_id `{plan.run_id}`",
                 f"- report: `{run.report_uri}`",
             ]
         ),

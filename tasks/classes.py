@@ -9,15 +9,16 @@ from prefect.cache_policies import NO_CACHE
 
 from dct.artifacts.store import ArtifactStore
 from dct.config import RunConfig
-from dct.models.loading import Models, load_models
+from dct.models.loading import Models
 from dct.results import class_summary
 from dct.run.runner import failed_record, process_class
+from dct.run.runner import load_shard_models as load_models_and_features
 
 
 @task(name="load-models", cache_policy=NO_CACHE)
 def load_shard_models(config: RunConfig, device: str) -> Models:
-    """Load the diffusion pipeline, the guide and the evaluator once for the whole shard."""
-    return load_models(config, device)
+    """Load the diffusion pipeline, the guide, the evaluator and the FID feature extractor once per shard."""
+    return load_models_and_features(config, device, ArtifactStore.from_config(config.storage))
 
 
 @task(name="optimize-and-evaluate-class", cache_policy=NO_CACHE)

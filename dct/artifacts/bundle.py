@@ -182,8 +182,12 @@ def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: 
             run_id, len(records) - len(done), len(records),
         )
     vectors: dict[str, torch.Tensor] = {}
-    for r in done:
-        token, vector, _ = load_stored_token(store, r.dataset, r.token_key, r.class_id, r.token)
+    # One parallel batch of reads (10k tokens one by one at 20 ms: over 3 minutes), then each checked.
+    uris = [store.token_uri(r.dataset, r.token_key, r.class_id) for r in done]
+    for r, uri, data in zip(done, uris, store.read_many(uris), strict=True):
+        if data is None:
+            raise FileNotFoundError(f"class {r.class_id} has a 'done' record but no token file at {uri!r}")
+        token, vector, _ = load_stored_token(store, r.dataset, r.token_key, r.class_id, r.token, data=data)
         vectors[token] = vector
     data, manifest = build_bundle(done, vectors, run_id)
     uri = store.write_bytes(bundle_uri(store, manifest.dataset, run_id), data)

@@ -185,6 +185,7 @@ def load_stored_token(
     *,
     width: int | None = None,
     require: Sequence[str] = (),
+    data: bytes | None = None,
 ) -> tuple[str, torch.Tensor, dict[str, str]]:
     """Read a stored token and check (:func:`check_token`) that it is the one its location claims.
 
@@ -193,6 +194,7 @@ def load_stored_token(
     Args:
         token: the expected token string (e.g. ``RunConfig.token_string(class_id)``), or None.
         width, require: see :func:`check_token`.
+        data: the file's bytes if the caller already read them (batched reads); else read here.
 
     Returns:
         ``(token, vector (D,) fp32, metadata)``.
@@ -204,7 +206,7 @@ def load_stored_token(
     """
     uri = store.token_uri(dataset, token_key, class_id)
     try:
-        found, vector, metadata = read_token_bytes(store.read_bytes(uri))
+        found, vector, metadata = read_token_bytes(store.read_bytes(uri) if data is None else data)
     except ValueError as exc:
         raise ValueError(f"token file {uri!r} is unreadable: {exc}") from exc
     check_token(

@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import logging
 import os
 import posixpath
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when the way features are extracted or cached changes: old cache entries are then ignored.
 FEATURE_CACHE_VERSION = 1
+# Per-class sample features: 2 = written by the shards, stamped with the sample set (run id + start).
+SAMPLE_FEATURES_VERSION = 2
 
 
 DEFAULT_MAX_REFERENCE_IMAGES = 50_000
@@ -464,6 +467,36 @@ def _load_tensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     return load(data), dict(meta)
 
 
+def _reference_cache_uri(store: ArtifactStore, dataset: str, extractor_name: str, identity: str) -> str:
+    key = short_hash({"v": FEATURE_CACHE_VERSION, "extractor": extractor_name, "reference": identity})
+    return store.cache_uri(dataset, "fid-reference", f"{key}.safetensors")
+
+
+def cached_reference_features(
+    store: ArtifactStore,
+    dataset: str,
+    reference: str,
+    extractor_name: str,
+    *,
+    max_images: int = DEFAULT_MAX_REFERENCE_IMAGES,
+) -> tuple[torch.Tensor, torch.Tensor, str] | None:
+    """The cached reference features for an extractor NAME (no network is loaded), or None if not cached.
+
+    Returns:
+        ``(features (N, D) float32, class ids (N,) int64, cache URI)`` as :func:`reference_features`.
+    """
+    identity = reference_identity(store, reference, max_images)
+    uri = _reference_cache_uri(store, dataset, extractor_name, identity)
+    try:
+        tensors, meta = _load_tensors(store.read_bytes(uri))
+    except FileNotFoundError:
+        return None
+    if meta.get("extractor") != extractor_name or meta.get("reference") != identity:
+        return None
+    logger.info("reference features from cache %s (%d images)", uri, tensors["features"].shape[0])
+    return tensors["features"], tensors["class_ids"], uri
+
+
 def reference_features(
     store: ArtifactStore,
     dataset: str,
@@ -482,15 +515,10 @@ def reference_features(
         ``(features (N, D) float32, class ids (N,) int64 with -1 = unlabelled, cache URI)``.
     """
     identity = reference_identity(store, reference, max_images)
-    key = short_hash({"v": FEATURE_CACHE_VERSION, "extractor": extractor.name, "reference": identity})
-    uri = store.cache_uri(dataset, "fid-reference", f"{key}.safetensors")
-    try:
-        tensors, meta = _load_tensors(store.read_bytes(uri))
-        if meta.get("extractor") == extractor.name and meta.get("reference") == identity:
-            logger.info("reference features from cache %s (%d images)", uri, tensors["features"].shape[0])
-            return tensors["features"], tensors["class_ids"], uri
-    except FileNotFoundError:
-        pass
+    cached = cached_reference_features(store, dataset, reference, extractor.name, max_images=max_images)
+    if cached is not None:
+        return cached
+    uri = _reference_cache_uri(store, dataset, extractor.name, identity)
     feats, labels = [], []
     for images, ids in reference_batches(store, reference, max_images=max_images, batch_size=batch_size):
         feats.append(extract_features(extractor, images, batch_size))
@@ -504,26 +532,126 @@ def reference_features(
     return features, class_ids, uri
 
 
+def sample_set_stamp(run_id: str, started_at: dt.datetime) -> str:
+    """What identifies one class's sample set: the attempt that wrote it (run id + start time, UTC).
+
+    A class re-run with ``force`` under the same ``eval_key`` writes new samples in a new attempt, so
+    features cached for the old set no longer match its record and are recomputed.
+    """
+    return f"{run_id}@{started_at.astimezone(dt.UTC).isoformat()}"
+
+
+def record_stamp(record: ClassRecord) -> str:
+    """:func:`sample_set_stamp` of the attempt a finished record describes."""
+    return sample_set_stamp(record.run_id, record.started_at)
+
+
+def class_features_uri(store: ArtifactStore, dataset: str, eval_key: str, extractor_name: str, class_id: int) -> str:
+    """Where one class's sample features are cached, per ``eval_key`` + extractor (name and weights)."""
+    ext_key = short_hash({"v": SAMPLE_FEATURES_VERSION, "extractor": extractor_name})
+    return store.cache_uri(dataset, "fid-samples", eval_key, ext_key, f"{class_id:05d}.safetensors")
+
+
+def features_of_encoded(
+    extractor: FeatureExtractor, encoded: Mapping[str, Sequence[bytes]], batch_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """``{variant: features (N, D)}`` of encoded samples, decoded exactly as the stored files are read.
+
+    Decoding the bytes (rather than using the float images) makes the features equal to the ones a
+    reader of the stored samples gets: PNG quantises to 8 bits, JPEG/WebP are lossy.
+    """
+    return {
+        v: extract_features(extractor, torch.stack([decode_image(b) for b in blobs]), batch_size)
+        for v, blobs in encoded.items()
+    }
+
+
+def write_class_features(
+    store: ArtifactStore,
+    dataset: str,
+    eval_key: str,
+    class_id: int,
+    extractor: FeatureExtractor,
+    features: Mapping[str, torch.Tensor],
+    *,
+    stamp: str,
+) -> str:
+    """Cache one class's sample features ``{variant: (N, D)}`` for the sample set ``stamp``; returns the URI.
+
+    Raises:
+        ValueError: not exactly the variants :data:`VARIANTS`.
+    """
+    if set(features) != set(VARIANTS):
+        raise ValueError(f"class features need the variants {VARIANTS}, got {sorted(features)!r}")
+    uri = class_features_uri(store, dataset, eval_key, extractor.name, class_id)
+    meta = {"samples": stamp, "extractor": extractor.name}
+    return store.write_bytes(uri, _save_tensors(dict(features), meta))
+
+
+def _valid_features(data: bytes | None, record: ClassRecord, extractor_name: str) -> dict[str, torch.Tensor] | None:
+    if data is None:
+        return None
+    tensors, meta = _load_tensors(data)
+    if meta.get("samples") != record_stamp(record) or meta.get("extractor") != extractor_name:
+        return None  # features of another sample set (a forced re-run) or another extractor
+    if set(tensors) != set(VARIANTS):
+        return None
+    return tensors
+
+
+def read_class_features(
+    store: ArtifactStore, records: Sequence[ClassRecord], extractor_name: str
+) -> list[dict[str, torch.Tensor] | None]:
+    """The cached sample features of each record's class (one parallel batch of reads); None where there
+    is no entry or it belongs to another sample set or extractor. Never decodes an image."""
+    uris = [class_features_uri(store, r.dataset, r.eval_key, extractor_name, r.class_id) for r in records]
+    return [_valid_features(d, r, extractor_name) for r, d in zip(records, store.read_many(uris), strict=True)]
+
+
 def class_sample_features(
     store: ArtifactStore, record: ClassRecord, extractor: FeatureExtractor, batch_size: int = 64
 ) -> dict[str, torch.Tensor]:
     """``{variant: features (N, D)}`` of one finished class's samples, cached per ``eval_key`` + extractor.
 
-    The cache entry remembers the record's ``finished_at``: a class re-run with ``force`` (new samples
-    under the same key) is re-extracted.
+    Shards write this entry themselves while the images are in memory (:func:`write_class_features`);
+    this reads it, or extracts from the stored samples where it is missing or stale (the cache entry
+    names the sample set, :func:`record_stamp`: a class re-run with ``force`` is re-extracted).
     """
-    ext_key = short_hash({"v": FEATURE_CACHE_VERSION, "extractor": extractor.name})
-    uri = store.cache_uri(record.dataset, "fid-samples", record.eval_key, ext_key, f"{record.class_id:05d}.safetensors")
-    stamp = record.finished_at.isoformat()
-    try:
-        tensors, meta = _load_tensors(store.read_bytes(uri))
-        if meta.get("finished_at") == stamp and set(tensors) == set(VARIANTS):
-            return tensors
-    except FileNotFoundError:
-        pass
+    (cached,) = read_class_features(store, [record], extractor.name)
+    if cached is not None:
+        return cached
     tensors = {v: extract_features(extractor, load_class_samples(store, record, v), batch_size) for v in VARIANTS}
-    store.write_bytes(uri, _save_tensors(tensors, {"finished_at": stamp, "extractor": extractor.name}))
+    write_class_features(
+        store, record.dataset, record.eval_key, record.class_id, extractor, tensors, stamp=record_stamp(record)
+    )
     return tensors
+
+
+def feature_extractor_identity(
+    config: RunConfig,
+    store: ArtifactStore,
+    *,
+    evaluator_revision: str | None,
+    inception_weights: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str, str]:
+    """``(name, licence)`` of the extractor :func:`build_feature_extractor` would build, WITHOUT building it.
+
+    The parent of a deployment run uses it to find the features its shards cached. ``inception``: the
+    name holds the weights' hash, so the weights file is read (not run).
+
+    Raises:
+        ValueError / FeatureWeightsMissingError: as :func:`build_feature_extractor`.
+    """
+    kind = config.evaluation.fid_features
+    if kind == "inception":
+        uri = resolve_inception_weights(store, inception_weights, environ)
+        digest = hashlib.sha256(_read_uri(store, uri)).hexdigest()
+        return f"inception-v3-compat:2048@sha256:{digest[:16]}", INCEPTION_LICENCE
+    if kind == "evaluator" and config.evaluation.evaluator is not None:
+        ev = config.evaluation.evaluator
+        return f"evaluator:{ev.kind}:{ev.model_id}@{evaluator_revision or 'unknown'}", ev.licence
+    raise ValueError(f"fid_features={kind!r}: no feature extractor for dataset {config.dataset!r}")
 
 
 ReferenceSource = Callable[[ArtifactStore, str, int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]

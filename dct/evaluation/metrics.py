@@ -42,11 +42,14 @@ from dct.evaluation.features import (
     DEFAULT_MAX_REFERENCE_IMAGES,
     FeatureExtractor,
     build_feature_extractor,
+    cached_reference_features,
     check_fid_features,
     class_sample_features,
+    feature_extractor_identity,
+    read_class_features,
     reference_features,
 )
-from dct.results import ClassRecord, read_class_record
+from dct.results import ClassRecord, read_class_records
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ KID_MIN_SUBSET_SIZE = 2  # an unbiased MMD estimate needs two samples per set
 KID_SEED = 0  # subsets are drawn from a fixed seed: the same features give the same KID
 
 DEFAULT_MAX_KID_SAMPLES = 50_000  # KID keeps its features in memory; FID only sums
+# Feature files read per parallel batch: bounds memory (256 classes x 128 x 2048-d Inception features =
+# 256 MB) while keeping enough requests in flight.
+FEATURE_READ_CHUNK = 256
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,6 +94,11 @@ class _Precomputed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def _some(ids: Sequence[int], shown: int = 20) -> str:
+    """The first ``shown`` ids: a note about 10k classes must stay one line (the full lists are in the tables)."""
+    return str(list(ids[:shown]))[:-1] + (f", … ({len(ids)} in all)]" if len(ids) > shown else "]")
 
 
 def min_fid_samples(num_features: int) -> int:
@@ -236,7 +247,7 @@ class PooledMetrics:
 
 def finished_records(store: ArtifactStore, dataset: str, eval_key: str, class_ids: Sequence[int]) -> list[ClassRecord]:
     """The finished records (``done`` or ``diverged``) of ``class_ids`` for ``eval_key``, by class id."""
-    return [r for c in class_ids if (r := read_class_record(store, dataset, eval_key, c)) is not None]
+    return [r for r in read_class_records(store, dataset, eval_key, class_ids).values() if r is not None]
 
 
 def pooled_metrics(
@@ -252,6 +263,8 @@ def pooled_metrics(
     max_kid_samples: int = DEFAULT_MAX_KID_SAMPLES,
     batch_size: int | None = None,
     environ: Mapping[str, str] | None = None,
+    features_only: bool = False,
+    evaluator_revision: str | None = None,
 ) -> PooledMetrics:
     """FID and KID of the baseline and DCT samples of ``records``, pooled, against the reference set.
 
@@ -267,6 +280,12 @@ def pooled_metrics(
         max_reference_images: cap on reference images (evenly spaced subset of a folder).
         max_kid_samples: cap on generated images per variant for KID (FID always uses all of them).
         batch_size: images per feature batch (default ``config.evaluation.batch_size``).
+        features_only: the parent of a deployment run: read only the feature files the shards wrote (one
+            per class, in parallel); never decode a sample or load a network for them. A class without
+            a current feature file is excluded from both variants, with a note. (Only a reference set
+            that is not cached yet is extracted here, once per dataset + extractor.)
+        evaluator_revision: the held-out evaluator's resolved revision (names its features when
+            ``features_only`` and no ``extractor`` is given; the plan's ``revisions.evaluator``).
 
     Returns:
         :class:`PooledMetrics`; values are None with a reason in ``notes``/``*_not_computed`` where the
@@ -290,42 +309,62 @@ def pooled_metrics(
     if not used:
         return PooledMetrics.not_computed("no finished ('done') class with stored samples")
     batch = batch_size or config.evaluation.batch_size
-    if extractor is None:
-        extractor = build_feature_extractor(config, store, device, inception_weights=inception_weights, environ=environ)
-    extractor.eval()
+    if extractor is None and features_only:
+        name, licence = feature_extractor_identity(
+            config, store, evaluator_revision=evaluator_revision, inception_weights=inception_weights, environ=environ
+        )
+    else:
+        if extractor is None:
+            extractor = build_feature_extractor(
+                config, store, device, inception_weights=inception_weights, environ=environ
+            )
+        extractor.eval()
+        name, licence = extractor.name, extractor.licence
 
-    ref_all, ref_ids, _ = reference_features(
-        store, config.dataset, reference_images, extractor, max_images=max_reference_images, batch_size=batch
-    )
+    cached = cached_reference_features(store, config.dataset, reference_images, name, max_images=max_reference_images)
+    if cached is None:  # once per dataset + extractor + reference set; later runs read the cache
+        if extractor is None:
+            logger.info("reference %r has no cached features for %s: extracting them once", reference_images, name)
+            extractor = build_feature_extractor(
+                config, store, device, inception_weights=inception_weights, environ=environ
+            ).eval()
+        cached = reference_features(
+            store, config.dataset, reference_images, extractor, max_images=max_reference_images, batch_size=batch
+        )
+    ref_all, ref_ids, _ = cached
     class_ids = sorted(r.class_id for r in used)
     notes: list[str] = []
     if skipped:
-        notes.append(f"classes without a 'done' record or samples are excluded from both variants: {skipped}")
+        notes.append(
+            f"{len(skipped)} classes without a 'done' record or samples are excluded from both variants: "
+            + _some(skipped)
+        )
     if bool((ref_ids >= 0).all()):
         ref = ref_all[torch.isin(ref_ids, torch.tensor(class_ids))]
         notes.append(f"reference restricted to the run's {len(class_ids)} classes: {ref.shape[0]} images")
         missing = sorted(set(class_ids) - set(ref_ids.tolist()))
         if missing:
-            notes.append(f"reference set has no images of classes {missing}")
+            notes.append(f"reference set has no images of {len(missing)} classes: {_some(missing)}")
     else:
         ref = ref_all
         notes.append(f"reference set is not labelled by class: all {ref.shape[0]} images used")
 
-    d = extractor.num_features
+    d = int(ref_all.shape[1])
     need = min_fid_samples(d)
     result = PooledMetrics(
-        feature_extractor=extractor.name,
+        feature_extractor=name,
         num_features=d,
-        feature_licence=extractor.licence,
+        feature_licence=licence,
         reference=reference_images,
         num_reference=int(ref.shape[0]),
         min_fid_samples=need,
         class_ids=class_ids,
         notes=notes,
     )
-    # One pass over the classes: FID accumulates sums (memory D² whatever the count); KID keeps at most
-    # `max_kid_samples` features per variant (an equal share per class), as 10k classes × 64 × 2048-d
-    # Inception features would be 5 GB per variant.
+    # One streaming pass over the classes, FEATURE_READ_CHUNK feature files at a time (read in parallel):
+    # FID accumulates sums (memory D² whatever the count); KID keeps at most `max_kid_samples` features
+    # per variant (an equal share per class), as 10k classes × 64 × 2048-d Inception features would be
+    # 5 GB per variant.
     fids = {v: _fid_metric(d) for v in VARIANTS}
     for m in fids.values():
         m.update(ref.double(), real=True)
@@ -333,17 +372,30 @@ def pooled_metrics(
     kid_parts: dict[str, list[torch.Tensor]] = {v: [] for v in VARIANTS}
     total = sum(r.num_samples or 0 for r in used)
     keep = max(KID_MIN_SUBSET_SIZE, max_kid_samples // len(used)) if total > max_kid_samples else None
-    for r in used:
-        feats = class_sample_features(store, r, extractor, batch)
-        for v in VARIANTS:
-            counts[v] += feats[v].shape[0]
-            fids[v].update(feats[v].double(), real=False)
-            kid_parts[v].append(feats[v][:keep])
+    no_features: list[int] = []
+    for start in range(0, len(used), FEATURE_READ_CHUNK):
+        chunk = used[start : start + FEATURE_READ_CHUNK]
+        for r, feats in zip(chunk, read_class_features(store, chunk, name), strict=True):
+            if feats is None:
+                if extractor is None:
+                    no_features.append(r.class_id)
+                    continue
+                feats = class_sample_features(store, r, extractor, batch)  # extracts and caches
+            for v in VARIANTS:
+                counts[v] += feats[v].shape[0]
+                fids[v].update(feats[v].double(), real=False)
+                kid_parts[v].append(feats[v][:keep])
+    if no_features:
+        result.class_ids = [c for c in class_ids if c not in set(no_features)]
+        notes.append(
+            f"{len(no_features)} classes have no current feature file (finished before shards wrote features, "
+            f"or by another extractor) and are excluded from both variants: {_some(no_features)}"
+        )
     if keep is not None:
         notes.append(f"KID on {keep} images per class (of {total // len(used)}), at most {max_kid_samples} per variant")
     for v in VARIANTS:
         n = counts[v]
-        fake_kid = torch.cat(kid_parts[v])
+        fake_kid = torch.cat(kid_parts[v]) if kid_parts[v] else torch.zeros(0, d)
         fid = kid = kid_std = None
         fid_reason = kid_reason = None
         if n < need or ref.shape[0] < need:
@@ -364,7 +416,7 @@ def pooled_metrics(
     logger.info(
         "pooled metrics over %d classes (%s, %d reference): %s",
         len(class_ids),
-        extractor.name,
+        name,
         ref.shape[0],
         ", ".join(f"{v} FID {m.fid} KID {m.kid}±{m.kid_std} (n={m.num_samples})" for v, m in result.variants.items()),
     )

@@ -2,16 +2,31 @@
 
 Layout, under the run's folder (``runs/{dataset}/{run_id}/report/``)::
 
-    index.html        per class: baseline vs DCT grid on the same seeds, with guide/evaluator accuracies;
-                      the pooled FID/KID; run metadata; models and their licences
-    accuracy.png      summary plot: top-1 accuracy per class, baseline vs DCT (guide, evaluator)
+    index.html        summary (counts, mean accuracies, pooled FID/KID, uplift distribution, worst and best
+                      classes, failures); the per-class table (a static table up to STATIC_TABLE_MAX
+                      classes, above that searchable/sortable/paged by the page itself from classes.js);
+                      baseline vs DCT grids on the same seeds (every class of a small run, the worst and
+                      best classes of a large one); run metadata; models and their licences
+    class.html        the detail page of ANY class (``class.html#c123``): accuracies, token, both variants'
+                      samples, loaded lazily from the store; rendered from classes.js by the page
+    classes.js        the class index (``window.DCT_REPORT = {...}``): one small row per selected class
+    summary.png       distribution of the per-class uplift (DCT − baseline top-1: histogram and a
+                      baseline-vs-DCT density), guide and evaluator
+    accuracy.png      top-1 accuracy per class, baseline vs DCT (bars up to 40 classes, else a scatter;
+                      only up to STATIC_TABLE_MAX classes)
     thumbs/{class_id:05d}-{variant}-{seed:06d}.{png|jpg}
+
+At 10,000 classes the report reads nothing per class beyond the records it is given (thumbnails only
+for the grid classes), and the HTML stays small: the per-class data is one ``classes.js`` loaded with a
+``<script>`` tag (works from ``file://``, a bucket website or a downloaded copy; no server needed).
 
 Links: every thumbnail is a COPY inside ``report/`` (small images byte-for-byte, larger ones downscaled
 to ``thumb_size`` JPEG), so the report folder alone is self-contained: it renders from the store, from a
 static-website bucket, or after ``aws s3 cp --recursive .../report ./report``. Each thumbnail also links
 to its full-size sample by a RELATIVE path into the store layout (``../../../../samples/...``), which
-resolves inside the store or a downloaded copy of the whole store. No absolute path or store URI is
+resolves inside the store or a downloaded copy of the whole store; ``class.html`` shows samples from
+those same relative paths (so it needs the store beside the report, as the full-size links do).
+No absolute path or store URI is
 written into the HTML, so moving the store does not break it.
 
 Compute (:func:`accuracy_plot_png`, :func:`render_report_html`) is separate from I/O (:func:`write_run_report`).
@@ -27,6 +42,7 @@ if TYPE_CHECKING:  # the report reads a plan; it never makes one
 import datetime as dt
 import html
 import io
+import json
 import logging
 import os
 import posixpath
@@ -36,7 +52,7 @@ from typing import Any
 
 from dct.artifacts.store import VARIANTS, ArtifactStore
 from dct.config import RunConfig, epoch_prompts
-from dct.results import ClassRecord, read_class_outcome
+from dct.results import ClassRecord, read_class_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +62,12 @@ PLOT_FILE = "accuracy.png"
 THUMBS_DIR = "thumbs"
 DISPLAY_PX = 112  # on-screen size of a grid cell; small images are upscaled without smoothing
 BAR_CHART_MAX_CLASSES = 40  # above this, the plot is a baseline-vs-DCT scatter instead of bars
+SUMMARY_PLOT_FILE = "summary.png"
+INDEX_JS_FILE = "classes.js"
+DETAIL_FILE = "class.html"
+STATIC_TABLE_MAX = 500  # above this many classes the per-class table is built by the page from classes.js
+EXTREMES = 10  # worst and best classes listed (and shown as grids in a large run)
+FAILURES_SHOWN = 100
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,237 @@ def accuracy_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> byt
     return buf.getvalue()
 
 
+def _uplift(r: ClassRecord | None, who: str) -> float | None:
+    """DCT − baseline top-1 of one class and classifier (None where either is missing)."""
+    b, d = _acc(r, who, 1, "baseline"), _acc(r, who, 1, "dct")
+    return None if b is None or d is None else d - b
+
+
+def ranking_classifier(records: Sequence[ClassRecord]) -> str:
+    """Which accuracy ranks classes: the held-out evaluator's where there is one (the honest measure)."""
+    return "evaluator" if any(r.evaluator_top1_dct is not None for r in records) else "guide"
+
+
+def extreme_classes(records: Sequence[ClassRecord], k: int = EXTREMES) -> tuple[list[ClassRecord], list[ClassRecord]]:
+    """``(worst, best)``: the ``k`` finished classes with the lowest and the highest top-1 uplift.
+
+    Ties are broken by class id, so the lists are deterministic.
+    """
+    who = ranking_classifier(records)
+    scored = sorted(
+        ((u, r.class_id, r) for r in records if r.status != "failed" and (u := _uplift(r, who)) is not None),
+        key=lambda t: (t[0], t[1]),
+    )
+    worst = [r for _, _, r in scored[:k]]
+    best = [r for _, _, r in sorted(scored, key=lambda t: (-t[0], t[1]))[:k]]
+    return worst, best
+
+
+def uplift_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes:
+    """PNG of the per-class uplift at any number of classes, per classifier (guide, evaluator).
+
+    Per classifier two panels: the histogram of DCT − baseline top-1 over classes (mean and median
+    marked), and the density of (baseline, DCT) top-1 pairs as a 2-D histogram (above the diagonal =
+    DCT helped). Neither turns into a solid block at 10,000 classes, as a scatter of points does.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    recs = [r for r in records if r.status != "failed"]
+    whos = ["guide"] + (["evaluator"] if any(r.evaluator_top1_dct is not None for r in recs) else [])
+    fig, axes = plt.subplots(len(whos), 2, figsize=(10, 3.4 * len(whos)), squeeze=False)
+    for row, who in zip(axes, whos, strict=True):
+        pairs = np.array(
+            [(b, d) for r in recs if (b := _acc(r, who, 1, "baseline")) is not None
+             and (d := _acc(r, who, 1, "dct")) is not None],
+            dtype=float,
+        ).reshape(-1, 2)
+        up = pairs[:, 1] - pairs[:, 0]
+        ax = row[0]
+        if up.size:
+            ax.hist(up, bins=np.linspace(-1, 1, 41), color="#d9480f", alpha=0.85)
+            ax.axvline(float(np.mean(up)), color="#1b1f24", lw=1.2, label=f"mean {np.mean(up):+.3f}")
+            ax.axvline(float(np.median(up)), color="#1b1f24", lw=1.2, ls="--", label=f"median {np.median(up):+.3f}")
+            ax.legend(fontsize=8, loc="upper left")
+        ax.axvline(0, color="#888", lw=0.8)
+        helped = float(np.mean(up > 0)) if up.size else float("nan")
+        ax.set_title(f"{who}: top-1 uplift (DCT − baseline), {up.size} classes, {helped:.0%} improved", fontsize=10)
+        ax.set_xlabel("uplift in top-1 accuracy")
+        ax.set_ylabel("classes")
+        ax = row[1]
+        if up.size:
+            h = ax.hist2d(pairs[:, 0], pairs[:, 1], bins=20, range=[[0, 1], [0, 1]], cmap="Oranges", cmin=1)
+            fig.colorbar(h[3], ax=ax, label="classes")
+        ax.plot([0, 1], [0, 1], color="#555", lw=1, ls="--")
+        ax.set_xlabel("baseline top-1")
+        ax.set_ylabel("DCT top-1")
+        ax.set_title(f"{who}: baseline vs DCT top-1 (density)", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def class_index(
+    *, plan: RunPlan, sections: Sequence[ClassSection], sample_prefixes: dict[int, str], max_images: int,
+    seeds: Sequence[int],
+) -> dict[str, Any]:
+    """The report's class index (written as ``classes.js``): one small row per selected class.
+
+    Args:
+        sample_prefixes: class id → relative path (from the report folder) of its samples folder.
+    """
+    rows = []
+    for s in sections:
+        r = s.record
+        row: dict[str, Any] = {"id": s.class_id, "name": r.class_name if r else ""}
+        row["status"] = r.status if r else "no record"
+        if r is not None:
+            for who in ("guide", "evaluator"):
+                for k in (1, 5):
+                    for v in VARIANTS:
+                        row[f"{who[0]}{k}{v[0]}"] = _acc(r, who, k, v)
+            row |= {"ep": r.epochs, "token": r.token, "earlier": s.from_earlier_run}
+            if r.status != "failed" and s.class_id in sample_prefixes:
+                row |= {"s": sample_prefixes[s.class_id], "x": r.sample_format, "n": r.num_samples}
+            if r.error:
+                row["err"] = r.error.strip().splitlines()[0][:300] if r.error.strip() else ""
+        rows.append(row)
+    return {
+        "dataset": plan.dataset,
+        "run_id": plan.run_id,
+        "seeds": list(seeds)[:max_images],
+        "classes": rows,
+    }
+
+
+def class_index_js(index: dict[str, Any]) -> str:
+    """``classes.js``: the index as a script (a ``<script src>`` loads from ``file://``; ``fetch`` does not)."""
+    body = json.dumps(index, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return "window.DCT_REPORT=" + body.replace("</", "<\\/") + ";\n"
+
+
+_TABLE_JS = r"""
+(function(){
+const R=window.DCT_REPORT, el=document.getElementById('classtable'); if(!R||!el) return;
+const hasE=R.classes.some(c=>c.e1d!=null), PAGE=100;
+const f=x=>x==null?'–':x.toFixed(2), up=(c,w)=>(c[w+'1d']==null||c[w+'1b']==null)?null:c[w+'1d']-c[w+'1b'];
+const cols=[['id','id',c=>c.id],['class','name',c=>c.name],['status','status',c=>c.status],
+ ['guide top-1 baseline → DCT','g',c=>c.g1d],['guide uplift','gu',c=>up(c,'g')]]
+ .concat(hasE?[['evaluator top-1 baseline → DCT','e',c=>c.e1d],['evaluator uplift','eu',c=>up(c,'e')]]:[])
+ .concat([['epochs','ep',c=>c.ep]]);
+let rows=R.classes.slice(), sortI=0, dir=1, page=0;
+const q=document.getElementById('classsearch'), info=document.getElementById('classinfo');
+function render(){
+ const t=(q.value||'').trim().toLowerCase();
+ let sel=t?rows.filter(c=>String(c.id)===t||c.name.toLowerCase().includes(t)||c.status.includes(t)):rows;
+ const key=cols[sortI][2];
+ sel=sel.slice().sort((a,b)=>{const x=key(a),y=key(b);if(x==null&&y==null)return a.id-b.id;if(x==null)return 1;
+  if(y==null)return -1;return (x<y?-1:x>y?1:a.id-b.id)*dir;});
+ const pages=Math.max(1,Math.ceil(sel.length/PAGE)); page=Math.min(page,pages-1);
+ const tb=document.createElement('tbody');
+ for(const c of sel.slice(page*PAGE,page*PAGE+PAGE)){
+  const tr=document.createElement('tr');
+  const cell=(txt,cls)=>{const td=document.createElement('td');td.textContent=txt;
+   if(cls)td.className=cls;tr.appendChild(td);return td;};
+  const a=document.createElement('a'); a.href='class.html#c'+c.id; a.textContent=c.id;
+  const td0=cell('', 'num'); td0.appendChild(a);
+  cell(c.name); cell(c.status+(c.earlier?' (earlier run)':''), (c.status==='failed'||c.status==='no record')?'bad':'');
+  for(const w of hasE?['g','e']:['g']){const u=up(c,w);
+   cell(f(c[w+'1b'])+' → '+f(c[w+'1d']),'num');
+   cell(u==null?'–':(u>0?'+':'')+u.toFixed(2),'num '+(u>0?'up':u<0?'down':''));}
+  cell(c.ep==null?'–':c.ep,'num'); tb.appendChild(tr);}
+ const old=el.querySelector('tbody'); old?el.replaceChild(tb,old):el.appendChild(tb);
+ info.textContent=sel.length+' of '+rows.length+' classes · page '+(page+1)+' of '+pages;
+}
+const head=document.createElement('thead'), hr=document.createElement('tr');
+cols.forEach((c,i)=>{const th=document.createElement('th');th.textContent=c[0];th.style.cursor='pointer';
+ th.title='sort';th.onclick=()=>{dir=(sortI===i)?-dir:1;sortI=i;render();};hr.appendChild(th);});
+head.appendChild(hr); el.appendChild(head);
+q.oninput=()=>{page=0;render();};
+const pre=/^#q=(.*)$/.exec(location.hash);  // index.html#q=text: a shareable search
+if(pre){q.value=decodeURIComponent(pre[1]);q.scrollIntoView();}
+document.getElementById('classprev').onclick=()=>{page=Math.max(0,page-1);render();};
+document.getElementById('classnext').onclick=()=>{page=page+1;render();};
+render();
+})();
+"""
+
+
+_DETAIL_JS = r"""
+(function(){
+const R=window.DCT_REPORT, out=document.getElementById('detail');
+const f=x=>x==null?'–':x.toFixed(2), pad=(n,w)=>String(n).padStart(w,'0');
+const byId=new Map(R.classes.map((c,i)=>[c.id,i]));
+function show(){
+ out.replaceChildren();
+ const m=/^#c(\d+)$/.exec(location.hash), i=m?byId.get(Number(m[1])):undefined;
+ const add=(tag,txt,cls)=>{const e=document.createElement(tag);if(txt!=null)e.textContent=txt;
+  if(cls)e.className=cls;out.appendChild(e);return e;};
+ document.title='DCT class — '+R.dataset+' — '+R.run_id;
+ if(i===undefined){add('h1','Class not in this run');add('p',(m?'class '+m[1]:location.hash||'no class')+
+  ' is not among the '+R.classes.length+' selected classes; go back to the index.');return;}
+ const c=R.classes[i];
+ add('h1',c.id+' · '+c.name);
+ add('p','status '+c.status+(c.earlier?' (finished by an earlier run)':'')+(c.token?' · token '+c.token:'')+
+  (c.ep!=null?' · epochs '+c.ep:''),'muted');
+ if(c.err) add('p','error: '+c.err,'bad');
+ for(const w of ['g','e']){ if(c[w+'1d']==null&&c[w+'1b']==null) continue;
+  add('p',(w==='g'?'guide':'held-out evaluator')+': top-1 '+f(c[w+'1b'])+' → '+f(c[w+'1d'])+
+   ', top-5 '+f(c[w+'5b'])+' → '+f(c[w+'5d'])+' (baseline → DCT)');}
+ if(c.s){ for(const v of ['baseline','dct']){ const row=add('div',null,'row');
+   const l=document.createElement('span');l.className='lbl';l.textContent=v==='dct'?'DCT':'baseline';row.appendChild(l);
+   for(const seed of R.seeds.slice(0,c.n==null?R.seeds.length:c.n)){const href=c.s+'/'+v+'/'+pad(seed,6)+'.'+c.x;
+    const a=document.createElement('a'), im=document.createElement('img');
+    a.href=href; im.src=href; im.loading='lazy'; im.alt=v+' seed '+seed; im.title='seed '+seed;
+    a.appendChild(im); row.appendChild(a);}}}
+ else add('p','no samples stored for this class','muted');
+ const nav=add('p',null,'muted');
+ for(const [d,t] of [[-1,'← previous'],[1,'next →']]){const j=i+d; if(j<0||j>=R.classes.length) continue;
+  const a=document.createElement('a');a.href='#c'+R.classes[j].id;a.textContent=t+' ('+R.classes[j].id+')';
+  nav.appendChild(a);nav.appendChild(document.createTextNode('  '));}
+}
+window.addEventListener('hashchange',show); show();
+})();
+"""
+
+_STYLE = (
+    "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}"
+    "h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}"
+    "th{background:#f3f4f6}.num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".cls{margin:18px 0;padding:10px 12px;border:1px solid #e3e3e3;border-radius:6px}"
+    ".cls h3{margin:0 0 6px;font-size:15px}.acc{font-size:13px;margin:4px 0 8px}"
+    ".row{display:flex;align-items:center;gap:4px;margin:3px 0}"
+    f".row .lbl{{width:70px;font-size:12px;font-weight:600}}.row img{{width:{DISPLAY_PX}px;height:{DISPLAY_PX}px;"
+    "object-fit:contain;background:#eee;image-rendering:pixelated;border-radius:2px}"
+    ".up{color:#2b8a3e;font-weight:600}.down{color:#c92a2a;font-weight:600}.muted{color:#666;font-size:12px}"
+    ".bad{color:#c92a2a}code{font-size:12px}.cols{display:flex;gap:32px;flex-wrap:wrap}"
+)
+
+
+def render_detail_html() -> str:
+    """``class.html``: one static page that shows any class of the run, named by the URL's ``#c{id}``."""
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en"><head><meta charset="utf-8"><title>DCT class</title>',
+            f"<style>{_STYLE}</style></head><body>",
+            '<p class="muted"><a href="index.html">← run report</a></p>',
+            '<div id="detail"><p>Loading… (this page needs JavaScript and classes.js beside it)</p></div>',
+            f'<script src="{INDEX_JS_FILE}"></script>',
+            f"<script>{_DETAIL_JS}</script>",
+            "</body></html>",
+        ]
+    )
+
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -147,12 +400,17 @@ def render_report_html(
     plot_href: str | None,
     dataset_licence: str | None = None,
     generated_at: dt.datetime | None = None,
+    summary_href: str | None = None,
+    index_href: str | None = None,
 ) -> str:
-    """The report's HTML (one self-contained page; links relative to the report folder).
+    """The report's HTML (links relative to the report folder).
 
     Args:
-        sections: one per selected class, in class-id order.
+        sections: one per selected class, in class-id order; those with ``images`` get a grid.
         pooled: ``PooledMetrics.to_json()``, or None.
+        summary_href: the uplift-distribution plot (:func:`uplift_plot_png`).
+        index_href: ``classes.js``; given, rows link to ``class.html#c{id}`` where the page has no grid
+            of that class, and above :data:`STATIC_TABLE_MAX` classes the table is built from it.
     """
     e = html.escape
     generated_at = generated_at or dt.datetime.now(dt.UTC)
@@ -168,19 +426,7 @@ def render_report_html(
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>DCT report — {e(plan.dataset)} — {e(plan.run_id)}</title>",
-        "<style>",
-        "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}",
-        "h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}",
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}",
-        "th{background:#f3f4f6}.num{text-align:right;font-variant-numeric:tabular-nums}",
-        ".cls{margin:18px 0;padding:10px 12px;border:1px solid #e3e3e3;border-radius:6px}",
-        ".cls h3{margin:0 0 6px;font-size:15px}.acc{font-size:13px;margin:4px 0 8px}",
-        ".row{display:flex;align-items:center;gap:4px;margin:3px 0}",
-        f".row .lbl{{width:70px;font-size:12px;font-weight:600}}.row img{{width:{DISPLAY_PX}px;height:{DISPLAY_PX}px;",
-        "object-fit:contain;background:#eee;image-rendering:pixelated;border-radius:2px}",
-        ".up{color:#2b8a3e;font-weight:600}.down{color:#c92a2a;font-weight:600}.muted{color:#666;font-size:12px}",
-        ".bad{color:#c92a2a}code{font-size:12px}",
-        "</style></head><body>",
+        f"<style>{_STYLE}</style></head><body>",
         f"<h1>DCT run <code>{e(plan.run_id)}</code> — dataset <code>{e(plan.dataset)}</code></h1>",
         f'<p class="muted">generated {e(generated_at.strftime("%Y-%m-%d %H:%M UTC"))} · '
         f"{len(plan.selected)} classes selected, {len(plan.todo)} processed in this run, "
@@ -224,13 +470,87 @@ def render_report_html(
             out.append(f'<p class="muted">note: {e(str(note))}</p>')
     else:
         out.append('<p class="muted">pooled FID/KID: not computed for this run.</p>')
+    statuses = [s.record.status if s.record else "no record" for s in sections]
+    out.append(
+        '<p class="muted">classes: '
+        + " · ".join(f"{k} {statuses.count(k)}" for k in ("done", "diverged", "failed", "no record") if k in statuses)
+        + "</p>"
+    )
+    if summary_href:
+        out.append(
+            f'<p><img src="{e(summary_href)}" alt="distribution of the per-class top-1 uplift, DCT minus baseline" '
+            'style="max-width:100%"></p>'
+        )
     if plot_href:
         out.append(
             f'<p><img src="{e(plot_href)}" alt="top-1 accuracy per class, baseline vs DCT" style="max-width:100%"></p>'
         )
+    gridded = {s.class_id for s in sections if s.record is not None and s.images}
+
+    def link(cid: int) -> str:
+        if cid in gridded or not index_href:
+            return f"#c{cid}"
+        return f"{DETAIL_FILE}#c{cid}"
+
+    worst, best = extreme_classes(records)
+    if worst:
+        who = ranking_classifier(records)
+        out.append(f"<h2>Worst and best classes</h2><p class=\"muted\">by {who} top-1 uplift (DCT − baseline)</p>")
+        out.append('<div class="cols">')
+        for label, group in (("worst", worst), ("best", best)):
+            out.append(
+                f"<table><tr><th colspan=4>{label} {len(group)}</th></tr>"
+                f"<tr><th>id</th><th>class</th><th>{who} top-1 baseline → DCT</th><th>uplift</th></tr>"
+            )
+            for r in group:
+                u = _uplift(r, who) or 0.0
+                out.append(
+                    f'<tr><td class="num"><a href="{e(link(r.class_id))}">{r.class_id}</a></td>'
+                    f"<td>{e(r.class_name)}</td><td class=\"num\">{_fmt(_acc(r, who, 1, 'baseline'))} → "
+                    f"{_fmt(_acc(r, who, 1, 'dct'))}</td>"
+                    f'<td class="num {"up" if u > 0 else "down" if u < 0 else ""}">{u:+.2f}</td></tr>'
+                )
+            out.append("</table>")
+        out.append("</div>")
+    failures = [s for s in sections if s.record is None or s.record.status == "failed"]
+    if failures:
+        out.append(f"<h2>Failures ({len(failures)})</h2>")
+        out.append("<table><tr><th>id</th><th>class</th><th>what happened</th></tr>")
+        for s in failures[:FAILURES_SHOWN]:
+            r = s.record
+            why = (r.error or "failed").strip().splitlines()[0][:300] if r else "no record (the worker left none)"
+            out.append(
+                f'<tr><td class="num"><a href="{e(link(s.class_id))}">{s.class_id}</a></td>'
+                f'<td>{e(r.class_name if r else "")}</td><td class="bad">{e(why)}</td></tr>'
+            )
+        out.append("</table>")
+        if len(failures) > FAILURES_SHOWN:
+            out.append(
+                f'<p class="muted">… and {len(failures) - FAILURES_SHOWN} more: type "failed" in the table search</p>'
+            )
 
     # Per-class table
-    out += ["<h2>Per class</h2>", "<table><tr><th>id</th><th>class</th><th>status</th>"]
+    if index_href and len(sections) > STATIC_TABLE_MAX:
+        out += [
+            "<h2>Per class</h2>",
+            '<p><input id="classsearch" type="search" placeholder="search id, class name or status" size="40"> '
+            '<button id="classprev">← previous</button> <button id="classnext">next →</button> '
+            '<span id="classinfo" class="muted">(this table needs JavaScript)</span></p>',
+            '<table id="classtable"></table>',
+            f'<script src="{e(index_href)}"></script>',
+            f"<script>{_TABLE_JS}</script>",
+        ]
+    else:
+        out += _static_table(sections, has_eval, link)
+
+    _render_grids_and_metadata(out, config=config, plan=plan, sections=sections, pooled=pooled,
+                               dataset_licence=dataset_licence, prov=prov)
+    return "\n".join(out)
+
+
+def _static_table(sections: Sequence[ClassSection], has_eval: bool, link) -> list[str]:
+    e = html.escape
+    out = ["<h2>Per class</h2>", "<table><tr><th>id</th><th>class</th><th>status</th>"]
     hdr = ["guide top-1", "guide top-5"] + (["evaluator top-1", "evaluator top-5"] if has_eval else [])
     out.append("".join(f"<th>{h}<br>baseline → DCT</th>" for h in hdr) + "<th>epochs</th></tr>")
     for s in sections:
@@ -252,11 +572,18 @@ def render_report_html(
         bad = ' class="bad"' if r is None or r.status == "failed" else ""
         epochs = r.epochs if r and r.epochs is not None else "–"
         out.append(
-            f'<tr><td class="num"><a href="#c{s.class_id}">{s.class_id}</a></td><td>{e(name)}</td>'
+            f'<tr><td class="num"><a href="{e(link(s.class_id))}">{s.class_id}</a></td><td>{e(name)}</td>'
             f'<td{bad}>{e(status)}</td>{"".join(cells)}<td class="num">{epochs}</td></tr>'
         )
     out.append("</table>")
+    return out
 
+
+def _render_grids_and_metadata(
+    out: list[str], *, config: RunConfig, plan: RunPlan, sections: Sequence[ClassSection],
+    pooled: dict[str, Any] | None, dataset_licence: str | None, prov,
+) -> None:
+    e = html.escape
     # Grids
     out.append("<h2>Samples: baseline prompt vs DCT token, same seeds</h2>")
     out.append(
@@ -366,7 +693,6 @@ def render_report_html(
             "tokens and to every image generated with them.</p>"
         )
     out.append("</body></html>")
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,8 +730,10 @@ def write_run_report(
     max_images: int = 8,
     max_grid_classes: int = 200,
     thumb_size: int = 128,
+    outcomes: dict[int, ClassRecord | None] | None = None,
 ) -> str:
-    """Write the run's HTML report, its summary plot and thumbnails under ``runs/{dataset}/{run_id}/report/``.
+    """Write the run's HTML report, its summary plots, class index and thumbnails under
+    ``runs/{dataset}/{run_id}/report/``.
 
     Args:
         store: the artifact store (samples are read from it, the report is written into it).
@@ -413,8 +741,12 @@ def write_run_report(
         plan: the run's plan (run id, keys, selected / processed / skipped classes).
         dataset_licence: terms of the dataset's images (``DatasetSpec.licence``).
         max_images: samples shown per class and variant (pairs on the same seeds).
-        max_grid_classes: classes with a grid (the first ones by class id); the table lists all.
+        max_grid_classes: up to this many classes every class gets a grid in ``index.html`` (thumbnails
+            copied into the report); above it only the :data:`EXTREMES` worst and best do, showing the
+            samples in place like ``class.html`` (no request per image; every class has its page).
         thumb_size: larger samples are downscaled to this many pixels (longest side) for the thumbnails.
+        outcomes: :func:`dct.results.read_class_outcomes` of ``plan.selected`` if already read (the flow
+            reads each record once); else read here, in parallel.
 
     Returns:
         URI of ``index.html``.
@@ -425,17 +757,36 @@ def write_run_report(
         pooled = store.read_json(store.run_uri(ds, run_id, "pooled.json"))
     except FileNotFoundError:
         pooled = None
+    if outcomes is None:
+        outcomes = read_class_outcomes(store, ds, plan.eval_key, plan.selected, run_id)
     todo = set(plan.todo)
-    sections: list[ClassSection] = []
-    for cid in plan.selected:
-        rec = read_class_outcome(store, ds, plan.eval_key, cid, run_id)
-        sections.append(ClassSection(cid, rec, from_earlier_run=bool(rec and cid not in todo)))
-    grids = 0
+    sections = [
+        ClassSection(cid, rec, from_earlier_run=bool(rec and cid not in todo))
+        for cid in plan.selected
+        for rec in [outcomes.get(cid)]
+    ]
+    records = [s.record for s in sections if s.record is not None]
+    with_samples = [s for s in sections if s.record and s.record.status != "failed" and s.record.samples_uri]
+    small = len(with_samples) <= max_grid_classes
+    if small:
+        grid_ids = {s.class_id for s in with_samples}
+    else:  # a large run: grids of the worst and best classes, linking the samples in place (no copies)
+        worst, best = extreme_classes(records)
+        grid_ids = {r.class_id for r in (*worst, *best) if r.samples_uri}
+        seeds = list(config.evaluation.seeds)[:max_images]
+        for s in sections:
+            if s.class_id in grid_ids:
+                r = s.record
+                ext = r.sample_format or "png"
+
+                def href(v: str, seed: int, r: ClassRecord = r, ext: str = ext) -> str:
+                    return _rel(store, store.sample_uri(ds, r.eval_key, r.class_id, v, seed, ext), report_dir)
+
+                s.images = {v: [GridImage(seed, href(v, seed), href(v, seed)) for seed in seeds] for v in VARIANTS}
     for s in sections:
         r = s.record
-        if r is None or r.status == "failed" or not r.samples_uri or grids >= max_grid_classes:
+        if r is None or s.class_id not in grid_ids or not small:
             continue
-        grids += 1
         cid_ = r.class_id
         by_variant = {v: store.list_samples(ds, r.eval_key, cid_, v) for v in VARIANTS}
         seeds_by_v = {v: {int(posixpath.basename(u).split(".")[0]): u for u in uris} for v, uris in by_variant.items()}
@@ -450,13 +801,32 @@ def write_run_report(
                 thumb_uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, THUMBS_DIR, name), data)
                 cells.append(GridImage(seed, _rel(store, thumb_uri, report_dir), _rel(store, uri, report_dir)))
             s.images[v] = cells
-    records = [s.record for s in sections if s.record is not None]
-    plot_href = None
-    if records:
+    plot_href = summary_href = None
+    if records and len(records) <= STATIC_TABLE_MAX:  # above, a point per class is a solid block
         png = accuracy_plot_png(records, title=f"{ds} · run {run_id}")
         plot_href = _rel(store, store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, PLOT_FILE), png), report_dir)
+    if records:
+        png = uplift_plot_png(records, title=f"{ds} · run {run_id}: per-class uplift")
+        summary_uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, SUMMARY_PLOT_FILE), png)
+        summary_href = _rel(store, summary_uri, report_dir)
+    # Paths only (no request): where each class's samples are, relative to the report folder.
+    prefixes = {
+        s.class_id: _rel(store, store.samples_uri(ds, s.record.eval_key, s.class_id), report_dir) for s in with_samples
+    }
+    index = class_index(
+        plan=plan, sections=sections, sample_prefixes=prefixes, max_images=max_images, seeds=config.evaluation.seeds
+    )
+    store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_JS_FILE), class_index_js(index).encode("utf-8"))
+    store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, DETAIL_FILE), render_detail_html().encode("utf-8"))
     page = render_report_html(
-        config=config, plan=plan, sections=sections, pooled=pooled, plot_href=plot_href, dataset_licence=dataset_licence
+        config=config,
+        plan=plan,
+        sections=sections,
+        pooled=pooled,
+        plot_href=plot_href,
+        dataset_licence=dataset_licence,
+        summary_href=summary_href,
+        index_href=INDEX_JS_FILE,
     )
     uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_FILE), page.encode("utf-8"))
     logger.info("report of run %s: %s", run_id, uri)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,6 +24,9 @@ class Models:
     evaluator_revision: str | None
     device: torch.device
     dtype: torch.dtype
+    # The FID/KID feature extractor (a ``dct.evaluation.features.FeatureExtractor``), loaded once per
+    # shard too, so each class's features are extracted where its images are (None: not computed).
+    feature_extractor: Any = None
 
     def keys(self, config: RunConfig) -> tuple[str, str]:
         """``(token_key, eval_key)`` for this config and these resolved model revisions."""

@@ -193,8 +193,12 @@ def plan_run(
     max_classes: int | None = None,
     overrides: RunOverrides | None = None,
     run_id: str,
+    artifact_store: ArtifactStore | None = None,
 ) -> RunPlan:
     """Preflight (fails fast, before any model is loaded on a GPU) and plan.
+
+    ``artifact_store``: an already open store for ``store`` (its request counter then includes the
+    plan's; the scale benchmark counts them), else one is opened here.
 
     Raises:
         ValueError / FileNotFoundError: bad dataset, classes or numbers (message names the value).
@@ -208,7 +212,7 @@ def plan_run(
         raise ValueError(f"max_classes={max_classes!r} must be a positive integer or None")
     spec, config = build_config(dataset, overrides, store)
     selected = select_classes(spec, classes)
-    artifact_store = ArtifactStore.from_config(config.storage)
+    artifact_store = artifact_store or ArtifactStore.from_config(config.storage)
     preflight_store(artifact_store, run_id)
     revisions = resolve_revisions(config)
     tkey = token_key(config, revisions.diffusion, revisions.classifier)

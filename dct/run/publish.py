@@ -18,9 +18,8 @@ from dct.results import (
     Provenance,
     RunRecord,
     build_provenance,
-    class_records_for,
     failed_class_record,
-    read_class_record,
+    read_class_outcomes,
     write_class_record,
     write_class_table,
     write_run_record,
@@ -95,6 +94,7 @@ def publish_run(
     pooled: dict | None = None,
     report_uri: str | None = None,
     missing_reasons: dict[int, str] | None = None,
+    outcomes: dict[int, ClassRecord | None] | None = None,
 ) -> RunOutcome:
     """Write this run's class table, the export bundle of all finished classes and the run record.
 
@@ -103,12 +103,18 @@ def publish_run(
 
     Args:
         pooled: pooled distribution metrics (RunRecord fields such as ``fid_dct``), if computed.
+        outcomes: :func:`dct.results.read_class_outcomes` of ``plan.selected`` if the caller already read
+            them (the flow reads each record once for evaluation, report and publishing); else read here.
     """
-    records = class_records_for(store, plan.dataset, plan.eval_key, plan.todo, plan.run_id)
+    if outcomes is None:
+        outcomes = read_class_outcomes(store, plan.dataset, plan.eval_key, plan.selected, plan.run_id)
+    records = [r for c in plan.todo if (r := outcomes.get(c)) is not None and r.run_id == plan.run_id]
     seen = {r.class_id for r in records}
     # A planned class finished by a concurrent run (its record names another run) is done, not missing:
     # it counts as skipped here, and its row belongs to the run that wrote the record.
-    elsewhere = sorted(store.finished_class_ids(plan.dataset, plan.eval_key, [c for c in plan.todo if c not in seen]))
+    elsewhere = sorted(
+        c for c in plan.todo if c not in seen and (r := outcomes.get(c)) is not None and r.finished
+    )
     missing = [c for c in plan.todo if c not in seen and c not in elsewhere]
     records += record_missing_classes(store, config, plan, missing, missing_reasons or {}, class_names)
     done = [r for r in records if r.status == "done"]
@@ -116,7 +122,7 @@ def publish_run(
     failed = len(records) - len(done) - len(diverged)
 
     # The bundle holds every finished class of the selection, also those finished by earlier runs.
-    finished = [rec for c in plan.selected if (rec := read_class_record(store, plan.dataset, plan.eval_key, c))]
+    finished = [r for c in plan.selected if (r := outcomes.get(c)) is not None and r.finished]
     bundle_uri = export_bundle(store, finished, plan.run_id)[0] if any(r.status == "done" for r in finished) else None
 
     status = "failed" if failed and not (done or diverged) else "partial" if failed else "done"

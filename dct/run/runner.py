@@ -18,10 +18,17 @@ from dct.artifacts.store import ArtifactStore
 from dct.artifacts.token_file import build_token_metadata, load_stored_token, token_file_bytes
 from dct.config import RunConfig, epoch_prompts
 from dct.evaluation.accuracy import topk_accuracy
+from dct.evaluation.features import (
+    build_feature_extractor,
+    check_fid_features,
+    features_of_encoded,
+    sample_set_stamp,
+    write_class_features,
+)
 from dct.method.optimize import TokenResult, optimize_token
 from dct.method.sampling import generate
 from dct.method.tokens import add_placeholder_token, set_token_vector
-from dct.models.loading import Models
+from dct.models.loading import Models, load_models
 from dct.results import ClassRecord, Provenance, build_provenance, failed_class_record, write_class_record
 
 logger = logging.getLogger(__name__)
@@ -195,18 +202,16 @@ def process_class(
         )
         for variant, word in (("baseline", config.prompts.baseline_word), ("dct", token))
     }
+    encoded: dict[str, list[bytes]] = {}
     if ev.sample_format != "none":
         for variant, imgs in images.items():
-            for seed, img in zip(seeds, imgs, strict=True):
-                store.write_sample(
-                    config.dataset,
-                    ekey,
-                    class_id,
-                    variant,
-                    seed,
-                    encode_image(img, ev.sample_format),
-                    ext=ev.sample_format,
-                )
+            encoded[variant] = [encode_image(img, ev.sample_format) for img in imgs]
+            for seed, data in zip(seeds, encoded[variant], strict=True):
+                store.write_sample(config.dataset, ekey, class_id, variant, seed, data, ext=ev.sample_format)
+    if encoded and models.feature_extractor is not None:  # FID/KID features here, on this device
+        feats = features_of_encoded(models.feature_extractor, encoded, ev.batch_size)
+        stamp = sample_set_stamp(run_id, started)
+        write_class_features(store, config.dataset, ekey, class_id, models.feature_extractor, feats, stamp=stamp)
     scores: dict[str, float | None] = {}
     for who, clf in (("guide", models.classifier), ("evaluator", models.evaluator)):
         for variant, imgs in images.items():
@@ -241,6 +246,23 @@ def process_class(
     )
     write_class_record(store, record)  # LAST: its existence marks the class finished
     return record
+
+
+def load_shard_models(config: RunConfig, device: torch.device | str, store: ArtifactStore) -> Models:
+    """:func:`load_models` plus the FID/KID feature extractor (on the shard's device), all loaded once.
+
+    The extractor is None where no pooled metrics will be computed (``fid_features='none'``, no
+    evaluator for ``'evaluator'``, or no stored samples).
+
+    Raises:
+        FeatureWeightsMissingError: ``fid_features='inception'`` and no Inception weights on this worker.
+    """
+    models = load_models(config, device)
+    if config.evaluation.sample_format != "none" and check_fid_features(config, store) is None:
+        models.feature_extractor = build_feature_extractor(
+            config, store, models.device, evaluator=models.evaluator, evaluator_revision=models.evaluator_revision
+        ).eval()
+    return models
 
 
 def provenance(config: RunConfig, models: Models) -> Provenance:

@@ -24,6 +24,7 @@ class TinyRun:
     pooled: dict
     report_uri: str
     outcome: object
+    shard_features: Path  # the per-class feature files as the shards wrote them (before any evaluation)
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +33,10 @@ def tiny_run(tmp_path_factory) -> TinyRun:
 
     from dct.artifacts.store import ArtifactStore
     from dct.models.datasets import get_dataset
-    from dct.models.loading import load_models
     from dct.results import new_run_id
     from dct.run.plan import build_config, plan_run
     from dct.run.publish import publish_run
-    from dct.run.runner import process_class
+    from dct.run.runner import load_shard_models, process_class
     from tasks.evaluate import compute_pooled_metrics, write_report
 
     base = tmp_path_factory.mktemp("eval-run")
@@ -48,10 +48,14 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     plan = plan_run(dataset=str(world), classes=RUN_CLASSES, store=str(store_root), run_id=run_id)
     spec, config = build_config(str(world), None, plan.store_root)
     store = ArtifactStore.from_config(config.storage)
-    models = load_models(config, "cpu")
+    models = load_shard_models(config, "cpu", store)  # as a shard: also writes each class's FID features
     for cid in plan.todo:
         process_class(store, config, models, class_id=cid, class_name=spec.class_names[cid], run_id=run_id)
 
+    import shutil
+
+    shard_features = base / "shard-features"
+    shutil.copytree(store_root / "cache" / "tiny" / "fid-samples", shard_features)
     with disable_run_logger():
         pooled = compute_pooled_metrics.fn(config, plan, get_dataset(str(world)).reference_images, "cpu")
         report_uri = write_report.fn(config, plan, spec.licence)
@@ -64,4 +68,4 @@ def tiny_run(tmp_path_factory) -> TinyRun:
         pooled=pooled,
         report_uri=report_uri,
     )
-    return TinyRun(world, store_root, reference, plan, config, pooled, report_uri, outcome)
+    return TinyRun(world, store_root, reference, plan, config, pooled, report_uri, outcome, shard_features)
