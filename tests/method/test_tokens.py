@@ -56,8 +56,8 @@ def test_corrupt_token_bytes_are_refused(corrupt):
 def test_refuses_bad_vectors_and_metadata():
     with pytest.raises(ValueError, match="non-finite"):
         token_file_bytes("<t>", torch.tensor([1.0, float("nan")]), {})
-    with pytest.raises(ValueError, match="1-D"):
-        token_file_bytes("<t>", torch.zeros(2, 3), {})
+    with pytest.raises(ValueError, match=r"\(D,\) or \(n, D\), got shape \(2, 3, 4\)"):
+        token_file_bytes("<t>", torch.zeros(2, 3, 4), {})  # (n, D) is a multi-vector token; 3-D is nothing
     with pytest.raises(ValueError, match="strings"):
         token_file_bytes("<t>", torch.zeros(3), {"class_id": 3})
 
