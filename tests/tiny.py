@@ -264,16 +264,17 @@ def tiny_run_config(**training):
 TINY_CLASSES = ("red circle", "blue square", "green triangle", "small dog")
 
 
-def save_tiny_world(directory: Path, *, max_epochs: int = 2, num_samples: int = 4) -> Path:
+def save_tiny_world(directory: Path, *, max_epochs: int = 2, num_samples: int = 4, sdxl: bool = False) -> Path:
     """A user-defined dataset on disk: tiny pipeline + tiny timm classifier + a TOML dataset file.
 
+    ``sdxl``: the pipeline is :func:`tiny_sdxl_pipeline` (two text encoders) instead of the SD one.
     Returns the dataset file's path; it goes through exactly the loaders that real models use.
     """
     import timm
     from timm.models._hub import save_for_hf
 
     directory.mkdir(parents=True, exist_ok=True)
-    pipe = tiny_pipeline(directory / "build")
+    pipe = (tiny_sdxl_pipeline if sdxl else tiny_pipeline)(directory / "build")
     pipe.save_pretrained(directory / "pipeline")
     torch.manual_seed(1)
     clf = timm.create_model(
