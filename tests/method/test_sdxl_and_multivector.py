@@ -186,3 +186,24 @@ def test_three_vector_token_on_sdxl_loads_with_diffusers_and_expands(tmp_path):
     with torch.no_grad():
         ours, our_pooled = encode_text(pipe, [prompt])
     assert torch.equal(theirs, ours) and torch.equal(their_pooled, our_pooled)
+
+
+def test_sdxl_images_match_the_diffusers_pipeline(tmp_path):
+    """Our loop's SDXL conditioning (penultimate states of both encoders, pooled embedding, add_time_ids,
+    zero negatives) gives the images of StableDiffusionXLPipeline itself on the same noise and scheduler."""
+    from dct.config import SamplerConfig
+    from dct.method.sampling import generate, image_size, initial_latents, make_scheduler, vae_scale_factor
+
+    pipe = tiny_sdxl_pipeline(tmp_path)
+    sampler = SamplerConfig(scheduler="ddim", num_inference_steps=3, guidance_scale=3.0, timestep_spacing="trailing",
+                            height=24, width=16)  # not square: height and width must not be swapped
+    prompts, seeds = ["a photo of a cat", "a red circle"], [5, 6]
+    ours = generate(pipe, prompts, seeds, sampler)
+    height, width = image_size(pipe, sampler)
+    factor = vae_scale_factor(pipe.vae)
+    latents = initial_latents(seeds, (4, height // factor, width // factor), device="cpu", dtype=torch.float32)
+    pipe.scheduler = make_scheduler(pipe.scheduler, sampler)
+    theirs = pipe(prompts, height=height, width=width, num_inference_steps=3, guidance_scale=3.0,
+                  latents=latents, output_type="pt").images
+    assert ours.shape == theirs.shape == (2, 3, 24, 16)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
