@@ -147,6 +147,9 @@ def test_three_vector_token_on_sd_loads_with_diffusers_and_expands(tmp_path):
     config = _with_vectors(tiny_run_config(max_epochs=2, accuracy_threshold=1.0), 3)
     result = optimize_token(pipe, clf, class_id=1, class_name="cat", config=config)
     assert tuple(result.vector.shape) == (3, 32)
+    # every sub-token starts from the initializer's row, and every one is optimised
+    init_row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("a</w>")]
+    assert all(torch.equal(i, init_row) for i in result.initial_vector)
     assert all(not torch.equal(r, i) for r, i in zip(result.vector, result.initial_vector, strict=True))
     path = save_token(tmp_path / "tok.safetensors", result.token, result.vector, {"dataset": "tiny"})
 
@@ -167,6 +170,10 @@ def test_three_vector_token_on_sdxl_loads_with_diffusers_and_expands(tmp_path):
     config = _with_vectors(tiny_run_config(max_epochs=2, accuracy_threshold=1.0), 3)
     result = optimize_token(pipe, clf, class_id=1, class_name="cat", config=config)
     assert {k: tuple(v.shape) for k, v in result.vector.items()} == {"clip_l": (3, 32), "clip_g": (3, 40)}
+    for key, (tokenizer, te) in zip(("clip_l", "clip_g"), text_encoders(pipe), strict=True):
+        init_row = te.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("a</w>")]
+        assert all(torch.equal(i, init_row) for i in result.initial_vector[key])
+        assert all(not torch.equal(r, i) for r, i in zip(result.vector[key], result.initial_vector[key], strict=True))
     path = save_token(tmp_path / "tok.safetensors", result.token, result.vector, {"dataset": "tiny"})
 
     from safetensors.torch import load_file
