@@ -62,6 +62,14 @@ def test_dct_run_and_generate_on_a_tiny_sdxl_dataset(tmp_path):
             row = te.get_input_embeddings().weight[tok.convert_tokens_to_ids(token)]
             assert torch.equal(row, vector[key][0])
 
+    # Another evaluation setting re-evaluates with the stored SDXL tokens (checked for both widths, reused).
+    out = _dct(["run", "--dataset", str(world), "--classes", "0-1", "--store", str(store), "--num-samples", "1"],
+               tmp_path)
+    assert "2 done, 0 diverged, 0 failed" in out
+    rows = read_results(str(store), table="classes", dataset="tiny")
+    second = rows[rows["num_samples"] == 1]
+    assert len(second) == 2 and second["token_reused"].all()
+
     gen = tmp_path / "gen"
     out = _dct(["generate", "--dataset", str(world), "--class", "1", "--bundle", str(run_dir / "bundle"),
                 "--n", "2", "--baseline", "--out", str(gen)], tmp_path)
