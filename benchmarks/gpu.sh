@@ -12,3 +12,9 @@ python -m benchmarks.optimize --preset sd21-base --device cuda --epochs 5 --warm
     --json "$out/sd21-base.json" 2>&1 | tee "$out/sd21-base.txt"
 python -m benchmarks.optimize --preset sd21-base --device cuda --epochs 5 --warmup 2 --compile \
     --variants ours --no-memory --json "$out/sd21-base-compile.json" 2>&1 | tee "$out/sd21-base-compile.txt"
+# SDXL (full-size random weights): the turbo-style one-step update, then sdxl-base at 1024x1024 (heavier:
+# run it when the first parts leave time; --micro-batch-size 1 if it does not fit).
+python -m benchmarks.optimize --preset sdxl-turbo --device cuda --epochs 5 --warmup 1 \
+    --json "$out/sdxl-turbo.json" 2>&1 | tee "$out/sdxl-turbo.txt"
+python -m benchmarks.optimize --preset sdxl-base --device cuda --epochs 3 --warmup 1 \
+    --json "$out/sdxl-base.json" 2>&1 | tee "$out/sdxl-base.txt"

@@ -44,8 +44,8 @@ from benchmarks.presets import PRESET_NAMES, Preset, build_models, get_preset
 from benchmarks.reference import reference_epoch, setup_reference
 from dct.config import RunConfig, epoch_prompts
 from dct.method.optimize import epoch_loss_and_grad
-from dct.method.sampling import autocast, encode_prompts
-from dct.method.tokens import add_placeholder_token, get_token_vector
+from dct.method.sampling import autocast, unconditional
+from dct.method.tokens import add_placeholder_token, get_token_vector, text_encoders
 
 VARIANTS = ("ours", "reference")
 CLASS_NAME = "tiger cat"
@@ -104,7 +104,8 @@ def setup_ours(
     dtype = ours_dtype(device)
     pipe.unet.to(device=device, dtype=dtype)
     pipe.vae.to(device=device, dtype=dtype)
-    pipe.text_encoder.to(device=device, dtype=torch.float32)
+    for _, text_encoder in text_encoders(pipe):
+        text_encoder.to(device=device, dtype=torch.float32)
     classifier.to(device=device, dtype=torch.float32)
     if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
@@ -112,47 +113,50 @@ def setup_ours(
     if compile_unet:
         pipe.unet = torch.compile(pipe.unet)
     token = config.token_string(TARGET)
-    token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, config.token.initializer_token)
-    init_id = pipe.tokenizer.encode(config.token.initializer_token, add_special_tokens=False)[0]
-    vector = torch.nn.Parameter(get_token_vector(pipe.text_encoder, init_id).to(device))
+    vectors, token_ids = [], []  # one (1, D) parameter per text encoder (two for SDXL), as optimize_token
+    for tokenizer, text_encoder in text_encoders(pipe):
+        token_ids.append([add_placeholder_token(tokenizer, text_encoder, token, config.token.initializer_token)])
+        init_id = tokenizer.encode(config.token.initializer_token, add_special_tokens=False)[0]
+        vectors.append(torch.nn.Parameter(get_token_vector(text_encoder, init_id).unsqueeze(0).to(device)))
     opt = config.optimizer
-    optimizer = torch.optim.AdamW([vector], lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, eps=opt.eps)
+    optimizer = torch.optim.AdamW(vectors, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, eps=opt.eps)
     prompts = epoch_prompts(config.prompts.templates, token, CLASS_NAME, config.training.images_per_epoch)
     seeds = list(config.training.seeds)
     with torch.no_grad(), autocast(device, dtype):  # once per class in optimize_token: not part of an epoch
-        uncond_one = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+        uncond_one = unconditional(pipe) if config.sampler.guidance_scale != 1.0 else None
 
     def run() -> float:
         optimizer.zero_grad(set_to_none=True)
         loss, _logits = epoch_loss_and_grad(
-            pipe, classifier, vector, token_id, prompts, seeds, TARGET, config, uncond_one, device=device, dtype=dtype
+            pipe, classifier, vectors, token_ids, prompts, seeds, TARGET, config, uncond_one, device=device, dtype=dtype
         )
         if opt.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([vector], opt.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(vectors, opt.max_grad_norm)
         optimizer.step()
         return loss
 
-    modules = {
-        "text_encoder": pipe.text_encoder,
-        "unet": pipe.unet,
-        "vae_decoder": pipe.vae.decoder,
-        "classifier": classifier,
-    }
-    return Variant("ours", run, modules)
+    return Variant("ours", run, _modules(pipe, classifier))
+
+
+def _modules(pipe, classifier) -> dict[str, torch.nn.Module]:
+    modules = {"text_encoder": pipe.text_encoder}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        modules["text_encoder_2"] = pipe.text_encoder_2
+    return modules | {"unet": pipe.unet, "vae_decoder": pipe.vae.decoder, "classifier": classifier}
 
 
 def setup_reference_variant(pipe, classifier, config: RunConfig, *, device: torch.device) -> Variant:
     token = config.token_string(0)
     prompts = epoch_prompts(config.prompts.templates, token, CLASS_NAME, config.training.images_per_epoch)
-    state = setup_reference(pipe, classifier, config, prompts, device=device)
     seeds = list(config.training.seeds)
-    modules = {
-        "text_encoder": pipe.text_encoder,
-        "unet": pipe.unet,
-        "vae_decoder": pipe.vae.decoder,
-        "classifier": classifier,
-    }
-    return Variant("reference", lambda: reference_epoch(state, config, seeds, TARGET), modules)
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        from benchmarks.reference_sdxl import reference_sdxl_epoch, setup_reference_sdxl
+
+        sdxl = setup_reference_sdxl(pipe, classifier, config, prompts, device=device)
+        epoch = lambda: reference_sdxl_epoch(sdxl, config, seeds, TARGET)  # noqa: E731
+        return Variant("reference", epoch, _modules(pipe, classifier))
+    state = setup_reference(pipe, classifier, config, prompts, device=device)
+    return Variant("reference", lambda: reference_epoch(state, config, seeds, TARGET), _modules(pipe, classifier))
 
 
 def make_variants(preset: Preset, config: RunConfig, names: list[str], device: torch.device, args) -> list[Variant]:

@@ -9,6 +9,15 @@
   gradients through the last two UNet evaluations.
 - ``sd14`` / ``sd21-base``: the full-size SD 1.4 / SD 2.1-base architectures at 512×512 with a
   ViT-L/16 classifier (google/vit-large-patch16-224's architecture) — for GPUs.
+- ``sdxl-base``: the full-size SDXL-base architecture (UNet with added text/time conditioning, CLIP ViT-L
+  and OpenCLIP bigG text encoders, SDXL VAE) at 1024×1024 with the reference sampler — for GPUs;
+  ``sdxl-turbo``: the same architecture (SDXL-Turbo's) at 512×512, one Euler step, no CFG, gradients
+  through that one step — for GPUs.
+- ``sdxl-mid``: SDXL's structure (two text encoders of different widths, pooled projection,
+  add_time_ids, the SDXL UNet's block layout and transformer depths) scaled down like ``mid``, 128×128
+  images, the reference sampler (30 PNDM steps, CFG 7, last two UNet evaluations) — for CPUs;
+  ``sdxl-turbo-mid``: the same models with the turbo sampler (1 step, no CFG, grad_steps 1), to compare
+  the per-update cost of a one-step model with ``mid``'s 30 steps.
 
 Weights are random (seeded), so images are noise; the cost of every operation is the real one.
 """
@@ -120,6 +129,53 @@ MID_TEXT = {
     "num_hidden_layers": 4,
     "projection_dim": 128,
 }
+# SDXL-base 1.0 (stabilityai/stable-diffusion-xl-base-1.0's configs; SDXL-Turbo has the same architecture).
+SDXL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    cross_attention_dim=2048,  # 768 (CLIP ViT-L) + 1280 (OpenCLIP bigG), concatenated
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,  # 6 time ids x 256 + the 1280-d pooled embedding
+)
+SDXL_VAE = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_TEXT = {**SD14_TEXT}  # CLIP ViT-L/14, penultimate layer used
+SDXL_TEXT_2 = dict(  # OpenCLIP ViT-bigG/14 text tower with projection (its pooled output conditions the UNet)
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=20,
+    num_hidden_layers=32,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+SDXL_MID_UNET = {
+    **SDXL_UNET,
+    "sample_size": 16,
+    "block_out_channels": (32, 64, 128),
+    "transformer_layers_per_block": (1, 1, 2),
+    "attention_head_dim": (2, 4, 8),
+    "cross_attention_dim": 128 + 192,
+    "addition_time_embed_dim": 16,
+    "projection_class_embeddings_input_dim": 6 * 16 + 192,
+    "norm_num_groups": 16,
+}
+SDXL_MID_TEXT_2 = {
+    **SDXL_TEXT_2,
+    "hidden_size": 192,
+    "intermediate_size": 768,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 6,
+    "projection_dim": 192,
+}
 MID_VIT = {**VIT_L16, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
 
 @dataclass(frozen=True)
@@ -137,6 +193,7 @@ class Preset:
     num_classes: int = 1000
     images_per_epoch: int = 5
     scheduler: dict = field(default_factory=lambda: dict(SD_SCHEDULER))
+    text_2: dict | None = None  # the second text encoder (with projection) of an SDXL-style pipeline
 
     @property
     def max_length(self) -> int:
@@ -193,6 +250,11 @@ def _toy_preset() -> Preset:
 
 
 _REFERENCE_SAMPLER = SamplerConfig(scheduler="pndm", num_inference_steps=30, guidance_scale=7.0)
+# SDXL-Turbo as the sdxl-turbo pipeline preset runs it (dct.models.pipelines.PRESET_SAMPLERS).
+_TURBO_SAMPLER = SamplerConfig(
+    scheduler="euler", num_inference_steps=1, guidance_scale=1.0, timestep_spacing="trailing", height=512, width=512
+)
+_TURBO_MID_SAMPLER = _TURBO_SAMPLER.model_copy(update={"height": 128, "width": 128})
 _VIT_PRE = PREPROCESS_PRESETS["reference-imagenet-vit"]
 
 
@@ -220,13 +282,29 @@ def get_preset(name: str) -> Preset:
             _REFERENCE_SAMPLER,
             grad_steps=2,
         ),
+        "sdxl-base": lambda: Preset(
+            "sdxl-base", SDXL_UNET, SDXL_VAE, SDXL_TEXT, {"kind": "vit", **VIT_L16}, _VIT_PRE, _REFERENCE_SAMPLER,
+            grad_steps=2, text_2=SDXL_TEXT_2,
+        ),
+        "sdxl-turbo": lambda: Preset(
+            "sdxl-turbo", SDXL_UNET, SDXL_VAE, SDXL_TEXT, {"kind": "vit", **VIT_L16}, _VIT_PRE, _TURBO_SAMPLER,
+            grad_steps=1, text_2=SDXL_TEXT_2,
+        ),
+        "sdxl-mid": lambda: Preset(
+            "sdxl-mid", SDXL_MID_UNET, MID_VAE, MID_TEXT, {"kind": "vit", **MID_VIT}, _VIT_PRE, _REFERENCE_SAMPLER,
+            grad_steps=2, text_2=SDXL_MID_TEXT_2,
+        ),
+        "sdxl-turbo-mid": lambda: Preset(
+            "sdxl-turbo-mid", SDXL_MID_UNET, MID_VAE, MID_TEXT, {"kind": "vit", **MID_VIT}, _VIT_PRE,
+            _TURBO_MID_SAMPLER, grad_steps=1, text_2=SDXL_MID_TEXT_2,
+        ),
     }
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(presets)}")
     return presets[name]()
 
 
-PRESET_NAMES = ("toy", "mid", "sd14", "sd21-base")
+PRESET_NAMES = ("toy", "mid", "sd14", "sd21-base", "sdxl-mid", "sdxl-turbo-mid", "sdxl-base", "sdxl-turbo")
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -279,44 +357,64 @@ def _classifier(preset: Preset) -> ImageClassifier:
 
 
 def build_models(preset: Preset, *, seed: int = 0, device: torch.device | str = "cpu"):
-    """``(pipe, classifier)``: a frozen fp32 ``StableDiffusionPipeline`` and classifier with seeded
-    random weights on ``device``; the same seed gives bit-identical weights."""
+    """``(pipe, classifier)``: a frozen fp32 ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline`` when
+    the preset has ``text_2``) and classifier with seeded random weights on ``device``; the same seed gives
+    bit-identical weights."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
         PNDMScheduler,
         StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer(preset.max_length)
-    text_config = CLIPTextConfig(
-        vocab_size=max(CLIP_VOCAB_SIZE, len(tokenizer)),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        attn_implementation="sdpa",
-        **preset.text,
-    )
+
+    def text_config(spec: dict) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=max(CLIP_VOCAB_SIZE, len(tokenizer)),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            attn_implementation="sdpa",
+            **spec,
+        )
+
     sched_cls = PNDMScheduler if "skip_prk_steps" in preset.scheduler else DDIMScheduler
     with torch.device(device):  # initialise in place: full-size models build much faster on a GPU
-        text_encoder = CLIPTextModel(text_config)
+        text_encoder = CLIPTextModel(text_config(preset.text))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(preset.text_2)) if preset.text_2 else None
         unet = UNet2DConditionModel(**preset.unet)
         vae = AutoencoderKL(**preset.vae)
         classifier = _classifier(preset)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=sched_cls(**preset.scheduler),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder, classifier):
+    if text_encoder_2 is not None:
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=clip_tokenizer(preset.max_length),
+            unet=unet,
+            scheduler=sched_cls(**preset.scheduler),
+            force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=sched_cls(**preset.scheduler),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if text_encoder_2 is not None else [])
+    for m in (pipe.unet, pipe.vae, *encoders, classifier):
         m.requires_grad_(False)
         m.eval()
     classifier.to(device)

@@ -116,6 +116,12 @@ class TokenConfig(_Frozen):
         default="<dct-{dataset}-{class_id:05d}>",
         description="token string per class; must contain {dataset} and {class_id} so it is unique and stable",
     )
+    num_vectors: PositiveInt = Field(
+        default=1,
+        le=16,
+        description="embedding vectors per token (sub-tokens <tok>, <tok>_1, ... as diffusers' loader names them); "
+        "each takes one of the text encoder's 77 positions",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> TokenConfig:
@@ -304,7 +310,10 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
                 "preprocess": canonical_json(config.classifier.preprocess),
             },
             "sampler": config.sampler.model_dump(mode="json"),
-            "token": config.token.model_dump(mode="json"),
+            # num_vectors enters the key only when it is not 1, so one-vector keys are those from before it existed.
+            "token": config.token.model_dump(
+                mode="json", exclude={"num_vectors"} if config.token.num_vectors == 1 else None
+            ),
             "optimizer": config.optimizer.model_dump(mode="json"),
             "training": config.training.model_dump(
                 mode="json", exclude=_training_fields_outside_token_key(config.training)

@@ -54,6 +54,11 @@ def test_what_changes_which_key():
     assert token_key(tiny_run_config(restarts=1, restart_below=0.9), "r1", "r2") != token_key(
         tiny_run_config(restarts=1), "r1", "r2"
     )
+    # num_vectors enters the key only when it is not 1 (one-vector keys are those from before it existed)
+    one = c.model_copy(update={"token": c.token.model_copy(update={"num_vectors": 1})})
+    three = c.model_copy(update={"token": c.token.model_copy(update={"num_vectors": 3})})
+    assert token_key(one, "r1", "r2") == t
+    assert token_key(three, "r1", "r2") != t
     # evaluation settings change only the eval_key
     c2 = c.model_copy(update={"evaluation": EvaluationConfig(num_samples=8, seed=1000)})
     assert token_key(c2, "r1", "r2") == t

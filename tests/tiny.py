@@ -132,6 +132,92 @@ def tiny_pipeline(tmp_dir: Path, *, seed: int = 0, scheduler: str = "ddim"):
     return pipe
 
 
+def tiny_sdxl_pipeline(tmp_dir: Path, *, seed: int = 0):
+    """A StableDiffusionXLPipeline of tiny random models, from the configs of diffusers' own SDXL tests
+    (``get_dummy_components``), with the two text encoders of DIFFERENT widths (32 and 40, as SDXL's 768 and
+    1280) so a swapped encoder cannot go unnoticed: CLIPTextModel + CLIPTextModelWithProjection (pooled,
+    projection 24), a UNet with ``addition_embed_type="text_time"`` (add_time_ids: 6 × 8 + 24 = 72 inputs),
+    cross-attention over the concatenated 32 + 40 = 72 features; 8×8×4 latents, 16×16 images."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab_file, merges_file = write_tiny_clip_vocab(tmp_dir / "tokenizer")
+    tokenizers = [
+        CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=32) for _ in range(2)
+    ]
+
+    def text_config(hidden: int) -> CLIPTextConfig:
+        tok = tokenizers[0]
+        return CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            max_position_embeddings=32,
+            projection_dim=24,
+            hidden_act="gelu",
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+
+    text_encoder = CLIPTextModel(text_config(32))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(40))
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 24,
+        cross_attention_dim=32 + 40,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1],
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        m.requires_grad_(False)
+        m.eval()
+    return pipe
+
+
 class TinyConvNet(nn.Module):
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()
@@ -178,16 +264,17 @@ def tiny_run_config(**training):
 TINY_CLASSES = ("red circle", "blue square", "green triangle", "small dog")
 
 
-def save_tiny_world(directory: Path, *, max_epochs: int = 2, num_samples: int = 4) -> Path:
+def save_tiny_world(directory: Path, *, max_epochs: int = 2, num_samples: int = 4, sdxl: bool = False) -> Path:
     """A user-defined dataset on disk: tiny pipeline + tiny timm classifier + a TOML dataset file.
 
+    ``sdxl``: the pipeline is :func:`tiny_sdxl_pipeline` (two text encoders) instead of the SD one.
     Returns the dataset file's path; it goes through exactly the loaders that real models use.
     """
     import timm
     from timm.models._hub import save_for_hf
 
     directory.mkdir(parents=True, exist_ok=True)
-    pipe = tiny_pipeline(directory / "build")
+    pipe = (tiny_sdxl_pipeline if sdxl else tiny_pipeline)(directory / "build")
     pipe.save_pretrained(directory / "pipeline")
     torch.manual_seed(1)
     clf = timm.create_model(

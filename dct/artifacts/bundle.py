@@ -18,6 +18,10 @@ list of tensors with a list of token strings of the same length::
     pipe.load_textual_inversion(list(tokens.values()), token=list(tokens.keys()))
 
 or, from the store (local or S3): ``dct.artifacts.bundle.load_bundle_into(pipe, bundle_uri)``.
+
+Multi-vector tokens are ``(n, D)`` tensors under the same names (the same call adds ``<tok>_1`` …).
+Tokens of a two-encoder pipeline (SDXL) are stored as ``clip_l/<tok>`` ``(n, D1)`` and ``clip_g/<tok>``
+``(n, D2)``; they load with one call per text encoder (:data:`LOAD_SNIPPET_SDXL`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -33,6 +37,7 @@ from safetensors.torch import load as st_load
 
 from dct.artifacts.store import ArtifactStore, open_store, validate_component
 from dct.artifacts.token_file import canonical_safetensors, load_stored_token
+from dct.method.tokens import SDXL_ENCODER_KEYS, TokenVector, vector_shapes
 from dct.results import ClassRecord
 
 logger = logging.getLogger(__name__)
@@ -44,6 +49,12 @@ MANIFEST_METADATA_KEY = "dct_manifest"
 LOAD_SNIPPET = (
     "from safetensors.torch import load_file; t = load_file('tokens.safetensors'); "
     "pipe.load_textual_inversion(list(t.values()), token=list(t.keys()))"
+)
+LOAD_SNIPPET_SDXL = (
+    "from safetensors.torch import load_file; t = load_file('tokens.safetensors'); "
+    "for enc, te, tok in (('clip_l', pipe.text_encoder, pipe.tokenizer), ('clip_g', pipe.text_encoder_2, "
+    "pipe.tokenizer_2)): names = [k.split('/', 1)[1] for k in t if k.startswith(enc + '/')]; "
+    "pipe.load_textual_inversion([t[f'{enc}/{n}'] for n in names], token=names, text_encoder=te, tokenizer=tok)"
 )
 
 
@@ -90,21 +101,22 @@ def manifest_uri(store: ArtifactStore, dataset: str, run_id: str) -> str:
 
 
 def build_bundle(
-    records: Sequence[ClassRecord], vectors: dict[str, torch.Tensor], run_id: str
+    records: Sequence[ClassRecord], vectors: dict[str, TokenVector], run_id: str
 ) -> tuple[bytes, BundleManifest]:
     """Serialise tokens into one safetensors blob (pure; no I/O).
 
     Args:
         records: finished records, one per class, all of one dataset and one token_key.
-        vectors: token string -> vector ``(D,)`` for every record.
+        vectors: token string -> vector for every record, in the token file's form (``(D,)``, ``(n, D)``
+            or ``{"clip_l": (n, D1), "clip_g": (n, D2)}``), the same form and shapes for all.
         run_id: the run exporting the bundle.
 
     Returns:
         ``(safetensors bytes, manifest)``; tensors in class-id order.
 
     Raises:
-        ValueError: no records, mixed datasets/token keys/base models, duplicate tokens, a missing or
-            non-1-D vector, or vectors of different sizes.
+        ValueError: no records, mixed datasets/token keys/base models, duplicate tokens, a missing
+            vector, or vectors of different forms or shapes.
     """
     if not records:
         raise ValueError("no finished class records to bundle; finish at least one class first")
@@ -122,16 +134,21 @@ def build_bundle(
         dupes = sorted({t for t in tokens if tokens.count(t) > 1})
         raise ValueError(f"duplicate token strings {dupes!r} in one bundle (one record per class expected)")
     tensors: dict[str, torch.Tensor] = {}
+    shapes = set()
     for t in tokens:
         if t not in vectors:
             raise ValueError(f"no vector for token {t!r}")
         v = vectors[t]
-        if v.ndim != 1:
-            raise ValueError(f"vector of token {t!r} has shape {tuple(v.shape)}, expected (D,)")
-        tensors[t] = v.detach().float().cpu().contiguous()
-    dims = {v.shape[0] for v in tensors.values()}
-    if len(dims) > 1:
-        raise ValueError(f"token vectors have different sizes {sorted(dims)}; they cannot share one text encoder")
+        shapes.add(repr(vector_shapes(v)))
+        if isinstance(v, Mapping):
+            for k in SDXL_ENCODER_KEYS:
+                tensors[f"{k}/{t}"] = v[k].detach().float().cpu().contiguous()
+        elif v.ndim in (1, 2):
+            tensors[t] = v.detach().float().cpu().contiguous()
+        else:
+            raise ValueError(f"vector of token {t!r} has shape {tuple(v.shape)}, expected (D,) or (n, D)")
+    if len(shapes) > 1:
+        raise ValueError(f"token vectors have different shapes {sorted(shapes)}; they cannot share one text encoder")
     prov = first.provenance
     manifest = BundleManifest(
         dataset=first.dataset,
@@ -143,6 +160,7 @@ def build_bundle(
         classifier_model_id=prov.classifier_model_id,
         classifier_licence=prov.classifier_licence,
         created_at=dt.datetime.now(dt.UTC),
+        load=LOAD_SNIPPET_SDXL if isinstance(vectors[tokens[0]], Mapping) else LOAD_SNIPPET,
         tokens=tuple(
             BundleEntry(
                 token=r.token, class_id=r.class_id, class_name=r.class_name, token_key=r.token_key,
@@ -181,7 +199,7 @@ def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: 
             "bundle of run %s: %d of %d records are not 'done' and are left out",
             run_id, len(records) - len(done), len(records),
         )
-    vectors: dict[str, torch.Tensor] = {}
+    vectors: dict[str, TokenVector] = {}
     # One parallel batch of reads (10k tokens one by one at 20 ms: over 3 minutes), then each checked.
     uris = [store.token_uri(r.dataset, r.token_key, r.class_id) for r in done]
     for r, uri, data in zip(done, uris, store.read_many(uris), strict=True):
@@ -196,11 +214,13 @@ def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: 
     return uri, manifest
 
 
-def read_bundle(data: bytes) -> tuple[list[str], torch.Tensor, BundleManifest]:
+def read_bundle(data: bytes) -> tuple[list[str], torch.Tensor | dict[str, torch.Tensor], BundleManifest]:
     """Parse bundle bytes.
 
     Returns:
-        ``(tokens, vectors (N, D) fp32, manifest)``, rows in manifest (class-id) order.
+        ``(tokens, vectors, manifest)``, rows in manifest (class-id) order; ``vectors`` is ``(N, D)`` or
+        ``(N, n, D)`` fp32 for one text encoder, ``{"clip_l": (N, n, D1), "clip_g": (N, n, D2)}`` for two
+        (row i of each is token i: :func:`bundle_vector`).
 
     Raises:
         ValueError: not a dct bundle, or tensors and manifest disagree.
@@ -212,16 +232,29 @@ def read_bundle(data: bytes) -> tuple[list[str], torch.Tensor, BundleManifest]:
         raise ValueError(f"not a dct token bundle: no {MANIFEST_METADATA_KEY!r} in the safetensors metadata")
     manifest = BundleManifest.model_validate_json(metadata[MANIFEST_METADATA_KEY])
     tokens = [e.token for e in manifest.tokens]
-    if sorted(tokens) != sorted(tensors):
+    two = any(k.startswith(f"{SDXL_ENCODER_KEYS[0]}/") for k in tensors)
+    expected = sorted(f"{k}/{t}" for k in SDXL_ENCODER_KEYS for t in tokens) if two else sorted(tokens)
+    if expected != sorted(tensors):
         raise ValueError(f"bundle tensors {sorted(tensors)[:5]}... do not match its manifest {tokens[:5]}...")
+    if two:
+        return tokens, {k: torch.stack([tensors[f"{k}/{t}"] for t in tokens]) for k in SDXL_ENCODER_KEYS}, manifest
     return tokens, torch.stack([tensors[t] for t in tokens]), manifest
 
 
+def bundle_vector(vectors: torch.Tensor | Mapping[str, torch.Tensor], i: int) -> TokenVector:
+    """Token i's vector (the token file's form) from :func:`read_bundle`'s ``vectors``."""
+    if isinstance(vectors, Mapping):
+        return {k: v[i] for k, v in vectors.items()}
+    return vectors[i]
+
+
 def load_bundle_into(pipe, uri: str, store: ArtifactStore | None = None) -> BundleManifest:
-    """Add every token of a bundle to a diffusers pipeline with ONE ``load_textual_inversion`` call.
+    """Add every token of a bundle to a diffusers pipeline with ``load_textual_inversion``: ONE call for a
+    one-encoder pipeline, one per text encoder for SDXL (the documented ``text_encoder``/``tokenizer`` form).
 
     Args:
-        pipe: a pipeline with ``TextualInversionLoaderMixin`` (e.g. ``StableDiffusionPipeline``).
+        pipe: a pipeline with ``TextualInversionLoaderMixin`` (``StableDiffusionPipeline``,
+            ``StableDiffusionXLPipeline``).
         uri: the bundle's URI (``bundle_uri(...)``; a local path or ``s3://...``).
         store: the store the URI is in (default: opened from the URI's own root folder).
 
@@ -231,5 +264,12 @@ def load_bundle_into(pipe, uri: str, store: ArtifactStore | None = None) -> Bund
     if store is None:
         store = open_store(uri.rsplit("/", 1)[0])
     tokens, vectors, manifest = read_bundle(store.read_bytes(uri))
-    pipe.load_textual_inversion(list(vectors), token=tokens)
+    if isinstance(vectors, Mapping):
+        encoders = {"clip_l": (pipe.text_encoder, pipe.tokenizer), "clip_g": (pipe.text_encoder_2, pipe.tokenizer_2)}
+        for key, (text_encoder, tokenizer) in encoders.items():
+            pipe.load_textual_inversion(
+                list(vectors[key]), token=tokens, text_encoder=text_encoder, tokenizer=tokenizer
+            )
+    else:
+        pipe.load_textual_inversion(list(vectors), token=tokens)
     return manifest

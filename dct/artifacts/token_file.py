@@ -1,7 +1,12 @@
 """Token files: the bytes, their metadata, and THE one check that a stored token is the one asked for.
 
-A token file is safetensors ``{token: vector (D,)}`` with string metadata (what produced it, under which
-licences), loadable by diffusers' ``load_textual_inversion`` (docs/storage.md, "Token files").
+A token file is safetensors with string metadata (what produced it, under which licences), loadable by
+diffusers' ``load_textual_inversion`` (docs/storage.md, "Token files"), in one of three layouts:
+
+- ``{token: (D,)}``: one text encoder, one vector (``token.num_vectors = 1``);
+- ``{token: (n, D)}``: one text encoder, ``n`` vectors (diffusers adds ``<tok>``, ``<tok>_1``, …);
+- ``{"clip_l": (n, D1), "clip_g": (n, D2)}``: two text encoders (SDXL), the community single-file layout;
+  the token string is in the metadata (``token``), and the file loads with two calls, one per encoder.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from safetensors.torch import save as st_save
 from dct.artifacts.store import ArtifactStore
 from dct.config import RunConfig
 from dct.method.optimize import TokenResult, seed_span
+from dct.method.tokens import SDXL_ENCODER_KEYS, TokenVector, vector_shapes
 
 
 def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
@@ -39,30 +45,53 @@ def canonical_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping
     return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
-def token_file_bytes(token: str, vector: torch.Tensor, metadata: Mapping[str, str]) -> bytes:
-    """Serialise one token: safetensors ``{token: vector}`` (fp32, ``(D,)``) with string-valued metadata.
+def _tensors(token: str, vector: TokenVector) -> dict[str, torch.Tensor]:
+    if isinstance(vector, Mapping):
+        if set(vector) != set(SDXL_ENCODER_KEYS):
+            raise ValueError(f"a two-encoder token holds exactly {list(SDXL_ENCODER_KEYS)}, got {sorted(vector)}")
+        tensors = {k: vector[k] for k in SDXL_ENCODER_KEYS}
+        if any(v.ndim != 2 for v in tensors.values()) or len({v.shape[0] for v in tensors.values()}) != 1:
+            raise ValueError(f"two-encoder token vectors must be (n, D) with the same n, got {vector_shapes(vector)}")
+    else:
+        if vector.ndim not in (1, 2):
+            raise ValueError(f"token vector must be (D,) or (n, D), got shape {tuple(vector.shape)}")
+        tensors = {token: vector}
+    for v in tensors.values():
+        if not torch.isfinite(v).all():
+            raise ValueError(f"refusing to save a non-finite vector for token {token!r}")
+    return {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+
+
+def token_file_bytes(token: str, vector: TokenVector, metadata: Mapping[str, str]) -> bytes:
+    """Serialise one token (fp32) with string-valued metadata, in the layout of its form (module docstring).
+
+    A two-encoder token's string is written into the metadata (``token``), where readers find it.
 
     Raises:
-        ValueError: a non-finite vector, a non-1-D vector, or a non-string metadata value.
+        ValueError: a non-finite vector, a shape outside the three layouts, or a non-string metadata value.
     """
-    if vector.ndim != 1:
-        raise ValueError(f"token vector must be 1-D (D,), got shape {tuple(vector.shape)}")
-    if not torch.isfinite(vector).all():
-        raise ValueError(f"refusing to save a non-finite vector for token {token!r}")
+    tensors = _tensors(token, vector)
     bad = {k: type(v).__name__ for k, v in metadata.items() if not isinstance(v, str)}
     if bad:
         raise ValueError(f"token metadata values must be strings; got {bad}")
-    return canonical_safetensors({token: vector.detach().float().cpu().contiguous()}, metadata)
+    metadata = dict(metadata)
+    if isinstance(vector, Mapping):
+        if metadata.get("token", token) != token:
+            raise ValueError(f"metadata names token {metadata['token']!r} but the file is for {token!r}")
+        metadata["token"] = token
+    return canonical_safetensors(tensors, metadata)
 
 
-def read_token_bytes(data: bytes) -> tuple[str, torch.Tensor, dict[str, str]]:
-    """Parse a token file produced by :func:`token_file_bytes`.
+def read_token_bytes(data: bytes) -> tuple[str, TokenVector, dict[str, str]]:
+    """Parse a token file produced by :func:`token_file_bytes` (any of its three layouts).
 
     Returns:
-        ``(token, vector (D,) fp32, metadata)``.
+        ``(token, vector, metadata)``; the vector in the file's form: ``(D,)`` or ``(n, D)`` fp32, or
+        ``{"clip_l": (n, D1), "clip_g": (n, D2)}``.
 
     Raises:
-        ValueError: not a single-token safetensors file (truncated, foreign or multi-token).
+        ValueError: not a token file (truncated, foreign, several tokens, or a two-encoder file without
+            its token string in the metadata).
     """
     try:
         tensors = st_load(data)
@@ -70,15 +99,24 @@ def read_token_bytes(data: bytes) -> tuple[str, torch.Tensor, dict[str, str]]:
         metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:  # json errors are ValueErrors
         raise ValueError(f"not a readable safetensors token file ({exc})") from exc
+    metadata = dict(metadata)
+    if set(tensors) == set(SDXL_ENCODER_KEYS):
+        token = metadata.get("token")
+        if not token:
+            raise ValueError("a clip_l/clip_g token file without 'token' in its metadata: which token is it?")
+        vector = {k: tensors[k].float() for k in SDXL_ENCODER_KEYS}
+        if any(v.ndim != 2 for v in vector.values()) or len({v.shape[0] for v in vector.values()}) != 1:
+            raise ValueError(f"token {token!r} has shapes {vector_shapes(vector)}, expected (n, D) with the same n")
+        return token, vector, metadata
     if len(tensors) != 1:
         raise ValueError(f"expected exactly one token in the file, found {sorted(tensors)}")
     ((token, vector),) = tensors.items()
-    if vector.ndim != 1:
-        raise ValueError(f"token {token!r} has shape {tuple(vector.shape)}, expected (D,)")
-    return token, vector.float(), dict(metadata)
+    if vector.ndim not in (1, 2):
+        raise ValueError(f"token {token!r} has shape {tuple(vector.shape)}, expected (D,) or (n, D)")
+    return token, vector.float(), metadata
 
 
-def save_token(path: str | Path, token: str, vector: torch.Tensor, metadata: Mapping[str, str]) -> Path:
+def save_token(path: str | Path, token: str, vector: TokenVector, metadata: Mapping[str, str]) -> Path:
     """Write a token file to a local path atomically (temporary name, then ``os.replace``)."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +126,7 @@ def save_token(path: str | Path, token: str, vector: torch.Tensor, metadata: Map
     return path
 
 
-def load_token(path: str | Path) -> tuple[str, torch.Tensor, dict[str, str]]:
+def load_token(path: str | Path) -> tuple[str, TokenVector, dict[str, str]]:
     """Read a local token file; see :func:`read_token_bytes`."""
     return read_token_bytes(Path(path).read_bytes())
 
@@ -129,11 +167,12 @@ def build_token_metadata(
 def check_token(
     where: str,
     token: str,
-    vector: torch.Tensor,
+    vector: TokenVector,
     metadata: Mapping[str, str],
     *,
     expected_token: str | None = None,
-    width: int | None = None,
+    width: int | Sequence[int] | None = None,
+    num_vectors: int | None = None,
     require: Sequence[str] = (),
     flags: Mapping[str, str] | None = None,
     **expected: str,
@@ -143,7 +182,10 @@ def check_token(
     Args:
         where: how the file is named in messages (``"token file 's3://...'"``, ``"--token 'x.safetensors'"``).
         expected_token: the token string it must hold (e.g. ``RunConfig.token_string(class_id)``).
-        width: the text encoder's embedding width; the vector must be ``(width,)``.
+        width: the text encoders' embedding widths (``dct.method.tokens.token_widths``; an int for one
+            encoder): one width → a ``(width,)`` or ``(n, width)`` tensor; two → ``{"clip_l": (n, width[0]),
+            "clip_g": (n, width[1])}``.
+        num_vectors: the number of vectors ``n`` it must hold (None = any).
         require: keys of ``expected`` that the metadata must carry (a file without them is not provably ours).
         flags: CLI flag per key, so a mismatch says which flag to change (``{"dataset": "--dataset"}``).
         expected: metadata values the file must agree with (``dataset``, ``class_id``, ``token_key``).
@@ -169,11 +211,40 @@ def check_token(
             flag = (flags or {}).get(key)
             hint = f"; pass {flag} {metadata[key]} or the token file of {key} {value!r}" if flag else ""
             raise ValueError(f"{where} is the token of {key} {metadata[key]!r}, not {value!r}{hint}")
-    if width is not None and tuple(vector.shape) != (width,):
-        raise ValueError(f"{where}: {token!r} has shape {tuple(vector.shape)}, the text encoder expects ({width},)")
-    if not bool(torch.isfinite(vector).all()):
-        raise ValueError(f"{where}: the vector of {token!r} has non-finite values; re-optimise the class")
+    _check_shape(where, token, vector, width, num_vectors)
     return missing
+
+
+def _check_shape(
+    where: str, token: str, vector: TokenVector, width: int | Sequence[int] | None, num_vectors: int | None
+) -> None:
+    """The vector's layout fits the text encoders (``width``) and ``num_vectors``; every value finite."""
+    blocks = list(vector.values()) if isinstance(vector, Mapping) else [vector]
+    shapes = vector_shapes(vector)
+    if width is not None:
+        widths = (width,) if isinstance(width, int) else tuple(width)
+        if len(widths) == 2:
+            ok = isinstance(vector, Mapping) and set(vector) == set(SDXL_ENCODER_KEYS) and all(
+                vector[k].ndim == 2 and vector[k].shape[1] == w for k, w in zip(SDXL_ENCODER_KEYS, widths, strict=True)
+            )
+            expected = {k: f"(n, {w})" for k, w in zip(SDXL_ENCODER_KEYS, widths, strict=True)}
+        else:
+            ok = not isinstance(vector, Mapping) and vector.ndim in (1, 2) and vector.shape[-1] == widths[0]
+            expected = f"({widths[0]},) or (n, {widths[0]})"
+        if not ok:
+            raise ValueError(
+                f"{where}: {token!r} has shape {shapes}, the pipeline's text encoder(s) expect {expected}; "
+                "it was learned for another model"
+            )
+    if num_vectors is not None:
+        found = {1 if b.ndim == 1 else b.shape[0] for b in blocks}
+        if found != {num_vectors}:
+            raise ValueError(
+                f"{where}: {token!r} holds {sorted(found)} vector(s) per encoder (shape {shapes}), "
+                f"the configuration asks for token.num_vectors={num_vectors}"
+            )
+    if not all(bool(torch.isfinite(b).all()) for b in blocks):
+        raise ValueError(f"{where}: the vector of {token!r} has non-finite values; re-optimise the class")
 
 
 def load_stored_token(
@@ -183,21 +254,22 @@ def load_stored_token(
     class_id: int,
     token: str | None = None,
     *,
-    width: int | None = None,
+    width: int | Sequence[int] | None = None,
+    num_vectors: int | None = None,
     require: Sequence[str] = (),
     data: bytes | None = None,
-) -> tuple[str, torch.Tensor, dict[str, str]]:
+) -> tuple[str, TokenVector, dict[str, str]]:
     """Read a stored token and check (:func:`check_token`) that it is the one its location claims.
 
     A ``ValueError`` here means: do not use it (a shard re-optimises the class).
 
     Args:
         token: the expected token string (e.g. ``RunConfig.token_string(class_id)``), or None.
-        width, require: see :func:`check_token`.
+        width, num_vectors, require: see :func:`check_token`.
         data: the file's bytes if the caller already read them (batched reads); else read here.
 
     Returns:
-        ``(token, vector (D,) fp32, metadata)``.
+        ``(token, vector in the file's form (see :func:`read_token_bytes`), metadata)``.
 
     Raises:
         FileNotFoundError: no token for these keys.
@@ -216,6 +288,7 @@ def load_stored_token(
         metadata,
         expected_token=token,
         width=width,
+        num_vectors=num_vectors,
         require=require,
         token_key=token_key,
         class_id=str(class_id),

@@ -13,8 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from dct.commands.common import (
     add_device_argument,
@@ -26,6 +25,9 @@ from dct.commands.common import (
     select_one_class,
     with_pipeline,
 )
+
+if TYPE_CHECKING:
+    from dct.method.tokens import TokenVector
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class _ClassToken:
     """One class token as read from a token file or a bundle, with what it says it was learned on."""
 
     token: str
-    vector: torch.Tensor  # (D,) fp32
+    vector: TokenVector  # the token file's form: (D,), (n, D) or {"clip_l": (n, D1), "clip_g": (n, D2)}
     base_model: str | None
     base_model_revision: str | None
 
@@ -72,9 +74,10 @@ class _ClassToken:
 def run(args: argparse.Namespace) -> int:
     from dct.artifacts.images import encode_image
     from dct.artifacts.store import open_store
+    from dct.artifacts.token_file import check_token
     from dct.config import epoch_prompts
     from dct.method.sampling import generate
-    from dct.method.tokens import add_placeholder_token, set_token_vector
+    from dct.method.tokens import install_token, text_encoders, token_widths
     from dct.models.datasets import get_dataset
     from dct.models.hub import ModelNotAvailableError
     from dct.models.pipelines import load_pipeline
@@ -109,15 +112,15 @@ def run(args: argparse.Namespace) -> int:
         raise exc.for_dataset(spec.name) from None
 
     pipe = loaded.pipe
-    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    if found.vector.shape != (width,):
-        raise ValueError(
-            f"token {found.token!r} has {found.vector.shape[0]} dimensions but {config.diffusion.model_id!r} "
-            f"embeds tokens in {width}; it was learned for another model (pass that one with --pipeline)"
-        )
-    if pipe.tokenizer.convert_tokens_to_ids(found.token) not in (None, pipe.tokenizer.unk_token_id):
-        # Writing the vector would change an existing word (perhaps the baseline word itself).
-        raise ValueError(f"token {found.token!r} is already a word of the tokenizer; it cannot be a class token")
+    try:
+        check_token(f"token {found.token!r}", found.token, found.vector, {}, width=token_widths(pipe))
+    except ValueError as exc:
+        hint = f"{config.diffusion.model_id!r}; pass the model it was learned on with --pipeline"
+        raise ValueError(f"{exc} ({hint})") from None
+    for tokenizer, _ in text_encoders(pipe):
+        if tokenizer.convert_tokens_to_ids(found.token) not in (None, tokenizer.unk_token_id):
+            # Writing the vector would change an existing word (perhaps the baseline word itself).
+            raise ValueError(f"token {found.token!r} is already a word of the tokenizer; it cannot be a class token")
     if found.base_model_revision not in (None, loaded.resolved_revision):
         logger.warning(
             "token %s was learned on revision %s of the pipeline, this one is %s: images may differ from the run's",
@@ -125,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
             found.base_model_revision,
             loaded.resolved_revision,
         )
-    token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, found.token, config.token.initializer_token)
-    set_token_vector(pipe.text_encoder, token_id, found.vector)
+    install_token(pipe, found.token, found.vector, config.token.initializer_token)
 
     variants = [("dct", found.token)] + ([("baseline", config.prompts.baseline_word)] if args.baseline else [])
     rendered = {}
@@ -227,7 +229,7 @@ def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
     """
     from safetensors import SafetensorError
 
-    from dct.artifacts.bundle import BUNDLE_FILE, read_bundle
+    from dct.artifacts.bundle import BUNDLE_FILE, bundle_vector, read_bundle
     from dct.artifacts.token_file import check_token
 
     uri, data = _read_uri(uri, "--bundle", BUNDLE_FILE)
@@ -248,6 +250,6 @@ def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
         shown = ", ".join(map(str, held[:20])) + (f", ... ({len(held)} in all)" if len(held) > 20 else "")
         raise ValueError(f"class {class_id} is not in --bundle {uri!r} (run {manifest.run_id!r}); it holds {shown}")
     i = by_class[class_id]
-    vector = vectors[i]
+    vector = bundle_vector(vectors, i)
     check_token(f"--bundle {uri!r}", tokens[i], vector, {})
     return _ClassToken(tokens[i], vector, manifest.base_model, manifest.base_model_revision)

@@ -119,8 +119,13 @@ def run(args: argparse.Namespace) -> int:
     if result.message:
         print(f"  note: {result.message}")
     print(f"  token file: {out}  (token_key {tkey})")
-    print(
-        f'  use it: pipe.load_textual_inversion({str(out)!r}); prompt "A photo of {result.token} '
-        f'{spec.class_names[class_id]}"'
-    )
+    prompt = f'"A photo of {result.token} {spec.class_names[class_id]}"'
+    if isinstance(result.vector, dict):  # two text encoders (SDXL): one documented call per encoder
+        print(
+            f"  use it: state = safetensors.torch.load_file({str(out)!r}); "
+            f"pipe.load_textual_inversion(state['clip_l'], token={result.token!r}, text_encoder=pipe.text_encoder, "
+            f"tokenizer=pipe.tokenizer); the same with 'clip_g', pipe.text_encoder_2, pipe.tokenizer_2; prompt {prompt}"
+        )
+    else:
+        print(f"  use it: pipe.load_textual_inversion({str(out)!r}); prompt {prompt}")
     return 0

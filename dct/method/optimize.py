@@ -13,6 +13,7 @@ again from the initial vector on the next block of seeds, and the attempt with t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -25,8 +26,17 @@ import torch
 import torch.nn.functional as F
 
 from dct.config import RunConfig, epoch_prompts
-from dct.method.sampling import autocast, encode_prompts, iter_batches, render
-from dct.method.tokens import add_placeholder_token, bind_token_vectors, get_token_vector, set_token_vector
+from dct.method.sampling import autocast, encode_text, expand_unconditional, iter_batches, render, unconditional
+from dct.method.tokens import (
+    TokenVector,
+    add_placeholder_tokens,
+    bind_token_vectors,
+    from_rows,
+    get_token_vector,
+    set_token_vector,
+    text_encoders,
+    to_rows,
+)
 from dct.models.interface import ImageClassifier
 
 logger = logging.getLogger(__name__)
@@ -38,15 +48,18 @@ StopReason = Literal["accuracy", "patience", "max_epochs", "diverged"]
 class TokenResult:
     """The outcome of optimising one class token.
 
-    ``vector`` is the best-loss vector ``(D,)`` fp32 on the CPU; ``losses``/``accuracies`` are per epoch
-    (the loss and guide accuracy of the vector *before* that epoch's update).
+    ``vector`` is the best-loss vector, fp32 on the CPU, in the token file's form
+    (:data:`dct.method.tokens.TokenVector`: ``(D,)`` for one text encoder and one vector, ``(n, D)`` for
+    ``token.num_vectors = n``, ``{"clip_l": (n, D1), "clip_g": (n, D2)}`` for two text encoders);
+    ``losses``/``accuracies`` are per epoch (the loss and guide accuracy of the vector *before* that
+    epoch's update).
     """
 
     token: str
     class_id: int
     class_name: str
-    vector: torch.Tensor
-    initial_vector: torch.Tensor
+    vector: TokenVector
+    initial_vector: TokenVector
     losses: list[float] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     best_epoch: int = -1
@@ -80,18 +93,24 @@ def _lr_at(config: RunConfig, base_lr: float, update: int) -> float:
 def epoch_loss_and_grad(
     pipe,
     classifier: ImageClassifier,
-    vector: torch.nn.Parameter,
-    token_id: int,
+    vectors: Sequence[torch.nn.Parameter],
+    token_ids: Sequence[Sequence[int]],
     prompts: Sequence[str],
     seeds: Sequence[int],
     target: int,
     config: RunConfig,
-    uncond_one: torch.Tensor | None,
+    uncond_one: tuple[torch.Tensor, torch.Tensor | None] | None,
     *,
     device: torch.device | str,
     dtype: torch.dtype,
 ) -> tuple[float, torch.Tensor]:
-    """Forward + backward of one epoch, micro-batched; gradients accumulate into ``vector.grad``.
+    """Forward + backward of one epoch, micro-batched; gradients accumulate into each vector's ``.grad``.
+
+    Args:
+        vectors: one ``(n, D_i)`` parameter per text encoder of ``pipe`` (row j is sub-token j).
+        token_ids: per text encoder, the ids of the token's ``n`` sub-tokens.
+        uncond_one: :func:`dct.method.sampling.unconditional` of the pipeline (batch 1), or None
+            without classifier-free guidance.
 
     Each micro-batch's summed cross-entropy is divided by the epoch size, so any micro-batch size gives
     the gradient of the same mean loss.
@@ -103,12 +122,24 @@ def epoch_loss_and_grad(
     total = 0.0
     all_logits = []
     targets_all = torch.full((n,), target, dtype=torch.long)
+    encoders = [te for _, te in text_encoders(pipe)]
+    uncond, uncond_pooled = uncond_one if uncond_one is not None else (None, None)
     for sl in iter_batches(n, config.training.micro_batch_size):
-        with autocast(device, dtype), bind_token_vectors(pipe.text_encoder, {token_id: vector}):
-            cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts[sl])
-            uncond = uncond_one.expand(cond.shape[0], -1, -1) if uncond_one is not None else None
+        with autocast(device, dtype), contextlib.ExitStack() as stack:
+            for text_encoder, vector, ids in zip(encoders, vectors, token_ids, strict=True):
+                stack.enter_context(bind_token_vectors(text_encoder, dict(zip(ids, vector, strict=True))))
+            cond, pooled = encode_text(pipe, prompts[sl])
+            un, un_pooled = expand_unconditional(uncond, uncond_pooled, cond.shape[0])
             images = render(
-                pipe, cond, uncond, seeds[sl], config.sampler, grad_steps=config.training.grad_steps, device=device
+                pipe,
+                cond,
+                un,
+                seeds[sl],
+                config.sampler,
+                grad_steps=config.training.grad_steps,
+                device=device,
+                pooled=pooled,
+                uncond_pooled=un_pooled,
             )
             logits = classifier(images)
         loss = F.cross_entropy(logits.float(), targets_all[sl].to(logits.device), reduction="sum") / n
@@ -158,24 +189,29 @@ def optimize_token(
     train = config.training
     dtype = dtype or pipe.unet.dtype
     token = config.token_string(class_id)
-    token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, config.token.initializer_token)
-    init_ids = pipe.tokenizer.encode(config.token.initializer_token, add_special_tokens=False)
-    initial = get_token_vector(pipe.text_encoder, init_ids[0])
+    num_vectors = config.token.num_vectors
+    token_ids, initial_rows = [], []
+    for tokenizer, text_encoder in text_encoders(pipe):
+        ids = add_placeholder_tokens(tokenizer, text_encoder, token, config.token.initializer_token, num_vectors)
+        init_id = tokenizer.encode(config.token.initializer_token, add_special_tokens=False)[0]
+        token_ids.append(ids)
+        # Every sub-token starts from the initializer's row (as diffusers' textual-inversion trainer).
+        initial_rows.append(get_token_vector(text_encoder, init_id).expand(num_vectors, -1).clone())
+    initial = from_rows(initial_rows)
+    # The prompts name the token once; encoding expands it to its sub-tokens (dct.method.tokens.expand_prompt).
     prompts = epoch_prompts(config.prompts.templates, token, class_name, train.images_per_epoch)
     with torch.no_grad(), autocast(device, dtype):
         # The unconditional embedding does not depend on the token: computed once per class, not per step.
-        uncond_one = (
-            encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]) if config.sampler.guidance_scale != 1.0 else None
-        )
+        uncond_one = unconditional(pipe) if config.sampler.guidance_scale != 1.0 else None
 
     result = None
     for attempt in range(train.restarts + 1):
-        current = TokenResult(token, class_id, class_name, initial.clone(), initial.clone(), attempt=attempt)
+        current = TokenResult(token, class_id, class_name, initial, initial, attempt=attempt)
         _run_attempt(
             current,
             pipe,
             classifier,
-            token_id,
+            token_ids,
             prompts,
             list(train.attempt_seeds(attempt)),
             uncond_one,
@@ -199,7 +235,10 @@ def optimize_token(
                 seed_span(train.attempt_seeds(attempt + 1)),
             )
     result.attempts = attempt + 1
-    set_token_vector(pipe.text_encoder, token_id, result.vector)
+    best = to_rows(result.vector, len(token_ids))
+    for (_, text_encoder), ids, block in zip(text_encoders(pipe), token_ids, best, strict=True):
+        for token_id, row in zip(ids, block, strict=True):
+            set_token_vector(text_encoder, token_id, row)
     result.seconds = time.perf_counter() - t0
     logger.info(
         "%s (%s): %s after %d epochs (attempt %d of %d), best loss %.4f at epoch %d, %.1fs",
@@ -224,10 +263,10 @@ def _run_attempt(
     result: TokenResult,
     pipe,
     classifier: ImageClassifier,
-    token_id: int,
+    token_ids: Sequence[Sequence[int]],
     prompts: Sequence[str],
     seeds: Sequence[int],
-    uncond_one: torch.Tensor | None,
+    uncond_one: tuple[torch.Tensor, torch.Tensor | None] | None,
     config: RunConfig,
     *,
     device: torch.device | str,
@@ -238,11 +277,17 @@ def _run_attempt(
     train, opt_cfg = config.training, config.optimizer
     token, class_id = result.token, result.class_id
     result.seeds = tuple(seeds)
-    vector = torch.nn.Parameter(result.initial_vector.clone().to(device))
-    base_lr = opt_cfg.lr * (float(result.initial_vector.norm()) if opt_cfg.lr_scale == "token_norm" else 1.0)
-    optimizer = torch.optim.AdamW(
-        [vector], lr=base_lr, betas=opt_cfg.betas, weight_decay=opt_cfg.weight_decay, eps=opt_cfg.eps
-    )
+    initial_rows = to_rows(result.initial_vector, len(token_ids))
+    # One fp32 parameter (n, D_i) per text encoder: SDXL's two blocks are optimised jointly, nothing else is.
+    vectors = [torch.nn.Parameter(rows.clone().to(device)) for rows in initial_rows]
+    # lr_scale "token_norm": each block's lr scales with the norm of its own initial vector (one row).
+    groups = [
+        {"params": [v], "base_lr": opt_cfg.lr * (float(rows[0].norm()) if opt_cfg.lr_scale == "token_norm" else 1.0)}
+        for v, rows in zip(vectors, initial_rows, strict=True)
+    ]
+    for group in groups:
+        group["lr"] = group["base_lr"]
+    optimizer = torch.optim.AdamW(groups, betas=opt_cfg.betas, weight_decay=opt_cfg.weight_decay, eps=opt_cfg.eps)
     best_loss, since_best = math.inf, 0
     bar = _progress_bar(train.max_epochs, f"{token} {result.class_name}", progress)
     try:
@@ -251,8 +296,8 @@ def _run_attempt(
             loss, logits = epoch_loss_and_grad(
                 pipe,
                 classifier,
-                vector,
-                token_id,
+                vectors,
+                token_ids,
                 prompts,
                 seeds,
                 class_id,
@@ -262,7 +307,7 @@ def _run_attempt(
                 dtype=dtype,
             )
             accuracy = float((logits.argmax(dim=1) == class_id).float().mean())
-            grad_ok = vector.grad is not None and bool(torch.isfinite(vector.grad).all())
+            grad_ok = all(v.grad is not None and bool(torch.isfinite(v.grad).all()) for v in vectors)
             if not math.isfinite(loss) or not grad_ok:
                 result.stop_reason = "diverged"
                 result.message = (
@@ -277,7 +322,7 @@ def _run_attempt(
             if loss < best_loss:
                 best_loss, since_best = loss, 0
                 result.best_epoch = epoch
-                result.vector = vector.detach().float().cpu().clone()  # the vector that produced this loss
+                result.vector = from_rows(vectors)  # the vectors that produced this loss
             else:
                 since_best += 1
             _report(bar, epoch, loss, accuracy, token)
@@ -288,9 +333,10 @@ def _run_attempt(
                 result.stop_reason = "patience"
                 break
             if opt_cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_([vector], opt_cfg.max_grad_norm)  # after backward, as intended
+                # after backward, as intended; one norm over all the token's parameters (as one vector)
+                torch.nn.utils.clip_grad_norm_(vectors, opt_cfg.max_grad_norm)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(config, base_lr, epoch)
+                group["lr"] = _lr_at(config, group["base_lr"], epoch)
             optimizer.step()
         else:
             result.stop_reason = "max_epochs"

@@ -26,7 +26,7 @@ from dct.config import (
 )
 from dct.lazy import resolve
 from dct.models.labels import cub_class_names, imagenet_class_names, names_from_id2label
-from dct.models.pipelines import PIPELINE_PRESETS
+from dct.models.pipelines import PIPELINE_PRESETS, PRESET_SAMPLERS, PRESET_TRAINING
 from dct.models.preprocess import PRESETS as PREPROCESS_PRESETS
 
 DATASET_FILE_SUFFIXES = (".toml", ".yaml", ".yml")
@@ -171,6 +171,13 @@ def _resolve_presets(data: dict[str, Any]) -> dict[str, Any]:
         if name not in PIPELINE_PRESETS:
             raise ValueError(f"unknown diffusion preset {name!r}; valid: {', '.join(sorted(PIPELINE_PRESETS))}")
         data["diffusion"] = {**PIPELINE_PRESETS[name].model_dump(), **d}
+    else:
+        name = None
+    # A preset's own sampler/training settings (sdxl-turbo: 1 step, no CFG, 512²) under the file's own keys.
+    if name in PRESET_SAMPLERS:
+        data["sampler"] = {**PRESET_SAMPLERS[name].model_dump(), **(data.get("sampler") or {})}
+    if name in PRESET_TRAINING:
+        data["training"] = {**PRESET_TRAINING[name], **(data.get("training") or {})}
     for key in ("classifier", "evaluator"):
         c = data.get(key)
         if isinstance(c, dict) and isinstance(c.get("preprocess"), str):

@@ -27,7 +27,7 @@ from dct.evaluation.features import (
 )
 from dct.method.optimize import TokenResult, optimize_token
 from dct.method.sampling import generate
-from dct.method.tokens import add_placeholder_token, set_token_vector
+from dct.method.tokens import TokenVector, install_token, token_widths
 from dct.models.loading import Models, load_models
 from dct.results import ClassRecord, Provenance, build_provenance, failed_class_record, write_class_record
 
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 def _reusable_token(
-    store: ArtifactStore, config: RunConfig, class_id: int, tkey: str, width: int
-) -> tuple[torch.Tensor, dict[str, str]] | None:
+    store: ArtifactStore, config: RunConfig, class_id: int, tkey: str, width: tuple[int, ...]
+) -> tuple[TokenVector, dict[str, str]] | None:
     """The stored token for these keys if it is intact and provably theirs; None → (re-)optimise."""
     if not store.has_token(config.dataset, tkey, class_id):
         return None
@@ -44,7 +44,14 @@ def _reusable_token(
         # A file without our token_key in its metadata is not provably ours; a hand-edited vector of the
         # wrong width or with non-finite values must never be loaded into the pipeline.
         _, vector, meta = load_stored_token(
-            store, config.dataset, tkey, class_id, config.token_string(class_id), width=width, require=("token_key",)
+            store,
+            config.dataset,
+            tkey,
+            class_id,
+            config.token_string(class_id),
+            width=width,
+            num_vectors=config.token.num_vectors,
+            require=("token_key",),
         )
     except ValueError as exc:
         logger.warning("class %d: %s; re-optimising", class_id, exc)
@@ -157,12 +164,10 @@ def process_class(
     pipe = models.pipe
 
     t0 = time.perf_counter()
-    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    reused = None if force else _reusable_token(store, config, class_id, tkey, width)
+    reused = None if force else _reusable_token(store, config, class_id, tkey, token_widths(pipe))
     if reused is not None:
         vector, meta = reused
-        token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, config.token.initializer_token)
-        set_token_vector(pipe.text_encoder, token_id, vector)
+        install_token(pipe, token, vector, config.token.initializer_token)
         stop_reason, epochs = meta.get("stop_reason"), int(meta.get("epochs", "0"))
         best_loss = float(meta.get("best_loss", "nan"))
         best_epoch, best_acc = None, None

@@ -13,11 +13,18 @@ from dct.results import write_class_record
 CLASSES = (0, 3, 11)
 
 
-def _store_tokens(store, make_record, dim: int):
+def _store_tokens(store, make_record, dim, num_vectors: int | None = None):
+    """``dim``: an int (one text encoder) or ``(D1, D2)`` (SDXL: ``{"clip_l", "clip_g"}`` tokens);
+    ``num_vectors``: None = ``(D,)`` vectors, n = ``(n, D)`` blocks."""
     records, vectors = [], {}
     for cid in CLASSES:
         rec = make_record(cid, run_id="run-1" if cid else "run-0")  # class 0 finished in an earlier run
-        vec = torch.randn(dim, generator=torch.Generator().manual_seed(100 + cid))
+        gen = torch.Generator().manual_seed(100 + cid)
+        if isinstance(dim, tuple):
+            keys = ("clip_l", "clip_g")
+            vec = {k: torch.randn(num_vectors or 1, d, generator=gen) for k, d in zip(keys, dim, strict=True)}
+        else:
+            vec = torch.randn(*((num_vectors,) if num_vectors else ()), dim, generator=gen)
         meta = {"token_key": rec.token_key, "class_id": str(cid), "dataset": rec.dataset}
         store.write_token(rec.dataset, rec.token_key, cid, token_file_bytes(rec.token, vec, meta))
         write_class_record(store, rec)
@@ -103,3 +110,37 @@ def test_load_stored_token_detects_corrupt_and_foreign_files(store):
         load_stored_token(store, "toy", "tk0001", 2)
     with pytest.raises(FileNotFoundError):
         load_stored_token(store, "toy", "tk0001", 3)
+
+
+def test_multi_vector_bundle_loads_with_the_same_one_call(store, make_record, tiny_pipe):
+    dim = tiny_pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    records, vectors = _store_tokens(store, make_record, dim, num_vectors=3)
+    uri, _ = export_bundle(store, records, "run-1")
+    _, stacked, _ = read_bundle(store.read_bytes(uri))
+    assert stacked.shape == (3, 3, dim)
+    load_bundle_into(tiny_pipe, uri, store)
+    tok, emb = tiny_pipe.tokenizer, tiny_pipe.text_encoder.get_input_embeddings().weight
+    for token, vec in vectors.items():
+        for j, name in enumerate([token, f"{token}_1", f"{token}_2"]):
+            assert torch.equal(emb[tok.convert_tokens_to_ids(name)].detach(), vec[j])
+
+
+def test_sdxl_bundle_loads_with_one_call_per_text_encoder(store, make_record, tmp_path):
+    from tiny import tiny_sdxl_pipeline
+
+    from dct.artifacts.bundle import bundle_vector
+
+    pipe = tiny_sdxl_pipeline(tmp_path)
+    records, vectors = _store_tokens(store, make_record, (32, 40), num_vectors=2)
+    uri, manifest = export_bundle(store, records, "run-1")
+    tokens, stacked, _ = read_bundle(store.read_bytes(uri))
+    assert {k: tuple(v.shape) for k, v in stacked.items()} == {"clip_l": (3, 2, 32), "clip_g": (3, 2, 40)}
+    assert all(torch.equal(bundle_vector(stacked, i)["clip_g"], vectors[t]["clip_g"]) for i, t in enumerate(tokens))
+    assert "text_encoder_2" in manifest.load
+    load_bundle_into(pipe, uri, store)
+    encoders = (("clip_l", pipe.tokenizer, pipe.text_encoder), ("clip_g", pipe.tokenizer_2, pipe.text_encoder_2))
+    for key, tok, te in encoders:
+        emb = te.get_input_embeddings().weight
+        for token, vec in vectors.items():
+            assert torch.equal(emb[tok.convert_tokens_to_ids(token)].detach(), vec[key][0])
+            assert torch.equal(emb[tok.convert_tokens_to_ids(f"{token}_1")].detach(), vec[key][1])

@@ -47,3 +47,35 @@ def test_reference_epoch_moves_only_the_token_row():
     assert math.isfinite(loss)
     moved = (table.detach() - before).abs().amax(dim=1)
     assert moved[state.token_id] > 10 * moved[torch.arange(len(moved)) != state.token_id].max()
+
+
+def test_sdxl_turbo_mid_runs_both_variants():
+    """The SDXL code path of both variants (two text encoders, added conditioning), one 1-step epoch each."""
+    from benchmarks.optimize import main
+
+    result = main(["--preset", "sdxl-turbo-mid", "--epochs", "1", "--warmup", "0", "--no-memory", "--no-flops",
+                   "--threads", "1"])
+    assert set(result["variants"]) == {"ours", "reference"}
+    assert all(s["median_s"] > 0 for s in result["variants"].values())
+
+
+def test_reference_sdxl_epoch_moves_only_the_token_rows():
+    """The SDXL reference-style loop trains the placeholder row of BOTH tables (and only them, but for decay)."""
+    from benchmarks.optimize import CLASS_NAME
+    from benchmarks.presets import build_models, get_preset
+    from benchmarks.reference_sdxl import reference_sdxl_epoch, setup_reference_sdxl
+    from dct.config import epoch_prompts
+
+    torch.set_num_threads(1)
+    preset = get_preset("sdxl-turbo-mid")
+    config = preset.run_config()
+    pipe, clf = build_models(preset)
+    prompts = epoch_prompts(config.prompts.templates, config.token_string(0), CLASS_NAME, 2)
+    state = setup_reference_sdxl(pipe, clf, config, prompts, device="cpu")
+    tables = [pipe.text_encoder.get_input_embeddings().weight, pipe.text_encoder_2.get_input_embeddings().weight]
+    before = [t.detach().clone() for t in tables]
+    loss = reference_sdxl_epoch(state, config, [0, 1], target=3)
+    assert math.isfinite(loss)
+    for table, old, token_id in zip(tables, before, state.token_ids, strict=True):
+        moved = (table.detach() - old).abs().amax(dim=1)
+        assert moved[token_id] > 10 * moved[torch.arange(len(moved)) != token_id].max()

@@ -13,7 +13,7 @@ from tiny import tiny_run_config
 from dct.artifacts.token_file import build_token_metadata
 from dct.config import SamplerConfig, epoch_prompts
 from dct.method.optimize import epoch_loss_and_grad, optimize_token
-from dct.method.sampling import encode_prompts
+from dct.method.sampling import unconditional
 from dct.method.tokens import add_placeholder_token, get_token_vector
 
 
@@ -29,14 +29,15 @@ def _one_epoch(pipe, clf, config, class_id: int = 0) -> tuple[torch.nn.Parameter
     """Add the class token and run one epoch's forward + backward; returns (token parameter with .grad, loss)."""
     token = config.token_string(class_id)
     token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a")
-    vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id))
+    vec = torch.nn.Parameter(get_token_vector(pipe.text_encoder, token_id).unsqueeze(0))  # (1, D): one vector
     prompts = epoch_prompts(config.prompts.templates, token, "cat", config.training.images_per_epoch)
-    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).detach()
+    with torch.no_grad():
+        uncond = unconditional(pipe)
     loss, _ = epoch_loss_and_grad(
         pipe,
         clf,
-        vec,
-        token_id,
+        [vec],
+        [[token_id]],
         prompts,
         list(config.training.seeds),
         class_id,

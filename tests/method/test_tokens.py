@@ -56,8 +56,8 @@ def test_corrupt_token_bytes_are_refused(corrupt):
 def test_refuses_bad_vectors_and_metadata():
     with pytest.raises(ValueError, match="non-finite"):
         token_file_bytes("<t>", torch.tensor([1.0, float("nan")]), {})
-    with pytest.raises(ValueError, match="1-D"):
-        token_file_bytes("<t>", torch.zeros(2, 3), {})
+    with pytest.raises(ValueError, match=r"\(D,\) or \(n, D\), got shape \(2, 3, 4\)"):
+        token_file_bytes("<t>", torch.zeros(2, 3, 4), {})  # (n, D) is a multi-vector token; 3-D is nothing
     with pytest.raises(ValueError, match="strings"):
         token_file_bytes("<t>", torch.zeros(3), {"class_id": 3})
 
@@ -76,3 +76,39 @@ def test_initializer_must_be_one_token(tiny_pipe):
         add_placeholder_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<x>", "photo cat")
     first = add_placeholder_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<x>", "a")
     assert add_placeholder_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<x>", "a") == first
+
+
+def test_check_token_knows_the_shapes_of_every_layout():
+    from dct.artifacts.token_file import check_token
+
+    sd, xl = 32, (32, 40)
+    check_token("f", "<t>", torch.ones(32), {}, width=sd, num_vectors=1)
+    check_token("f", "<t>", torch.ones(3, 32), {}, width=sd, num_vectors=3)
+    check_token("f", "<t>", {"clip_l": torch.ones(3, 32), "clip_g": torch.ones(3, 40)}, {}, width=xl, num_vectors=3)
+    bad = {
+        "SD width": (torch.ones(40), sd, None, r"\(40,\), the pipeline's text encoder\(s\) expect \(32,\) or \(n, 32"),
+        "vector count": (torch.ones(3, 32), sd, 1, r"holds \[3\] vector\(s\).*token.num_vectors=1"),
+        "SD token on SDXL": (torch.ones(32), xl, None, r"expect \{'clip_l': '\(n, 32\)', 'clip_g': '\(n, 40\)'\}"),
+        "SDXL token on SD": ({"clip_l": torch.ones(1, 32), "clip_g": torch.ones(1, 40)}, sd, None, "expect"),
+        "swapped encoders": ({"clip_l": torch.ones(1, 40), "clip_g": torch.ones(1, 32)}, xl, None, "expect"),
+        "non-finite clip_g": (
+            {"clip_l": torch.ones(1, 32), "clip_g": torch.full((1, 40), float("nan"))}, xl, None, "non-finite"
+        ),
+    }
+    for name, (vector, width, n, message) in bad.items():
+        with pytest.raises(ValueError, match=message):
+            check_token("f", "<t>", vector, {}, width=width, num_vectors=n)
+            pytest.fail(name)
+
+
+def test_two_encoder_token_file_round_trips_and_needs_its_token_string():
+    from safetensors.torch import save
+
+    vector = {"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 40)}
+    token, back, meta = read_token_bytes(token_file_bytes("<t>", vector, {"dataset": "x"}))
+    assert token == "<t>" and meta == {"dataset": "x", "token": "<t>"}
+    assert all(torch.equal(back[k], vector[k]) for k in vector)
+    with pytest.raises(ValueError, match="without 'token' in its metadata"):
+        read_token_bytes(save(vector))
+    with pytest.raises(ValueError, match="same n"):
+        token_file_bytes("<t>", {"clip_l": torch.ones(2, 32), "clip_g": torch.ones(3, 40)}, {})

@@ -114,6 +114,25 @@ def test_dataset_file_extends_a_builtin_and_uses_presets(tmp_path):
     assert spec.diffusion.model_id == "stabilityai/stable-diffusion-2-1-base"
 
 
+def test_dataset_file_names_the_sdxl_presets(tmp_path):
+    f = tmp_path / "inet-xl.toml"
+    f.write_text('base = "inet"\ndiffusion = "sdxl-base"\n')
+    spec = load_dataset_file(f)
+    assert spec.diffusion.model_id == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert spec.diffusion.licence == "CreativeML Open RAIL++-M"
+    # sdxl-turbo brings its sampler (1 step, no CFG, 512x512) and grad_steps 1; the file's own keys win
+    f.write_text('base = "inet"\ndiffusion = "sdxl-turbo"\n[sampler]\nnum_inference_steps = 2\n')
+    spec = load_dataset_file(f)
+    config = spec.run_config()
+    assert spec.diffusion.model_id == "stabilityai/sdxl-turbo"
+    assert "Non-Commercial" in spec.diffusion.licence
+    s = config.sampler
+    assert (s.scheduler, s.num_inference_steps, s.guidance_scale, s.height, s.width, s.timestep_spacing) == (
+        "euler", 2, 1.0, 512, 512, "trailing"
+    )
+    assert config.training.grad_steps == 1
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

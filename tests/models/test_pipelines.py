@@ -66,9 +66,20 @@ def test_pickle_only_pipeline_dir_is_refused(tmp_path):
 def test_presets_and_download_patterns():
     assert PIPELINE_PRESETS["sd14"].model_id == "CompVis/stable-diffusion-v1-4"
     assert PIPELINE_PRESETS["sd21-base"].model_id == "stabilityai/stable-diffusion-2-1-base"
-    assert all("OpenRAIL" in p.licence or "Open RAIL" in p.licence for p in PIPELINE_PRESETS.values())
+    assert PIPELINE_PRESETS["sdxl-base"].model_id == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert PIPELINE_PRESETS["sdxl-turbo"].model_id == "stabilityai/sdxl-turbo"
+    assert {k: p.licence for k, p in PIPELINE_PRESETS.items()} == {
+        "sd14": "CreativeML OpenRAIL-M",
+        "sd21-base": "CreativeML Open RAIL++-M",
+        "sdxl-base": "CreativeML Open RAIL++-M",
+        "sdxl-turbo": "Stability AI Non-Commercial Research Community License",
+    }
     allow, ignore = pipeline_allow_patterns(None)
     assert "unet/*.safetensors" in allow and not any("safety_checker" in a for a in allow)
+    # SDXL's second text encoder and tokenizer are pulled too (weights, configs, vocab/merges)
+    assert {"text_encoder_2/*.safetensors", "text_encoder_2/*.json", "tokenizer_2/*.json", "tokenizer_2/*.txt"} <= set(
+        allow
+    )
     assert "*.fp16.*" in ignore  # only the full-precision files, not every variant
     allow, ignore = pipeline_allow_patterns("fp16")
     assert "unet/*.fp16.safetensors" in allow and ignore == []
@@ -91,3 +102,28 @@ def test_variant_files_are_selected_from_a_cached_snapshot(tmp_path, hf_cache):
     assert loaded.resolved_revision == "9" * 40
     with pytest.raises(ValueError, match="no safetensors weights"):
         load_pipeline(DiffusionConfig(model_id="stabilityai/tiny-sd", variant="bf16"), "cpu")
+
+
+def test_sdxl_preset_from_the_cache_loads_as_a_two_encoder_pipeline(tmp_path, hf_cache):
+    """A hub SDXL snapshot (here a tiny one cached as 'stabilityai/sdxl-turbo') loads as
+    StableDiffusionXLPipeline: both text encoders float32 and frozen, the commit SHA as revision."""
+    from tiny import tiny_sdxl_pipeline
+
+    tiny_sdxl_pipeline(tmp_path / "b").save_pretrained(tmp_path / "xl", safe_serialization=True)
+    put_in_hf_cache(tmp_path / "xl", hf_cache, "stabilityai/sdxl-turbo", sha="9" * 40)
+    loaded = load_pipeline(PIPELINE_PRESETS["sdxl-turbo"], "cpu")
+    pipe = loaded.pipe
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and loaded.resolved_revision == "9" * 40
+    assert pipe.text_encoder.dtype == pipe.text_encoder_2.dtype == torch.float32
+    modules = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    assert not any(p.requires_grad for m in modules for p in m.parameters())
+
+
+def test_sdxl_dir_without_second_encoder_weights_is_refused(tmp_path):
+    from tiny import tiny_sdxl_pipeline
+
+    tiny_sdxl_pipeline(tmp_path / "b").save_pretrained(tmp_path / "xl", safe_serialization=True)
+    for f in (tmp_path / "xl" / "text_encoder_2").glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(ValueError, match=r"no safetensors weights for \['text_encoder_2'\]"):
+        load_pipeline(DiffusionConfig(model_id=str(tmp_path / "xl")), "cpu")
