@@ -85,9 +85,9 @@ def test_import_dct_does_not_import_prefect():
 # and keys"). Fixed stand-in revisions keep the table independent of the hub.
 PINNED_KEYS = {
     "toy": ("7be9363a199ec701", "7bfa82537855dc9f"),
-    "inet": ("395f3c2009682640", "413cdf216bbe8df8"),
-    "cub": ("61937ee8e5c11e8b", "213116204a089beb"),
-    "inat": ("eeb303a1fc3e7f89", "8a2485891717288f"),
+    "inet": ("f4f19d1c415c8ed4", "e804216953fcba61"),
+    "cub": ("e0ad633c57c6627a", "02ab61c2011c8761"),
+    "inat": ("e750e5f888b041f6", "c2068de96a8c2546"),
 }
 
 
