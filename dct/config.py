@@ -159,7 +159,9 @@ class TrainingConfig(_Frozen):
     patience: PositiveInt = Field(default=16, description="stop after this many updates without a better epoch loss")
     grad_steps: PositiveInt = Field(
         default=1,
-        description="number of final UNet evaluations that carry gradients (1 = the paper's text; 2 = the authors' code with PNDM, whose N + 1 timesteps make its last step two evaluations; the real-model datasets use 2)",
+        description="number of final UNet evaluations that carry gradients (1 = the paper's text; 2 = the "
+        "authors' code with PNDM, whose N + 1 timesteps make its last step two evaluations; the real-model "
+        "datasets use 2)",
     )
     micro_batch_size: PositiveInt | None = Field(
         default=None, description="images per forward/backward; None = the whole epoch in one batch"
