@@ -72,7 +72,7 @@ class _ClassToken:
 def run(args: argparse.Namespace) -> int:
     from dct.artifacts.images import encode_image
     from dct.artifacts.store import open_store
-    from dct.config import epoch_prompts
+    from dct.config import baseline_prompts, epoch_prompts
     from dct.method.sampling import generate
     from dct.method.tokens import add_placeholder_token, set_token_vector
     from dct.models.datasets import get_dataset
@@ -128,10 +128,12 @@ def run(args: argparse.Namespace) -> int:
     token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, found.token, config.token.initializer_token)
     set_token_vector(pipe.text_encoder, token_id, found.vector)
 
-    variants = [("dct", found.token)] + ([("baseline", config.prompts.baseline_word)] if args.baseline else [])
+    templates = config.prompts.templates
+    variants = [("dct", epoch_prompts(templates, found.token, class_name, args.n))]
+    if args.baseline:
+        variants.append(("baseline", baseline_prompts(templates, config.prompts.baseline_word, class_name, args.n)))
     rendered = {}
-    for variant, word in variants:
-        prompts = epoch_prompts(config.prompts.templates, word, class_name, args.n)
+    for variant, prompts in variants:
         images = generate(
             pipe,
             prompts,
