@@ -88,7 +88,7 @@ PINNED_KEYS = {
     "toy": ("7be9363a199ec701", "7bfa82537855dc9f"),
     "inet": ("f4f19d1c415c8ed4", "8e7e695b62c872bc"),
     "cub": ("e0ad633c57c6627a", "95f01a8b50f7647c"),
-    "inat": ("e750e5f888b041f6", "d7ea6e3900a91861"),
+    "inat": ("e750e5f888b041f6", "7369d2d50921ee59"),
 }
 
 

@@ -197,3 +197,16 @@ def test_real_model_datasets_backpropagate_like_the_reference_code(name):
     paper = RunOverrides(grad_steps=1).apply(config)
     assert paper.training.grad_steps == 1
     assert token_key(paper, "d", "c") != token_key(config, "d", "c")
+
+
+def test_held_out_evaluators_are_another_family_with_their_licence():
+    """inet and inat are judged by a ConvNet that was not optimised against (the guides are ViTs); cub has none
+    (docs/models.md, "Held-out evaluators") and says so."""
+    from dct.models.datasets import _inat_with_names
+
+    inat = _inat_with_names(tuple(f"species {i}" for i in range(10_000))).run_config().evaluation.evaluator
+    assert (inat.kind, inat.model_id) == ("timm", "hf-hub:timm/convnext_large_mlp.laion2b_ft_augreg_inat21")
+    assert "non-commercial" in inat.licence and inat.revision is None  # resolved at run time, into eval_key
+    inet = get_dataset("inet").run_config().evaluation.evaluator
+    assert inet.kind == "timm" and inet.model_id.startswith("convnext")
+    assert get_dataset("cub").run_config().evaluation.evaluator is None
