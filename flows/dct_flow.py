@@ -46,6 +46,7 @@ def dct(
     run_id: str | None = None,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
+    from dct.models.loading import describe_device
     from dct.results import new_run_id
     from dct.run.plan import build_config, failed_fraction
 
@@ -56,7 +57,8 @@ def dct(
         raise ValueError(f"shard_timeout_minutes={shard_timeout_minutes!r} must be positive (or None = estimated)")
     started_at = dt.datetime.now(dt.UTC)
     run_id = run_id or new_run_id(started_at)
-    plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id)
+    where = "cuda (the gpu pool's workers)" if mode == "deployment" else describe_device(device)
+    plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id, where)
     for line in plan.summary_lines():
         logger.info(line)
     if dry_run:
