@@ -179,13 +179,13 @@ def _cost_text(dataset: str, device: str, e: dict[str, float]) -> str:
 
 
 def estimate_work(config: RunConfig, n_classes: int) -> dict[str, float]:
-    """Upper bound of the work for ``n_classes`` (every class running ``max_epochs``); ``gpu_hours_upper`` at
-    the H100 estimate (the deployment-mode shard timeout uses it)."""
+    """Upper bound of the work for ``n_classes`` (every class running ``max_epochs`` in every attempt, restarts
+    included); ``gpu_hours_upper`` at the H100 estimate (the deployment-mode shard timeout uses it)."""
     t, s = config.training, config.sampler
     unet_evals_per_image = (s.num_inference_steps + (1 if s.scheduler == "pndm" else 0)) * (
         2 if s.guidance_scale != 1.0 else 1
     )
-    training_images = n_classes * t.max_epochs * t.images_per_epoch
+    training_images = n_classes * (t.restarts + 1) * t.max_epochs * t.images_per_epoch
     eval_images = n_classes * 2 * config.evaluation.num_samples
     return {
         "classes": float(n_classes),
