@@ -212,12 +212,12 @@ def plan_run(
     max_classes: int | None = None,
     overrides: RunOverrides | None = None,
     run_id: str,
-    device: str = "cuda",
+    device: str | None = None,
 ) -> RunPlan:
     """Preflight (fails fast, before any model is loaded on a GPU) and plan.
 
-    ``device`` is where the classes will run (``cpu``, ``cuda:0 (…)``, or the GPU workers): the plan's cost
-    estimate names it and uses that device's cost per image.
+    ``device`` is where the classes will run (``cpu``, ``cuda:0 (…)``, or the GPU workers; None = this
+    machine's 'auto' device): the plan's cost estimate names it and uses that device's cost per image.
 
     Raises:
         ValueError / FileNotFoundError: bad dataset, classes or numbers (message names the value).
@@ -252,8 +252,14 @@ def plan_run(
         shards=make_shards(todo, shard_size),
         revisions=revisions,
         estimate=estimate_work(config, len(todo)),
-        device=device,
+        device=device or _this_machine(),
     )
+
+
+def _this_machine() -> str:
+    from dct.models.loading import describe_device
+
+    return describe_device("auto")
 
 
 def failed_fraction(n_failed: int, n_attempted: int) -> float:
