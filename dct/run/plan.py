@@ -23,8 +23,8 @@ GPU_SECONDS_PER_TRAINING_IMAGE = 2.0
 # The cost the plan states, by (device type, dataset); None = any dataset. Each names what it is.
 SECONDS_PER_TRAINING_IMAGE: dict[tuple[str, str | None], tuple[float, str]] = {
     ("cuda", None): (GPU_SECONDS_PER_TRAINING_IMAGE, "an H100 estimate for SD at 512²"),
-    # measured: `dct run --classes 0,2,5` on a 2-core Xeon, 16 images per update, 5 DDIM steps (README)
-    ("cpu", "toy"): (0.05, "measured on a 2-core CPU"),
+    # docs/toy.md: a toy class takes a median 35 s for up to 40 updates × 16 images on an idle 2-core Xeon
+    ("cpu", "toy"): (0.055, "measured on an idle 2-core CPU"),
 }
 
 

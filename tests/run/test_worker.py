@@ -36,7 +36,8 @@ def _run_pull_steps(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProce
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DCT_CODE_DIR"}
-    return {**env, **extra}
+    # The step runner resolves templates through the API (a temporary server here): give it time to start.
+    return {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", **extra}
 
 
 def test_the_pull_steps_keep_the_placeholder_and_check_the_directory():
