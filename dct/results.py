@@ -220,7 +220,8 @@ def headline_lines(run: RunRecord, classes: pd.DataFrame) -> list[str]:
 
     n = int(rows["num_samples"].max()) if "num_samples" in rows and rows["num_samples"].notna().any() else None
     per = f", {n} images each" if n else ""
-    text = f"top-1 baseline → DCT (mean of {len(rows)} classes{per}): guide " + _change(
+    classes_text = f"{len(rows)} class" + ("" if len(rows) == 1 else "es")
+    text = f"top-1 baseline → DCT (mean of {classes_text}{per}): guide " + _change(
         mean("guide_top1_baseline"), mean("guide_top1_dct")
     )
     ev = mean("evaluator_top1_dct")
