@@ -9,8 +9,9 @@ Variants, on identical seeded random-weight models built from configs (:mod:`ben
   ``--micro-batch-size``), then ``clip_grad_norm_`` and one AdamW step on the fp32 token — exactly the
   per-epoch work of ``optimize_token``. Weights: fp32 on CPU; on CUDA bf16 UNet/VAE (the pipeline
   loader's ``auto``), fp32 text encoder and classifier, bf16 autocast.
-- ``reference``: :mod:`benchmarks.reference` (batch 1 × accumulation, fp16 weights on CUDA, UNet
-  gradient checkpointing, whole-table AdamW), pinned as documented there.
+- ``reference``: :mod:`benchmarks.reference` (batch 1 × accumulation, unpadded conditioning, fp16 weights
+  and GradScaler on CUDA with the clip before each backward, UNet gradient checkpointing, whole-table
+  AdamW), pinned as documented there.
 
 Both get the same thread count, the same SDPA attention, the same sampler, seeds and ``grad_steps``.
 Timing: ``--warmup`` untimed rounds, then ``--epochs`` timed rounds; in each round every variant runs

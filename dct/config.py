@@ -165,7 +165,9 @@ class TrainingConfig(_Frozen):
     patience: PositiveInt = Field(default=16, description="stop after this many updates without a better epoch loss")
     grad_steps: PositiveInt = Field(
         default=1,
-        description="number of final UNet evaluations that carry gradients (1 = paper; 2 = reference code with PNDM)",
+        description="number of final UNet evaluations that carry gradients (1 = the paper's text; 2 = the "
+        "authors' code with PNDM, whose N + 1 timesteps make its last step two evaluations; the real-model "
+        "datasets use 2)",
     )
     micro_batch_size: PositiveInt | None = Field(
         default=None, description="images per forward/backward; None = the whole epoch in one batch"
@@ -201,7 +203,11 @@ class PromptConfig(_Frozen):
     """Prompt templates; image i of an epoch uses template i mod len(templates) (fixed pairs)."""
 
     templates: tuple[str, ...] = Field(default=REFERENCE_TEMPLATES, min_length=1, description="each with one '{}'")
-    baseline_word: str = Field(default="a", description="word in place of the token for the baseline prompt")
+    baseline_word: str = Field(
+        default="a",
+        description="word in place of the token for the baseline prompt, unless the slot follows an article "
+        "(then the slot is dropped; dct.config.fill_baseline)",
+    )
 
     @model_validator(mode="after")
     def _one_slot(self) -> PromptConfig:
@@ -326,13 +332,15 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
 def eval_key(config: RunConfig, tkey: str, evaluator_revision: ResolvedRevision | None) -> str:
     """``token_key`` + the evaluation settings; changing evaluation never re-optimises."""
     ev = config.evaluation
-    return short_hash(
-        {
-            "token_key": tkey,
-            "evaluation": ev.model_dump(mode="json", exclude={"batch_size"}),
-            "evaluator_revision": evaluator_revision,
-        }
-    )
+    decided: dict[str, Any] = {
+        "token_key": tkey,
+        "evaluation": ev.model_dump(mode="json", exclude={"batch_size"}),
+        "evaluator_revision": evaluator_revision,
+    }
+    if baseline_differs_from_word(config.prompts):  # the baseline images are decided here, not by the token
+        word = config.prompts.baseline_word
+        decided["baseline_prompts"] = [fill_baseline(t, word, "{class}") for t in config.prompts.templates]
+    return short_hash(decided)
 
 
 class RunOverrides(_Frozen):
@@ -385,9 +393,43 @@ def fill_template(template: str, word: str, class_name: str) -> str:
 def epoch_prompts(templates: Sequence[str], word: str, class_name: str, n: int) -> list[str]:
     """Prompt of image i = template ``i mod len(templates)`` (fixed noise↔prompt pairs, unlike the reference).
 
-    ``word`` is the class token, or the baseline word for the baseline images (docs/design.md, "Prompts").
+    ``word`` is the class token (for the baseline images use :func:`baseline_prompts`).
     """
     return [fill_template(templates[i % len(templates)], word, class_name) for i in range(n)]
+
+
+# A template whose slot already follows one of these reads right with the slot simply removed.
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def fill_baseline(template: str, baseline_word: str, class_name: str) -> str:
+    """The baseline prompt of a template: what the DCT prompt says without the token (docs/design.md, "Prompts").
+
+    The slot takes ``baseline_word`` ("A photo of {}" → "A photo of a tench"), except where the word before
+    the slot is already an article, or ``baseline_word`` is empty: then the slot is removed and the spaces
+    around it collapse ("A close-up photo of a {}" → "A close-up photo of a tench", never "… of a a tench").
+    """
+    before, after = template.split("{}")
+    words = before.split()
+    if baseline_word.strip() and not (words and words[-1].lower() in _ARTICLES):
+        return fill_template(template, baseline_word, class_name)
+    text = " ".join(part for part in (before.rstrip(), after.lstrip()) if part)
+    return f"{text} {class_name}" if text else class_name
+
+
+def baseline_prompts(templates: Sequence[str], baseline_word: str, class_name: str, n: int) -> list[str]:
+    """The baseline images' prompts, paired with the same templates (and so seeds) as :func:`epoch_prompts`."""
+    return [fill_baseline(templates[i % len(templates)], baseline_word, class_name) for i in range(n)]
+
+
+def baseline_differs_from_word(prompts: PromptConfig) -> bool:
+    """True when some template's baseline drops the slot instead of filling it with the baseline word (the
+    construction before :func:`fill_baseline`); ``eval_key`` then hashes the baseline templates, so samples
+    made with the old baseline are never read as the new one, while every other key stays as it was."""
+    return any(
+        fill_baseline(t, prompts.baseline_word, "X") != fill_template(t, prompts.baseline_word, "X")
+        for t in prompts.templates
+    )
 
 
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")

@@ -203,6 +203,61 @@ def class_summary(record: ClassRecord) -> dict[str, Any]:
     return {k: getattr(record, k) for k in CLASS_SUMMARY_FIELDS}
 
 
+def headline_lines(run: RunRecord, classes: pd.DataFrame) -> list[str]:
+    """What a run achieved, in two or three lines: mean top-1 baseline → DCT by the guide and the held-out
+    evaluator over this run's optimised classes, and the pooled FID/KID (the end of ``dct run``).
+
+    Args:
+        run: the run's record; classes: its rows of the ``classes`` table (:func:`read_results`).
+    """
+    rows = classes[classes["status"] != "failed"] if len(classes) else classes
+    if not len(rows):
+        return ["accuracy: no class was optimised in this run (all finished before, or failed)"]
+
+    def mean(col: str) -> float | None:
+        values = rows[col].dropna()
+        return float(values.mean()) if len(values) else None
+
+    n = int(rows["num_samples"].max()) if "num_samples" in rows and rows["num_samples"].notna().any() else None
+    per = f", {n} images each" if n else ""
+    classes_text = f"{len(rows)} class" + ("" if len(rows) == 1 else "es")
+    text = f"top-1 baseline → DCT (mean of {classes_text}{per}): guide " + _change(
+        mean("guide_top1_baseline"), mean("guide_top1_dct")
+    )
+    ev = mean("evaluator_top1_dct")
+    text += (
+        ", held-out evaluator " + _change(mean("evaluator_top1_baseline"), ev)
+        if ev is not None
+        else " (no held-out evaluator for this dataset)"
+    )
+    lines = [text]
+    if run.fid_dct is not None and run.fid_baseline is not None:
+        fid = f"FID baseline → DCT: {run.fid_baseline:.2f} → {run.fid_dct:.2f}"
+        if run.kid_dct is not None and run.kid_baseline is not None:
+            fid += f"; KID {run.kid_baseline:.4f} → {run.kid_dct:.4f}"
+        lines.append(f"{fid} ({run.fid_feature_extractor or 'features'} vs the reference set; lower is closer)")
+    else:
+        lines.append("FID/KID: not computed for this run (see docs/evaluation.md)")
+    return lines
+
+
+def _change(before: float | None, after: float | None) -> str:
+    return f"{before:.2f} → {after:.2f}" if before is not None and after is not None else "n/a"
+
+
+def class_line(summary: dict[str, Any], seconds: float, position: str = "") -> str:
+    """One log line per finished class: status, wall time, epochs and top-1 baseline → DCT by guide and evaluator."""
+    head = f"{position}class {summary['class_id']} ({summary['class_name']}): {summary['status']} in {seconds:.0f} s"
+    if summary.get("status") == "failed":
+        return f"{head}: {summary.get('error') or 'no error text'}"[:300]
+    text = f"{head}, {summary.get('epochs')} epochs; top-1 baseline → DCT: guide " + _change(
+        summary.get("guide_top1_baseline"), summary.get("guide_top1_dct")
+    )
+    if summary.get("evaluator_top1_dct") is not None:
+        text += ", evaluator " + _change(summary.get("evaluator_top1_baseline"), summary.get("evaluator_top1_dct"))
+    return text
+
+
 def build_provenance(
     config: RunConfig,
     *,

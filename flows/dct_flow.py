@@ -47,6 +47,7 @@ def dct(
     max_in_flight: int | None = None,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
+    from dct.models.loading import describe_device
     from dct.results import new_run_id
     from dct.run.plan import build_config, failed_fraction
 
@@ -59,7 +60,8 @@ def dct(
         raise ValueError(f"max_in_flight={max_in_flight!r} must be a positive int (None: twice the gpu pool's limit)")
     started_at = dt.datetime.now(dt.UTC)
     run_id = run_id or new_run_id(started_at)
-    plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id)
+    where = "cuda (the gpu pool's workers)" if mode == "deployment" else describe_device(device)
+    plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id, where)
     for line in plan.summary_lines():
         logger.info(line)
     if dry_run:

@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 
 from dct.config import RunOverrides
 from dct.models.datasets import dataset_label
+from dct.results import class_line
 from tasks.classes import load_shard_models, optimize_and_evaluate_class, record_failed_class
 
 
@@ -52,5 +53,7 @@ def dct_shard(
                 config, models, class_id, name, run_id, f"{type(exc).__name__}: {exc}", started
             )
         summaries.append(summary)
+        seconds = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        logger.info(class_line(summary, seconds, position=f"[{i + 1}/{len(class_ids)}] "))
         update_progress_artifact(progress, 100.0 * (i + 1) / len(class_ids))
     return summaries

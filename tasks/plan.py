@@ -19,6 +19,7 @@ def preflight_and_plan(
     max_classes: int | None,
     overrides: RunOverrides | None,
     run_id: str,
+    device: str | None = None,
 ) -> RunPlan:
     """Validate dataset, classes, store and models; list the classes still to do, in shards."""
     return plan_run(
@@ -30,4 +31,5 @@ def preflight_and_plan(
         max_classes=max_classes,
         overrides=overrides,
         run_id=run_id,
+        device=device,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -85,14 +86,16 @@ def test_import_dct_does_not_import_prefect():
     assert out.strip() == "False"
 
 
-# Today's keys, computed before the package was regrouped by concern: a change to key derivation (or to a
-# dataset's defaults) must be a deliberate act that updates this table and says why (docs/design.md, "Names
-# and keys"). Fixed stand-in revisions keep the table independent of the hub.
+# Today's keys: a change to key derivation (or to a dataset's defaults) must be a deliberate act that updates
+# this table and says why (docs/design.md, "Names and keys"). Fixed stand-in revisions keep the table
+# independent of the hub. The toy's row dates from before the package was regrouped; inet/cub/inat were
+# recomputed when their presets took grad_steps=2 (token_key), the article-aware baseline prompt (eval_key)
+# and, for inat, a held-out evaluator (eval_key).
 PINNED_KEYS = {
     "toy": ("7be9363a199ec701", "7bfa82537855dc9f"),
-    "inet": ("395f3c2009682640", "413cdf216bbe8df8"),
-    "cub": ("61937ee8e5c11e8b", "213116204a089beb"),
-    "inat": ("eeb303a1fc3e7f89", "8a2485891717288f"),
+    "inet": ("f4f19d1c415c8ed4", "8e7e695b62c872bc"),
+    "cub": ("e0ad633c57c6627a", "95f01a8b50f7647c"),
+    "inat": ("e750e5f888b041f6", "7369d2d50921ee59"),
 }
 
 
@@ -117,3 +120,57 @@ def test_keys_of_the_shipped_toy_world_are_pinned():
     r = resolve_revisions(config)
     tkey = token_key(config, r.diffusion, r.classifier)
     assert (tkey, eval_key(config, tkey, r.evaluator)) == ("12356ebd1ac9e84c", "400dc99aa8a36293")
+
+
+def _registered_specs():
+    from dct.models.datasets import DATASETS, _inat_with_names, get_dataset
+
+    for name in sorted(DATASETS):  # inat's names need a cached model config; the prompts do not depend on them
+        yield _inat_with_names(("Anas platyrhynchos",)) if name == "inat" else get_dataset(name)
+
+
+ARTICLES = {"a", "an", "the"}
+
+
+@pytest.mark.parametrize("spec", list(_registered_specs()), ids=lambda s: s.name)
+def test_baseline_prompt_is_the_dct_prompt_without_the_token_for_every_template(spec):
+    from dct.config import baseline_prompts, epoch_prompts
+
+    config = spec.run_config()
+    templates, word = config.prompts.templates, config.prompts.baseline_word
+    name, token = spec.class_names[0], config.token_string(0)
+    n = len(templates)
+    pairs = zip(baseline_prompts(templates, word, name, n), epoch_prompts(templates, token, name, n), strict=True)
+    for base, dct in pairs:
+        words = base.split()
+        assert base == " ".join(words) and base.endswith(f" {name}"), base
+        lowered = [w.lower() for w in words]
+        assert not any(a in ARTICLES and b in ARTICLES for a, b in itertools.pairwise(lowered)), base
+        # Same words as the DCT prompt, with the token either replaced by the baseline word or removed.
+        without_token = dct.replace(token, "").split()
+        assert words in (without_token, dct.replace(token, word).split()), (base, dct)
+
+
+def test_baseline_fills_the_slot_or_drops_it_after_an_article():
+    from dct.config import REFERENCE_TEMPLATES, baseline_prompts, fill_baseline
+
+    assert baseline_prompts(REFERENCE_TEMPLATES, "a", "tench", 3) == [
+        "A photo of a tench",
+        "a high resolution realistic image of a tench",
+        "A close-up photo of a tench",
+    ]
+    assert fill_baseline("{} photo of", "", "tench") == "photo of tench"
+    assert fill_baseline("A photo of {}", "", "tench") == "A photo of tench"
+
+
+def test_the_toy_baseline_and_keys_are_what_they_were():
+    """The toy's templates have no article before the slot: its baseline prompts are the word-filled ones, so
+    its eval_key (which hashes the baseline only when it differs from that) and stored samples stay valid."""
+    from dct.config import baseline_differs_from_word, baseline_prompts, epoch_prompts
+    from dct.models.datasets import get_dataset
+
+    config = get_dataset("toy").run_config()
+    t, w = config.prompts.templates, config.prompts.baseline_word
+    assert baseline_prompts(t, w, "ember finch", 3) == epoch_prompts(t, w, "ember finch", 3)
+    assert not baseline_differs_from_word(config.prompts)
+    assert baseline_differs_from_word(get_dataset("inet").run_config().prompts)

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=show_dataset)
 
 
-def _summary_row(name: str) -> tuple[str, str, str, str]:
+def _summary_row(name: str) -> tuple[str, str, str, str, str]:
     from dct.models.datasets import DATASETS, get_dataset
     from dct.models.hub import ModelNotAvailableError
 
@@ -32,15 +32,19 @@ def _summary_row(name: str) -> tuple[str, str, str, str]:
         s = DATASETS[name].summary
         if s is None:
             raise
-        return name, f"{s['num_classes']} (names: dct models pull --dataset {name})", s["classifier"], s["diffusion"]
-    return name, str(spec.num_classes), spec.classifier.model_id, spec.diffusion.model_id
+        classes = f"{s['num_classes']} (names: dct models pull --dataset {name})"
+        return name, classes, s["classifier"], s.get("evaluator") or "none", s["diffusion"]
+    evaluator = spec.evaluation.evaluator or spec.evaluator
+    held_out = evaluator.model_id if evaluator else "none"
+    return name, str(spec.num_classes), spec.classifier.model_id, held_out, spec.diffusion.model_id
 
 
 def list_datasets(args: argparse.Namespace) -> int:
     from dct.models.datasets import dataset_names
 
-    rows = [("name", "classes", "classifier", "diffusion model")] + [_summary_row(n) for n in dataset_names()]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("name", "classes", "classifier", "held-out evaluator", "diffusion model")
+    rows = [header] + [_summary_row(n) for n in dataset_names()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from dct.artifacts.images import encode_image
     from dct.artifacts.store import open_store
     from dct.artifacts.token_file import check_token
-    from dct.config import epoch_prompts
+    from dct.config import baseline_prompts, epoch_prompts
     from dct.method.sampling import generate
     from dct.method.tokens import install_token, text_encoders, token_widths
     from dct.models.datasets import get_dataset
@@ -130,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
         )
     install_token(pipe, found.token, found.vector, config.token.initializer_token)
 
-    variants = [("dct", found.token)] + ([("baseline", config.prompts.baseline_word)] if args.baseline else [])
+    templates = config.prompts.templates
+    variants = [("dct", epoch_prompts(templates, found.token, class_name, args.n))]
+    if args.baseline:
+        variants.append(("baseline", baseline_prompts(templates, config.prompts.baseline_word, class_name, args.n)))
     rendered = {}
-    for variant, word in variants:
-        prompts = epoch_prompts(config.prompts.templates, word, class_name, args.n)
+    for variant, prompts in variants:
         images = generate(
             pipe,
             prompts,

@@ -59,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = new_run_id()
     preflight_store(ArtifactStore.from_config(config.storage), run_id)
     check_models_available(config, args.dataset)
-    # With no PREFECT_API_URL, Prefect starts a temporary local API; its 20 s default start-up budget is too
-    # short on a busy 2-core laptop, and a timeout there would look like a failed run.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    _quiet_first_run()
     try:
         from flows.dct_flow import dct  # Prefect is imported only once the input is known to be good
     except ModuleNotFoundError as exc:
@@ -92,6 +90,25 @@ def run(args: argparse.Namespace) -> int:
     return _print_outcome(args, spec.name, state, run_id)
 
 
+def _quiet_first_run() -> None:
+    """Settings for the run this command starts (each only if the user has not set it).
+
+    With no PREFECT_API_URL, Prefect starts a temporary local API. Its 20 s default start-up budget is too
+    short on a busy 2-core laptop (a timeout would look like a failed run), and its telemetry service phones
+    home: offline that logs an ERROR, and its heartbeat's SQLite writes race the run's ("database is locked"
+    tracebacks). The run needs neither. The library's own log lines (per-class progress) go to the console
+    and to the Prefect run logs; the loaders' progress bars do not (they interleave with the run's lines).
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dct")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _failure_text(state) -> str:
     try:
         state.result()
@@ -102,7 +119,7 @@ def _failure_text(state) -> str:
 
 def _print_outcome(args: argparse.Namespace, dataset: str, state, run_id: str) -> int:
     from dct.artifacts.store import open_store
-    from dct.results import read_run_record
+    from dct.results import headline_lines, read_results, read_run_record
 
     store = open_store(args.store)
     run = read_run_record(store, dataset, run_id)
@@ -115,6 +132,8 @@ def _print_outcome(args: argparse.Namespace, dataset: str, state, run_id: str) -
         f"  classes: {run.classes_done} done, {run.classes_diverged} diverged, {run.classes_failed} failed, "
         f"{run.classes_skipped} skipped (already finished)"
     )
+    for line in headline_lines(run, read_results(store, "classes", dataset=run.dataset, run_id=run.run_id)):
+        print(f"  {line}")
     print(f"  tokens:  {store.uri('tokens', run.dataset, run.token_key)}")
     print(f"  bundle:  {run.bundle_uri}")
     print(f"  results: {store.results_uri('classes')}  and  {store.results_uri('runs')}")

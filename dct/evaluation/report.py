@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dct.artifacts.store import VARIANTS, ArtifactStore
-from dct.config import RunConfig, epoch_prompts
+from dct.config import RunConfig, baseline_prompts, epoch_prompts
 from dct.results import ClassRecord, read_class_outcomes
 
 logger = logging.getLogger(__name__)
@@ -387,8 +387,11 @@ def _fmt_metric(x: float | None) -> str:
     return f"{x:.4g}"
 
 
-def _prompt(config: RunConfig, word: str, class_name: str) -> str:
-    return epoch_prompts(config.prompts.templates, word, class_name, 1)[0]
+def _prompt(config: RunConfig, variant: str, token: str, class_name: str) -> str:
+    """The first evaluation image's prompt of a variant (what the report shows beside the row)."""
+    if variant == "baseline":
+        return baseline_prompts(config.prompts.templates, config.prompts.baseline_word, class_name, 1)[0]
+    return epoch_prompts(config.prompts.templates, token, class_name, 1)[0]
 
 
 def render_report_html(
@@ -612,8 +615,8 @@ def _render_grids_and_metadata(
         out.append(
             f'<div class="acc">{" · ".join(acc)} <span class="muted">(n={r.num_samples} per variant)</span></div>'
         )
-        for v, label, word in (("baseline", "baseline", config.prompts.baseline_word), ("dct", "DCT", r.token)):
-            prompt = _prompt(config, word, r.class_name)
+        for v, label in (("baseline", "baseline"), ("dct", "DCT")):
+            prompt = _prompt(config, v, r.token, r.class_name)
             cells = "".join(
                 f'<a href="{e(img.full_href)}"><img src="{e(img.thumb_href)}" loading="lazy" '
                 f'alt="{e(v)} seed {img.seed}" title="{e(prompt)} — seed {img.seed}"></a>'

@@ -41,6 +41,16 @@ class Models:
         return str(self.device)
 
 
+def describe_device(name: str) -> str:
+    """Where ``name`` ('auto', 'cpu', 'cuda:1') resolves to, in words: ``cpu`` or ``cuda:0 (NVIDIA H100 …)``.
+
+    Raises:
+        ValueError: as :func:`resolve_device`.
+    """
+    device = resolve_device(name)
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' → cuda if available, else cpu; explicit names are checked.
 

@@ -17,8 +17,15 @@ from dct.models.datasets import get_dataset, select_classes
 logger = logging.getLogger(__name__)
 
 # Stated per-image cost of one optimisation image at the reference settings (SD at 512², 30 PNDM steps
-# + CFG, backward through the last step) on one H100 in bf16: an estimate, used only for --dry-run.
+# + CFG, backward through the last steps) on one H100 in bf16: an estimate, used for the plan and for the
+# deployment-mode shard timeout.
 GPU_SECONDS_PER_TRAINING_IMAGE = 2.0
+# The cost the plan states, by (device type, dataset); None = any dataset. Each names what it is.
+SECONDS_PER_TRAINING_IMAGE: dict[tuple[str, str | None], tuple[float, str]] = {
+    ("cuda", None): (GPU_SECONDS_PER_TRAINING_IMAGE, "an H100 estimate for SD at 512²"),
+    # docs/toy.md: a toy class takes a median 35 s for up to 40 updates × 16 images on an idle 2-core Xeon
+    ("cpu", "toy"): (0.055, "measured on an idle 2-core CPU"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class RunPlan:
     shards: list[list[int]]
     revisions: Revisions
     estimate: dict[str, float] = field(default_factory=dict)
+    device: str = "cuda"
 
     def summary_lines(self) -> list[str]:
         e = self.estimate
@@ -56,8 +64,7 @@ class RunPlan:
             f"work (upper bound): {e.get('training_images', 0):,.0f} training images "
             f"({e.get('unet_evaluations', 0):,.0f} UNet evaluations), "
             f"{e.get('eval_images', 0):,.0f} evaluation images; "
-            f"≈ {e.get('gpu_hours_upper', 0):.2f} GPU-hours at {GPU_SECONDS_PER_TRAINING_IMAGE:g} s per training "
-            "image (H100 estimate; runs stopping early cost less)",
+            + _cost_text(self.dataset, self.device, e),
         ]
 
 
@@ -160,13 +167,25 @@ def check_models_available(config: RunConfig, dataset: str | None = None) -> Non
         raise ModelNotAvailableError(text, exc.model_id) from None
 
 
+def _cost_text(dataset: str, device: str, e: dict[str, float]) -> str:
+    kind = device.split(":")[0].split(" ")[0]
+    cost = SECONDS_PER_TRAINING_IMAGE.get((kind, dataset)) or SECONDS_PER_TRAINING_IMAGE.get((kind, None))
+    if cost is None:
+        return f"on {device}: no time estimate for this model there (real diffusion models want a GPU)"
+    seconds, basis = cost
+    hours = e.get("training_images", 0) * seconds / 3600
+    when = f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.2f} h"
+    return f"≈ {when} on {device} at {seconds:g} s per training image ({basis}; runs stopping early cost less)"
+
+
 def estimate_work(config: RunConfig, n_classes: int) -> dict[str, float]:
-    """Upper bound of the work for ``n_classes`` (every class running ``max_epochs``)."""
+    """Upper bound of the work for ``n_classes`` (every class running ``max_epochs`` in every attempt, restarts
+    included); ``gpu_hours_upper`` at the H100 estimate (the deployment-mode shard timeout uses it)."""
     t, s = config.training, config.sampler
     unet_evals_per_image = (s.num_inference_steps + (1 if s.scheduler == "pndm" else 0)) * (
         2 if s.guidance_scale != 1.0 else 1
     )
-    training_images = n_classes * t.max_epochs * t.images_per_epoch
+    training_images = n_classes * (t.restarts + 1) * t.max_epochs * t.images_per_epoch
     eval_images = n_classes * 2 * config.evaluation.num_samples
     return {
         "classes": float(n_classes),
@@ -194,11 +213,14 @@ def plan_run(
     overrides: RunOverrides | None = None,
     run_id: str,
     artifact_store: ArtifactStore | None = None,
+    device: str | None = None,
 ) -> RunPlan:
     """Preflight (fails fast, before any model is loaded on a GPU) and plan.
 
     ``artifact_store``: an already open store for ``store`` (its request counter then includes the
     plan's; the scale benchmark counts them), else one is opened here.
+    ``device`` is where the classes will run (``cpu``, ``cuda:0 (…)``, or the GPU workers; None = this
+    machine's 'auto' device): the plan's cost estimate names it and uses that device's cost per image.
 
     Raises:
         ValueError / FileNotFoundError: bad dataset, classes or numbers (message names the value).
@@ -233,7 +255,14 @@ def plan_run(
         shards=make_shards(todo, shard_size),
         revisions=revisions,
         estimate=estimate_work(config, len(todo)),
+        device=device or _this_machine(),
     )
+
+
+def _this_machine() -> str:
+    from dct.models.loading import describe_device
+
+    return describe_device("auto")
 
 
 def failed_fraction(n_failed: int, n_attempted: int) -> float:

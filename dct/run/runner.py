@@ -16,7 +16,7 @@ import torch
 from dct.artifacts.images import encode_image
 from dct.artifacts.store import ArtifactStore
 from dct.artifacts.token_file import build_token_metadata, load_stored_token, token_file_bytes
-from dct.config import RunConfig, epoch_prompts
+from dct.config import RunConfig, baseline_prompts, epoch_prompts
 from dct.evaluation.accuracy import topk_accuracy
 from dct.evaluation.features import (
     build_feature_extractor,
@@ -195,17 +195,21 @@ def process_class(
     t1 = time.perf_counter()
     ev = config.evaluation
     seeds = list(ev.seeds)
+    templates = config.prompts.templates
     images = {
         variant: generate(
             pipe,
-            epoch_prompts(config.prompts.templates, word, class_name, ev.num_samples),
+            prompts,
             seeds,
             config.sampler,
             device=models.device,
             dtype=models.dtype,
             batch_size=ev.batch_size,
         )
-        for variant, word in (("baseline", config.prompts.baseline_word), ("dct", token))
+        for variant, prompts in (
+            ("baseline", baseline_prompts(templates, config.prompts.baseline_word, class_name, ev.num_samples)),
+            ("dct", epoch_prompts(templates, token, class_name, ev.num_samples)),
+        )
     }
     encoded: dict[str, list[bytes]] = {}
     if ev.sample_format != "none":

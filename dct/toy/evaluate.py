@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from scipy import linalg
 
 from dct.artifacts.token_file import save_token
-from dct.config import DatasetSpec, RunConfig, TokenConfig, epoch_prompts
+from dct.config import DatasetSpec, RunConfig, TokenConfig, baseline_prompts, epoch_prompts
 from dct.method.optimize import optimize_token
 from dct.method.sampling import generate
 from dct.models.interface import ImageClassifier
@@ -140,7 +140,7 @@ def ceiling(pipe, config: RunConfig, class_id: int, seeds: list[int], guide, eva
     best = None
     for word in captions.SHAPE_WORDS[shape]:
         noun = f"{group} {word}"
-        prompts = epoch_prompts(config.prompts.templates, config.prompts.baseline_word, noun, len(seeds))
+        prompts = baseline_prompts(config.prompts.templates, config.prompts.baseline_word, noun, len(seeds))
         images = generate(pipe, prompts, seeds, config.sampler, batch_size=config.evaluation.batch_size)
         s = score(images, class_id, guide, evaluator)
         if best is None or s["evaluator"] > best[0]["evaluator"]:
@@ -160,7 +160,7 @@ def evaluate(class_ids: list[int], runs: int, out: Path, weights: Path | None = 
     for cid in class_ids:
         base_images = generate(
             pipe,
-            epoch_prompts(templates, config.prompts.baseline_word, names[cid], len(seeds)),
+            baseline_prompts(templates, config.prompts.baseline_word, names[cid], len(seeds)),
             seeds,
             config.sampler,
             batch_size=config.evaluation.batch_size,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from dct.artifacts.token_file import load_token
-from dct.config import epoch_prompts
+from dct.config import baseline_prompts, epoch_prompts
 from dct.method.sampling import generate
 from dct.method.tokens import add_placeholder_token, set_token_vector
 from dct.toy.evaluate import CEILING_ELIGIBLE, load_world, parse_classes, world_spec
@@ -35,7 +35,7 @@ def grid_image(pipe, config, class_names, tokens: dict[int, tuple[str, torch.Ten
         set_token_vector(pipe.text_encoder, token_id, vector)
         t = config.prompts.templates
         word = config.prompts.baseline_word
-        base = generate(pipe, epoch_prompts(t, word, class_names[cid], n), seeds, config.sampler)
+        base = generate(pipe, baseline_prompts(t, word, class_names[cid], n), seeds, config.sampler)
         dct = generate(pipe, epoch_prompts(t, token, class_names[cid], n), seeds, config.sampler)
         gap = torch.ones(1, *base.shape[1:])
         rows.append(torch.cat([base, gap, dct]))

@@ -74,7 +74,7 @@ def pngs(folder: Path, variant: str) -> list[np.ndarray]:
 def test_writes_n_images_of_the_pipeline_size_and_the_baseline_on_the_same_seeds(token_file, toy, tmp_path, capsys):
     from dct.artifacts.images import encode_image
     from dct.artifacts.token_file import load_token
-    from dct.config import epoch_prompts
+    from dct.config import baseline_prompts, epoch_prompts
     from dct.method.sampling import generate as sample
     from dct.method.sampling import image_size
     from dct.method.tokens import add_placeholder_token, set_token_vector
@@ -101,8 +101,11 @@ def test_writes_n_images_of_the_pipeline_size_and_the_baseline_on_the_same_seeds
     set_token_vector(pipe.text_encoder, add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, "a"), vector)
     seeds = list(config.evaluation.seeds[:N])
     name, templates = spec.class_names[CLASS_ID], config.prompts.templates
-    for variant, word in (("dct", token), ("baseline", config.prompts.baseline_word)):
-        expected = sample(pipe, epoch_prompts(templates, word, name, N), seeds, config.sampler)
+    for variant, prompts in (
+        ("dct", epoch_prompts(templates, token, name, N)),
+        ("baseline", baseline_prompts(templates, config.prompts.baseline_word, name, N)),
+    ):
+        expected = sample(pipe, prompts, seeds, config.sampler)
         for j, img in enumerate(expected):
             assert (out / f"{variant}-{j:02d}.png").read_bytes() == encode_image(img, "png"), (variant, j)
 

@@ -115,7 +115,7 @@ def test_same_seed_same_vector(tmp_path, tiny_clf):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "pndm"])
 def test_batch_equals_micro_batches_and_accumulation(tmp_path, tiny_clf, scheduler):
-    """One batch of 3, micro-batches of 2+1 and of 1 (= reference-style accumulation) give the same update."""
+    """One batch of 3, micro-batches of 2+1 and of 1 (the reference's batch shape) give the same update."""
     from tiny import tiny_pipeline
 
     vectors, grads = [], []

@@ -40,12 +40,16 @@ def test_datasets_lists_the_registry_offline(hf_cache, capsys):
     rc, out, err = run_main(capsys, "datasets")
     assert rc == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["name", "classes", "classifier", "diffusion", "model"]
+    assert lines[0].split() == ["name", "classes", "classifier", "held-out", "evaluator", "diffusion", "model"]
     rows = {ln.split()[0]: ln for ln in lines[1:]}
     assert "1000" in rows["inet"] and "google/vit-large-patch16-224" in rows["inet"]
     assert "200" in rows["cub"] and "vesteinn/vit-mae-cub" in rows["cub"]
     assert "10000" in rows["inat"] and "dct models pull --dataset inat" in rows["inat"]
     assert all("CompVis/stable-diffusion-v1-4" in rows[n] for n in ("inet", "cub", "inat"))
+    # Each dataset says whether accuracy has a held-out judge, and which.
+    assert "convnext_base.fb_in22k_ft_in1k" in rows["inet"]
+    assert "hf-hub:timm/convnext_large_mlp.laion2b_ft_augreg_inat21" in rows["inat"]
+    assert rows["cub"].split()[3] == "none"
 
 
 def test_show_inat_json_from_the_cached_config_only(tmp_path, hf_home):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dct.config import epoch_prompts
+from dct.config import baseline_prompts, epoch_prompts
 from dct.method.optimize import optimize_token
 from dct.method.sampling import generate
 from dct.toy.evaluate import score
@@ -22,7 +22,7 @@ def test_dct_raises_evaluator_accuracy_over_the_baseline_on_held_out_seeds(toy_w
 
     baseline = generate(
         pipe,
-        epoch_prompts(templates, config.prompts.baseline_word, name, len(seeds)),
+        baseline_prompts(templates, config.prompts.baseline_word, name, len(seeds)),
         seeds,
         config.sampler,
         batch_size=64,
