@@ -42,13 +42,16 @@ class ShardAttempt:
     started: float | None = None
 
 
-def _submit(index: int, attempt: int, class_ids: list[int], run_id: str, params: dict, label: str) -> ShardAttempt:
+def _submit(
+    index: int, attempt: int, class_ids: list[int], run_id: str, params: dict, label: str,
+    deployment: str = SHARD_DEPLOYMENT,
+) -> ShardAttempt:
     flow_run = run_deployment(
-        SHARD_DEPLOYMENT,
+        deployment,
         parameters={**params, "class_ids": class_ids, "run_id": run_id},
         timeout=0,  # submit only; waiting happens below for all shards together
         idempotency_key=f"{run_id}:shard-{index}:attempt-{attempt}",
-        flow_run_name=f"dct-shard-{label}-{class_ids[0]:05d}-{class_ids[-1]:05d}-a{attempt}",
+        flow_run_name=f"{deployment.split('/')[0]}-{label}-{class_ids[0]:05d}-{class_ids[-1]:05d}-a{attempt}",
         as_subflow=True,
     )
     return ShardAttempt(index, attempt, class_ids, flow_run.id)
@@ -63,6 +66,7 @@ def run_shards_on_workers(
     shard_timeout_s: float,
     unfinished: Callable[[list[int]], list[int]],
     poll_s: float = 5.0,
+    deployment: str = SHARD_DEPLOYMENT,
 ) -> dict[int, str]:
     """Submit every shard, wait for all, resubmit a Crashed or timed-out shard's unfinished classes once.
 
@@ -71,13 +75,14 @@ def run_shards_on_workers(
         dataset_label: the dataset's name, for child run names.
         shard_timeout_s: a child still not final this long after a worker took it is treated as lost.
         unfinished: maps class ids to those without a record in the store (read back from the store).
+        deployment: the shard deployment (``dct-shard/gpu``; synthesis uses ``dct-synthesize-shard/gpu``).
 
     Returns:
         For classes that ended without a record, a reason text (by class id) for their failed record.
     """
     logger = get_run_logger()
-    pending = [_submit(i, 0, ids, run_id, shard_params, dataset_label) for i, ids in enumerate(shards)]
-    logger.info("submitted %d shard runs to %s", len(pending), SHARD_DEPLOYMENT)
+    pending = [_submit(i, 0, ids, run_id, shard_params, dataset_label, deployment) for i, ids in enumerate(shards)]
+    logger.info("submitted %d shard runs to %s", len(pending), deployment)
     reasons: dict[int, str] = {}
     with get_client(sync_client=True) as client:
         while pending:
@@ -117,7 +122,7 @@ def run_shards_on_workers(
                     logger.warning(
                         "shard %d %s; resubmitting its %d unfinished classes once", a.index, state, len(left)
                     )
-                    still.append(_submit(a.index, 1, left, run_id, shard_params, dataset_label))
+                    still.append(_submit(a.index, 1, left, run_id, shard_params, dataset_label, deployment))
                 else:
                     for c in left:
                         reasons[c] = f"shard run {a.flow_run_id} (attempt {a.attempt}) ended {state}: {a.message}"[:500]
