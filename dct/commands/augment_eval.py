@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real-test", help="image folder (class-id subfolders) of held-out real test images")
     p.add_argument("--test-per-class", type=positive_int, default=150, help="toy: held-out renders per class")
     p.add_argument("--min-probability", type=float, default=0.5, help="guide filter threshold (default 0.5)")
-    p.add_argument("--model", default=None, help="timm model of the downstream classifier (default convnext_atto)")
-    p.add_argument("--steps", type=positive_int, help="optimiser steps per training run (default 300)")
+    p.add_argument("--model", default=None, help="timm model of the downstream classifier (default test_efficientnet)")
+    p.add_argument("--steps", type=positive_int, help="optimiser steps per training run (default 600)")
     p.add_argument("--sanity-k", type=int, default=64, help="also real-only with this many per class (0 = off)")
     p.add_argument("--out", type=Path, help="output folder (default ./augment-<dataset>/)")
     add_device_argument(p)
@@ -137,15 +137,22 @@ def _synthetic_arms(store, sets, num_classes: int):
     from dct.synthesis.augment import ArmData
     from dct.synthesis.layout import read_table
 
-    def load(plan, summary, arm: str) -> ArmData:
+    def load(plan, summary, arm: str) -> ArmData | None:
         rows = [r for r in read_table(store.read_bytes(summary["metadata_uri"])).to_pylist() if r["arm"] == arm]
         rows = [r for r in rows if r["kept"]]
+        if not rows:
+            return None
         root = summary["root_uri"]
         images = [decode_image(store.read_bytes(f"{root}/{r['path']}")) for r in rows]
         return ArmData(torch.stack(images), torch.tensor([r["class_id"] for r in rows]))
 
     plain, filtered = sets["plain"], sets["filtered"]
-    return {"baseline": load(*plain, "baseline"), "dct": load(*plain, "dct"), "dct_filtered": load(*filtered, "dct")}
+    arms = {"baseline": load(*plain, "baseline"), "dct": load(*plain, "dct")}
+    if filtered_rows := load(*filtered, "dct"):
+        arms["dct_filtered"] = filtered_rows
+    else:
+        logger.warning("no DCT image passed the guide filter; the dct_filtered arm is left out")
+    return arms
 
 
 def _toy_real(num_classes: int, seeds: int, per_class: int, test_per_class: int):
