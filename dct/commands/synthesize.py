@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         f"  classes: {len(out['synthesized'])} synthesized now, {len(out['finished_before'])} already finished, "
         f"{len(missing)} without a token (skipped{': ' + _ids(missing) if missing else ''})"
     )
-    print(f"  images:  {out['kept']} kept of {out['generated']} generated, {out['classes']} classes in the set")
+    print(f"  images:  {out['kept']} kept of {out['generated']} generated; classes in the set: {out['classes']}")
     print(f"  folder:  {out['root_uri']}/train   (torchvision ImageFolder / datasets 'imagefolder')")
     print(f"  rows:    {out['metadata_uri']}")
     print(f"  card:    {out['card_uri']}")

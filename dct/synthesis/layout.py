@@ -212,7 +212,7 @@ def dataset_card(
             for cid, c in sorted(counts.items())
         ),
         "",
-        f"{len(counts)} classes, {sum(c['kept'] for c in counts.values())} kept images.",
+        f"Classes: {len(counts)}; kept images: {sum(c['kept'] for c in counts.values())}.",
         "",
         "## Load it",
         "",

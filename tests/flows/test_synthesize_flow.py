@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "synthesis"))
-from conftest import plant_tokens
+from synth_world import plant_tokens
 
 from dct.artifacts.store import ArtifactStore
 
@@ -30,4 +25,4 @@ def test_dct_synthesize_optimises_missing_tokens_then_fills_the_set(prefect_harn
     assert sorted(df.groupby(["arm", "class_id"]).size().to_dict().items()) == [
         (("baseline", 0), 5), (("baseline", 1), 5), (("dct", 0), 5), (("dct", 1), 5)
     ]
-    assert f"{root}/train" in out and "20 kept" not in out and "10 kept of 10 generated" in out
+    assert f"{root}/train" in out and "10 kept of 10 generated" in out

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import plant_tokens
+from synth_world import plant_tokens
 
 from dct.artifacts.store import ArtifactStore
 from dct.synthesis.config import FilterConfig, SynthesisConfig
@@ -45,12 +45,14 @@ def test_image_folder_reads_with_class_id_labels(made):
     assert image.size == (16, 16) and label == 0
 
 
-def test_hf_imagefolder_reads_with_class_id_labels(made, tmp_path, monkeypatch):
+def test_hf_imagefolder_reads_with_class_id_labels(made, tmp_path):
     import datasets
 
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     summary = made[2]
-    ds = datasets.load_dataset("imagefolder", data_dir=os.path.join(summary["root_uri"], "train"), split="train")
+    ds = datasets.load_dataset(
+        "imagefolder", data_dir=os.path.join(summary["root_uri"], "train"), split="train",
+        cache_dir=str(tmp_path / "hf-cache"),
+    )
     names = ds.features["label"].names
     assert [int(n.split("-")[0]) for n in names] == [0, 1, 2, 3]  # label index == class id
     assert sorted(ds["label"]) == sorted([c for c in range(4) for _ in range(SET.per_class)])

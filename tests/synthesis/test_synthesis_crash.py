@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 
-from conftest import plant_tokens
+from synth_world import plant_tokens
 
 from dct.artifacts.store import ArtifactStore
 from dct.synthesis.config import SynthesisConfig
