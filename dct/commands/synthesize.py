@@ -1,4 +1,4 @@
-"""`dct synthesize`: the `dct-synthesize` flow in-process — a synthetic training set from a dataset's tokens."""
+"""`dct synthesize`: the synthesis flow in-process — a synthetic training set from a dataset's tokens."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synthesize",
         help="make a synthetic training set (image folder + manifest + card) from a dataset's learned tokens",
-        description="Runs the `dct-synthesize` Prefect flow in this process: renders PER_CLASS images per class "
+        description="Runs the synthesis flow (deployed as dct/synthesize-all) in this process: renders PER_CLASS "
+        "images per class "
         "with the dataset's finished tokens (or a run's --bundle) into synthetic/<dataset>/<synth_key>/ in the "
         "store. Resumable: a re-run renders only unfinished classes; changed settings write a new synth_key beside.",
     )

@@ -1,7 +1,7 @@
 """Synthetic training sets from a dataset's learned class tokens: plan, one class, finalise.
 
-Plain library code (no Prefect): the ``dct-synthesize`` flow and ``dct synthesize`` drive it shard by
-shard, a notebook can call :func:`synthesize_dataset`. Images come from the one denoising loop
+Plain library code (no Prefect): the synthesis flow (``flows/synthesize_flow.py``) and ``dct synthesize``
+drive it shard by shard, a notebook can call :func:`synthesize_dataset`. Images come from the one denoising loop
 (``dct.method.sampling.generate``), batched over seeds. A class is finished when its manifest part
 exists; the part is written LAST, after every image (docs/synthesis.md).
 """
