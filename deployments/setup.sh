@@ -34,4 +34,4 @@ prefect work-pool set-concurrency-limit gpu "$gpus"
 # `prefect deploy` substitutes {{ $VARS }} it finds in its own environment; DCT_CODE_DIR must stay a
 # placeholder in the stored pull step (it is the WORKER's checkout, resolved when a run starts).
 env -u DCT_CODE_DIR prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
-echo "pools: cpu, gpu (concurrency limit $gpus); deployments: dct/optimize-all, dct-shard/gpu"
+echo "pools: cpu, gpu (concurrency limit $gpus); deployments: dct/optimize-all, dct-shard/gpu, dct/synthesize-all, dct-synthesize-shard/gpu"

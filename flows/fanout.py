@@ -56,13 +56,16 @@ class ShardAttempt:
     started: float | None = None
 
 
-def _submit(index: int, attempt: int, class_ids: list[int], run_id: str, params: dict, label: str) -> ShardAttempt:
+def _submit(
+    index: int, attempt: int, class_ids: list[int], run_id: str, params: dict, label: str,
+    deployment: str = SHARD_DEPLOYMENT,
+) -> ShardAttempt:
     flow_run = run_deployment(
-        SHARD_DEPLOYMENT,
+        deployment,
         parameters={**params, "class_ids": class_ids, "run_id": run_id},
         timeout=0,  # submit only; waiting happens below for all shards together
         idempotency_key=f"{run_id}:shard-{index}:attempt-{attempt}",
-        flow_run_name=f"dct-shard-{label}-{class_ids[0]:05d}-{class_ids[-1]:05d}-a{attempt}",
+        flow_run_name=f"{deployment.split('/')[0]}-{label}-{class_ids[0]:05d}-{class_ids[-1]:05d}-a{attempt}",
         as_subflow=True,
     )
     return ShardAttempt(index, attempt, class_ids, flow_run.id)
@@ -111,6 +114,7 @@ def run_shards_on_workers(
     poll_s: float = 5.0,
     max_in_flight: int | None = None,
     client: Any = None,
+    deployment: str = SHARD_DEPLOYMENT,
 ) -> dict[int, str]:
     """Submit the shards in waves, wait for all, resubmit a Crashed or timed-out shard's unfinished classes once.
 
@@ -123,6 +127,7 @@ def run_shards_on_workers(
             publishing reads every record anyway).
         max_in_flight: child runs not final at once (default: twice the gpu pool's concurrency limit).
         client: a sync Prefect client to poll with (default: a new one).
+        deployment: the shard deployment (``dct-shard/gpu``; synthesis uses ``dct-synthesize-shard/gpu``).
 
     Returns:
         For classes that ended without a record, a reason text (by class id) for their failed record.
@@ -139,13 +144,13 @@ def run_shards_on_workers(
                 i, attempt, ids = queue.popleft()
 
                 def submit(i: int = i, attempt: int = attempt, ids: list[int] = ids) -> ShardAttempt:
-                    return _submit(i, attempt, ids, run_id, shard_params, dataset_label)
+                    return _submit(i, attempt, ids, run_id, shard_params, dataset_label, deployment)
 
                 pending.append(_with_backoff(submit, f"submitting shard {i}", poll_s, logger))
 
         submit_up_to_limit()
         logger.info(
-            "submitted %d of %d shard runs to %s (at most %d in flight)", len(pending), len(shards), SHARD_DEPLOYMENT,
+            "submitted %d of %d shard runs to %s (at most %d in flight)", len(pending), len(shards), deployment,
             limit,
         )
         delay = poll_s

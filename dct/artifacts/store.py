@@ -9,6 +9,7 @@ Layout under the root (docs/storage.md has the full contract)::
     runs/{dataset}/{run_id}/...                                       run record, bundle, report
     results/{table}/dataset={dataset}/run_date={YYYY-MM-DD}/part-{run_id}-{i}.parquet
     cache/{dataset}/...                                               reusable derived data (FID statistics)
+    synthetic/{dataset}/{synth_key}/...                               synthetic training sets (docs/synthesis.md)
     _dct/preflight/{name}.json                                        write probes (tiny, never user data)
 
 Rules this module enforces (docs/design.md, "Storage contract"):
@@ -58,6 +59,8 @@ RESULT_TABLES = ("classes", "runs")
 # Parallel reads in the parent (records, tokens, feature files of 10k classes): enough requests in flight
 # to hide a 20-50 ms object-store latency, few enough for one process's sockets and memory.
 DEFAULT_READ_CONCURRENCY = 64
+# Folders of a synthetic set: kept DCT images, the baseline arm, images the filter rejected.
+SYNTHETIC_ARMS = ("train", "baseline", "filtered")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,6 +401,50 @@ class ArtifactStore:
         for p in parts:
             validate_component(p, "cache entry name")
         return self._uri(self._path("cache", validate_component(dataset, "dataset"), *parts))
+
+    def synthetic_uri(self, dataset: str, synth_key: str, *parts: str) -> str:
+        """Root of one synthetic training set (or a file/folder below it; docs/synthesis.md, "Layout")."""
+        for p in parts:
+            validate_component(p, "synthetic artifact name")
+        return self._uri(
+            self._path(
+                "synthetic", validate_component(dataset, "dataset"), validate_component(synth_key, "synth_key"), *parts
+            )
+        )
+
+    def synthetic_image_uri(
+        self, dataset: str, synth_key: str, arm: str, class_folder: str, seed: int, ext: str = "png"
+    ) -> str:
+        """One synthetic image: ``{arm}/{class_folder}/{seed}.{ext}`` (arm: train, baseline or filtered)."""
+        if arm not in SYNTHETIC_ARMS:
+            raise ValueError(f"synthetic arm {arm!r} is not one of {SYNTHETIC_ARMS}")
+        if ext not in SAMPLE_FORMATS:
+            raise ValueError(f"image format {ext!r} is not one of {SAMPLE_FORMATS}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        return self.synthetic_uri(dataset, synth_key, arm, class_folder, f"{seed}.{ext}")
+
+    def synthetic_part_uri(self, dataset: str, synth_key: str, class_id: int) -> str:
+        """A class's manifest part: written LAST; its existence means "this class is finished"."""
+        return self.synthetic_uri(dataset, synth_key, "parts", _class_name(class_id) + ".parquet")
+
+    def synthetic_finished_class_ids(self, dataset: str, synth_key: str) -> set[int]:
+        """Classes of a synthetic set whose manifest part exists, from ONE listing."""
+        done: set[int] = set()
+        for uri in self.list_files(self.synthetic_uri(dataset, synth_key, "parts")):
+            stem, ext = posixpath.splitext(posixpath.basename(uri))
+            if ext == ".parquet" and stem.isdigit() and uri == self.synthetic_part_uri(dataset, synth_key, int(stem)):
+                done.add(int(stem))
+        return done
+
+    def stored_token_class_ids(self, dataset: str, token_key: str) -> set[int]:
+        """Classes with a token file for ``token_key``, from ONE listing (checked when read)."""
+        found: set[int] = set()
+        for uri in self.list_files(self.uri("tokens", validate_component(dataset, "dataset"), token_key)):
+            stem, ext = posixpath.splitext(posixpath.basename(uri))
+            if ext == ".safetensors" and stem.isdigit() and uri == self.token_uri(dataset, token_key, int(stem)):
+                found.add(int(stem))
+        return found
 
     def _join(self, base: str, *parts: str) -> str:
         return os.path.join(base, *parts) if self.protocol == "file" else posixpath.join(base, *parts)

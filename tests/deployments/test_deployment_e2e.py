@@ -144,6 +144,46 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
     assert code != 0, out
 
 
+def test_synthesize_all_deployment_fills_the_bucket(cluster, tiny_world_files):
+    """`prefect deployment run dct/synthesize-all --param dataset=… --param per_class=32` completes on the workers:
+    the image folder, the manifest parts, metadata.parquet and the card are in the bucket."""
+    import subprocess
+
+    import pyarrow.parquet as pq
+    import s3fs
+
+    procs, bucket = cluster
+    good, _ = tiny_world_files
+    fs = s3fs.S3FileSystem(
+        key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
+    )
+    # The tokens of test_deployment_runs_end_to_end (same overrides = same token_key); optimize_missing makes
+    # the test stand alone: without them it optimises the two classes first (dct-shard/gpu).
+    args = [
+        "prefect", "deployment", "run", "dct/synthesize-all", "--param", f"dataset={good}", "--param", "per_class=32",
+        "--param", "classes=[0, 1]", "--param", 'overrides={"max_epochs": 8, "num_samples": 32}',
+        "--param", "optimize_missing=true", "--param", "shard_size=1", "--watch", "--watch-timeout", "420",
+    ]
+    run = subprocess.run(args, env=procs.env, capture_output=True, text=True, timeout=480)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + _logs(procs)
+    fs.invalidate_cache()
+    (root,) = fs.glob(f"{bucket}/prod/synthetic/tiny/*")
+    assert len(fs.glob(f"{root}/train/00000-red-circle/*.png")) == 32
+    assert len(fs.glob(f"{root}/train/00001-blue-square/*.png")) == 32
+    assert sorted(fs.ls(f"{root}/parts")) == [f"{root}/parts/00000.parquet", f"{root}/parts/00001.parquet"]
+    with fs.open(f"{root}/metadata.parquet", "rb") as f:
+        table = pq.read_table(f)
+    assert table.num_rows == 64 and set(table.column("class_id").to_pylist()) == {0, 1}
+    assert "test-only" in fs.cat_file(f"{root}/README.md").decode()
+    # The two shards ran on the gpu pool as runs of dct-synthesize-shard/gpu.
+    states = _query_shard_runs(
+        procs,
+        "    s = c.read_deployment_by_name('dct-synthesize-shard/gpu')\n"
+        "    print(json.dumps([r.state.type.value for r in c.read_flow_runs() if r.deployment_id == s.id]))\n",
+    )
+    assert states == ["COMPLETED", "COMPLETED"], states
+
+
 def _query_shard_runs(procs: Processes, body: str):
     """Run ``body`` against the server (``c`` = sync client, ``d`` = the dct-shard/gpu deployment); it prints one
     JSON value, returned parsed."""

@@ -1,0 +1,231 @@
+"""`dct augment-eval`: the low-resource augmentation experiment (docs/synthesis.md, "The augmentation experiment").
+
+Makes (or reuses) two synthetic sets from the dataset's tokens — unfiltered with the baseline arm, and
+guide-filtered — then trains a fresh downstream classifier per (seed, k, arm) and writes a Parquet table
+and a PNG plot of top-1 on held-out real images vs k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from dct.commands.common import UserError, add_device_argument, positive_int
+
+logger = logging.getLogger(__name__)
+
+# Real-image seed blocks of the toy world (dct.toy.shapes.render is a pure function of (class, seed)); far
+# from the seeds its classifiers were trained on (TRAIN_SEED) and from the FID reference set (REFERENCE_SEED).
+TOY_TRAIN_SEED = 50_000_000
+TOY_TEST_SEED = 60_000_000
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "augment-eval",
+        help="low-resource experiment: k real images per class ± synthetic ones, downstream top-1 vs k",
+        description="Trains a fresh downstream classifier (timm, from scratch) per training seed, k and arm: "
+        "real only, + baseline synthetic, + DCT synthetic, + guide-filtered DCT synthetic; top-1 on held-out "
+        "real images; writes augment.parquet and augment.png.",
+    )
+    p.add_argument("--dataset", default="toy", help="registered dataset or dataset file (default: toy)")
+    p.add_argument("--shots", default="1,2,4,8", help="real images per class, comma-separated (default 1,2,4,8)")
+    p.add_argument("--synthetic-per-class", type=positive_int, default=64, help="synthetic images per class")
+    p.add_argument("--seeds", type=positive_int, default=3, help="training seeds (default 3)")
+    p.add_argument("--store", help="store root URI with the dataset's tokens (default: $DCT_STORE, else ./dct-store)")
+    p.add_argument("--real-train", help="image folder (class-id subfolders) of real training images; toy: renders")
+    p.add_argument("--real-test", help="image folder (class-id subfolders) of held-out real test images")
+    p.add_argument("--test-per-class", type=positive_int, default=150, help="toy: held-out renders per class")
+    p.add_argument("--min-probability", type=float, default=0.5, help="guide filter threshold (default 0.5)")
+    p.add_argument("--model", default=None, help="timm model of the downstream classifier (default test_efficientnet)")
+    p.add_argument("--steps", type=positive_int, help="optimiser steps per training run (default 600)")
+    p.add_argument("--sanity-k", type=int, default=64, help="also real-only with this many per class (0 = off)")
+    p.add_argument("--out", type=Path, help="output folder (default ./augment-<dataset>/)")
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        shots = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise UserError(f"--shots {text!r} must be comma-separated positive integers, e.g. 1,2,4,8") from None
+    if not shots or shots[0] < 1:
+        raise UserError(f"--shots {text!r} must be comma-separated positive integers, e.g. 1,2,4,8")
+    return shots
+
+
+def run(args: argparse.Namespace) -> int:
+    from dct.artifacts.store import open_store
+    from dct.models.datasets import get_dataset
+    from dct.models.loading import resolve_device
+    from dct.synthesis.augment import DownstreamConfig
+    from dct.synthesis.config import FilterConfig, SynthesisConfig
+
+    t_start = time.perf_counter()
+    device = resolve_device(args.device)
+    shots = _shots(args.shots)
+    spec = get_dataset(args.dataset)
+    toy = spec.name == "toy"
+    if not toy and not (args.real_train and args.real_test):
+        raise UserError(f"dataset {spec.name!r} needs --real-train and --real-test image folders (class-id folders)")
+    if not 0 < args.min_probability <= 1:
+        raise UserError(f"--min-probability {args.min_probability!r} must be within (0, 1]")
+    fields = {k: v for k, v in (("model", args.model), ("steps", args.steps)) if v is not None}
+    if args.model is not None:
+        fields["model_kwargs"] = {}
+    downstream = DownstreamConfig(**fields)
+    out = (args.out or Path(f"augment-{spec.name}")).absolute()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a folder")
+    n = args.synthetic_per_class
+    plain = SynthesisConfig(per_class=n, baseline=True, batch_size=64)
+    filtered = SynthesisConfig(
+        per_class=n, batch_size=64, filter=FilterConfig(by="guide", min_probability=args.min_probability)
+    )
+    from dct.synthesis.synthesize import synthesize_dataset
+
+    sets = {}
+    for name, cfg in (("plain", plain), ("filtered", filtered)):
+        plan, summary = synthesize_dataset(
+            dataset=args.dataset, synthesis=cfg, store=args.store, device=str(device)
+        )
+        if plan.missing_tokens:
+            raise UserError(
+                f"classes {plan.missing_tokens[:20]} of {spec.name!r} have no finished token in the store; "
+                f"run `dct run --dataset {args.dataset}` first"
+            )
+        sets[name] = (plan, summary)
+    t_synth = time.perf_counter() - t_start
+    store = open_store(args.store)
+    synthetic = _synthetic_arms(store, sets, spec.num_classes)
+    size = synthetic["dct"].images.shape[-2:]
+    if toy:
+        pools, test = _toy_real(spec.num_classes, args.seeds, max([*shots, args.sanity_k or 0]), args.test_per_class)
+    else:
+        pools, test = _folder_real(args, spec.num_classes, size, max([*shots, args.sanity_k or 0]))
+    from dct.synthesis.augment import plot_png, results_table, run_experiment, summary_frame
+
+    rows = run_experiment(
+        downstream, real_pools=pools, test=test, synthetic=synthetic, shots=shots, num_classes=spec.num_classes,
+        sanity_k=args.sanity_k or None, device=device,
+    )
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "downstream_model": downstream.model, "dataset": spec.name, "synth_key": sets["plain"][0].synth_key,
+        "filtered_synth_key": sets["filtered"][0].synth_key,
+    }
+    pq.write_table(results_table(rows, info), out / "augment.parquet")
+    (out / "augment.png").write_bytes(plot_png(rows, f"{spec.name}: downstream {downstream.model} from scratch"))
+    total = time.perf_counter() - t_start
+    _print_tables(rows, summary_frame(rows), spec.class_names, synthetic)
+    print(f"synthetic sets: {info['synth_key']} (+ baseline), {info['filtered_synth_key']} (guide filter)")
+    print(f"wrote {out / 'augment.parquet'} and {out / 'augment.png'}")
+    print(f"time: {total:.0f} s in all ({t_synth:.0f} s synthesis, {total - t_synth:.0f} s training runs)")
+    return 0
+
+
+def _synthetic_arms(store, sets, num_classes: int):
+    """The three synthetic arms from the two sets' manifests (images decoded from the store)."""
+    from dct.artifacts.images import decode_image
+    from dct.synthesis.augment import ArmData
+    from dct.synthesis.layout import read_table
+
+    def load(plan, summary, arm: str) -> ArmData | None:
+        rows = [r for r in read_table(store.read_bytes(summary["metadata_uri"])).to_pylist() if r["arm"] == arm]
+        rows = [r for r in rows if r["kept"]]
+        if not rows:
+            return None
+        root = summary["root_uri"]
+        images = [decode_image(store.read_bytes(f"{root}/{r['path']}")) for r in rows]
+        return ArmData(torch.stack(images), torch.tensor([r["class_id"] for r in rows]))
+
+    plain, filtered = sets["plain"], sets["filtered"]
+    arms = {"baseline": load(*plain, "baseline"), "dct": load(*plain, "dct")}
+    if filtered_rows := load(*filtered, "dct"):
+        arms["dct_filtered"] = filtered_rows
+    else:
+        logger.warning("no DCT image passed the guide filter; the dct_filtered arm is left out")
+    return arms
+
+
+def _toy_real(num_classes: int, seeds: int, per_class: int, test_per_class: int):
+    """Real toy images: one pool per training seed (disjoint seed blocks) and a held-out test set."""
+    from dct.synthesis.augment import ArmData
+    from dct.toy.shapes import render
+
+    def block(start: int, n: int) -> ArmData:
+        imgs, labels = [], []
+        for c in range(num_classes):
+            for i in range(n):
+                imgs.append(torch.from_numpy(render(c, start + i)[0]).permute(2, 0, 1))
+                labels.append(c)
+        return ArmData(torch.stack(imgs), torch.tensor(labels))
+
+    pools = [block(TOY_TRAIN_SEED + s * 100_000, per_class) for s in range(seeds)]
+    return pools, block(TOY_TEST_SEED, test_per_class)
+
+
+def _folder_real(args, num_classes: int, size, per_class: int):
+    """Real images from class-id image folders; each seed's pool is a seeded permutation of the train folder."""
+    import torch.nn.functional as F
+
+    from dct.artifacts.images import decode_image
+    from dct.artifacts.store import open_store
+    from dct.synthesis.augment import ArmData
+    from dct.synthesis.layout import class_id_of_folder
+
+    def read(root: str) -> ArmData:
+        st = open_store(root if "://" in root else str(Path(root).absolute()))
+        imgs, labels = [], []
+        for folder in sorted(st.fs.ls(st.to_path(st.root), detail=False)):
+            name = folder.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("."):
+                continue
+            c = class_id_of_folder(name)
+            if c >= num_classes:
+                raise ValueError(f"folder {name!r} names class {c}, but the dataset has {num_classes} classes")
+            for uri in st.list_files(st._uri(folder.rstrip("/"))):
+                img = decode_image(st.read_bytes(uri))
+                imgs.append(F.interpolate(img[None], size=tuple(size), mode="bilinear", antialias=True)[0])
+                labels.append(c)
+        if not imgs:
+            raise ValueError(f"image folder {root!r} holds no images (expected <class_id>-<name>/<image> files)")
+        return ArmData(torch.stack(imgs), torch.tensor(labels))
+
+    train, test = read(args.real_train), read(args.real_test)
+    pools = []
+    for s in range(args.seeds):
+        g = torch.Generator().manual_seed(s)
+        order = torch.randperm(len(train.labels), generator=g)
+        pools.append(ArmData(train.images[order], train.labels[order]))
+    return pools, test
+
+
+def _print_tables(rows, summary, class_names, synthetic) -> None:
+    print("top-1 on held-out real images, mean ± std over seeds:")
+    arms = [a for a in ("real", "baseline", "dct", "dct_filtered") if a in set(summary.arm)]
+    print(f"{'k':>4} " + " ".join(f"{a:>16}" for a in arms))
+    for k in sorted(set(summary.k)):
+        cells = []
+        for a in arms:
+            r = summary[(summary.k == k) & (summary.arm == a)]
+            text = f"{r['mean'].iloc[0]:.3f} ± {r['std'].fillna(0).iloc[0]:.3f}" if len(r) else ""
+            cells.append(text.rjust(16))
+        print(f"{k:>4} " + " ".join(cells))
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in rows if r["class_id"] is not None])
+    per = df.groupby(["class_id", "k", "arm"])["accuracy"].mean().unstack(["k", "arm"])
+    print("per class (mean over seeds), columns k/arm:")
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.precision", 2):
+        per.index = [f"{c} {class_names[c]}" for c in per.index]
+        print(per)
+    counts = {a: torch.bincount(d.labels, minlength=len(class_names)).tolist() for a, d in synthetic.items()}
+    print(f"synthetic images per class: {counts}")

@@ -1,0 +1,1 @@
+"""Synthetic training sets from learned class tokens (docs/synthesis.md)."""
