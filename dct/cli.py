@@ -11,11 +11,11 @@ import logging
 import sys
 
 from dct.artifacts.store import StoreUnavailableError
-from dct.commands import datasets, generate, models, optimize, run
+from dct.commands import datasets, generate, models, optimize, probe, run
 from dct.commands.common import UserError
 
 # Subcommand modules, in help order.
-COMMANDS = (optimize, run, datasets, models, generate)
+COMMANDS = (optimize, run, datasets, models, generate, probe)
 
 
 class _Parser(argparse.ArgumentParser):

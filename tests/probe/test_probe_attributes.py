@@ -82,7 +82,12 @@ def test_classifier_as_attribute_source(tiny_clf):
 
 @pytest.mark.parametrize(
     "bad",
-    [torch.rand(2, 1, 8, 8), torch.rand(3, 8, 8), (torch.rand(2, 3, 8, 8) * 255).to(torch.uint8), torch.rand(2, 3, 2, 2)],
+    [
+        torch.rand(2, 1, 8, 8),
+        torch.rand(3, 8, 8),
+        (torch.rand(2, 3, 8, 8) * 255).to(torch.uint8),
+        torch.rand(2, 3, 2, 2),
+    ],
 )
 def test_bad_images_fail_with_a_value_error(bad):
     with pytest.raises(ValueError, match="images"):
