@@ -58,7 +58,13 @@ def probe(args: argparse.Namespace) -> int:
     config = RunConfig.model_validate_json(runs[0].config_json)
     extractors = build_extractors(names, config, device)
     result = probe_records(
-        store, records_by_run, extractors, fdr=args.fdr, num_bootstrap=args.bootstrap, top_labels=args.top_labels
+        store,
+        records_by_run,
+        extractors,
+        fdr=args.fdr,
+        num_bootstrap=args.bootstrap,
+        top_labels=args.top_labels,
+        run_ids=[r.run_id for r in runs],
     )
     uris, page = write_probe(store, result)
     for line in summary_lines(result.table):

@@ -147,12 +147,14 @@ def render_report_html(
     plot_href: str | None,
     dataset_licence: str | None = None,
     generated_at: dt.datetime | None = None,
+    probe_href: str | None = None,
 ) -> str:
     """The report's HTML (one self-contained page; links relative to the report folder).
 
     Args:
         sections: one per selected class, in class-id order.
         pooled: ``PooledMetrics.to_json()``, or None.
+        probe_href: the bias probe's page (docs/probe.md), linked when the run has one.
     """
     e = html.escape
     generated_at = generated_at or dt.datetime.now(dt.UTC)
@@ -186,6 +188,7 @@ def render_report_html(
         f"{len(plan.selected)} classes selected, {len(plan.todo)} processed in this run, "
         f"{len(plan.skipped)} finished by earlier runs · token_key <code>{e(plan.token_key)}</code> · "
         f"eval_key <code>{e(plan.eval_key)}</code></p>",
+        *([f'<p><a href="{e(probe_href)}">Bias probe: attributes the tokens shifted</a></p>'] if probe_href else []),
         "<h2>Summary</h2>",
         "<table><tr><th></th><th>baseline prompt</th><th>DCT token</th></tr>",
         f'<tr><td>guide top-1 (mean over classes)</td><td class="num">{mean("guide", "baseline")}</td>'
@@ -455,8 +458,15 @@ def write_run_report(
     if records:
         png = accuracy_plot_png(records, title=f"{ds} · run {run_id}")
         plot_href = _rel(store, store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, PLOT_FILE), png), report_dir)
+    probe_uri = store.probe_page_uri(ds, run_id)  # written before the report when the flow ran the probe
     page = render_report_html(
-        config=config, plan=plan, sections=sections, pooled=pooled, plot_href=plot_href, dataset_licence=dataset_licence
+        config=config,
+        plan=plan,
+        sections=sections,
+        pooled=pooled,
+        plot_href=plot_href,
+        dataset_licence=dataset_licence,
+        probe_href=_rel(store, probe_uri, report_dir) if store.exists(probe_uri) else None,
     )
     uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_FILE), page.encode("utf-8"))
     logger.info("report of run %s: %s", run_id, uri)

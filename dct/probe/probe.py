@@ -74,6 +74,35 @@ def check_samples_stored(records: Sequence[ClassRecord]) -> None:
         raise ValueError(f"class(es) {diverged!r} did not finish with status 'done'; probe only done classes")
 
 
+def probe_eval_key(
+    store: ArtifactStore,
+    config,
+    *,
+    run_id: str,
+    eval_key: str,
+    class_ids: Sequence[int],
+    attributes: str | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[list[str], str]:
+    """What the flow's ``probe=true`` runs: probe the run's classes, write the table and the page.
+
+    Args:
+        config: the run's ``RunConfig`` (dataset, classifiers).
+        run_id: the run that names the probe (its table file and page).
+        eval_key: the run's evaluation key (its records and samples).
+        class_ids: the run's selected classes.
+        attributes: as ``dct probe --attributes`` (default all).
+
+    Returns:
+        ``(parquet URIs, page URI)`` from :func:`write_probe`.
+    """
+    names = parse_attribute_names(attributes)
+    records = eval_key_records(store, config.dataset, eval_key, class_ids)
+    check_samples_stored(records)
+    result = probe_records(store, [records], build_extractors(names, config, device), run_ids=[run_id])
+    return write_probe(store, result)
+
+
 def _seed_of(uri: str) -> int:
     return int(posixpath.basename(uri).split(".")[0])
 
@@ -119,6 +148,7 @@ def probe_values(
     num_bootstrap: int = DEFAULT_BOOTSTRAP,
     confidence: float = DEFAULT_CONFIDENCE,
     fdr: float = DEFAULT_FDR,
+    run_ids: Sequence[str] | None = None,
     created_at: dt.datetime | None = None,
 ) -> ProbeResult:
     """The probe table of some classes: one row per class × attribute, q-values over ALL rows.
@@ -131,6 +161,8 @@ def probe_values(
         num_bootstrap, confidence: the bootstrap interval (:func:`dct.probe.stats.paired_shifts`).
         fdr: the false-discovery rate of the Benjamini–Hochberg control; ``significant`` = q ≤ fdr and
             the interval excludes 0.
+        run_ids: the probed runs, the first one naming the probe (its table file and page); default: the
+            records' runs. A run that skipped finished classes probes records that earlier runs wrote.
 
     Returns:
         A :class:`ProbeResult`.
@@ -148,7 +180,7 @@ def probe_values(
         raise ValueError(f"top_labels {top_labels!r} must be a positive integer")
     created_at = created_at or dt.datetime.now(dt.UTC)
     first = next(iter(samples.values()))[0].record
-    run_ids = sorted({p.record.run_id for runs in samples.values() for p in runs})
+    run_ids = list(run_ids or sorted({p.record.run_id for runs in samples.values() for p in runs}))
     eval_keys = sorted({p.record.eval_key for runs in samples.values() for p in runs})
     rows: list[dict] = []
     diffs: dict[int, dict[str, np.ndarray]] = {}
@@ -219,8 +251,13 @@ def _kept_attributes(extractors, per_run, top_labels: int) -> list[str]:
     return keep
 
 
-def run_records(store: ArtifactStore, dataset: str, run_id: str) -> list[ClassRecord]:
-    """The finished records of a run's configuration (its ``eval_key``), by class id.
+def run_records(
+    store: ArtifactStore, dataset: str, run_id: str, class_ids: Sequence[int] | None = None
+) -> list[ClassRecord]:
+    """The ``done`` records of a run's configuration (its ``eval_key``), by class id.
+
+    Args:
+        class_ids: only these classes (default: every finished one of the ``eval_key``).
 
     Raises:
         ValueError: the store has no run ``run_id`` of ``dataset``.
@@ -228,8 +265,16 @@ def run_records(store: ArtifactStore, dataset: str, run_id: str) -> list[ClassRe
     run = read_run_record(store, dataset, run_id)
     if run is None:
         raise ValueError(f"no run {run_id!r} of dataset {dataset!r} in store {store.root!r}; check --run / --store")
-    ids = sorted(store.finished_class_ids(dataset, run.eval_key))
-    return [r for c in ids if (r := read_class_record(store, dataset, run.eval_key, c)) is not None]
+    return eval_key_records(store, dataset, run.eval_key, class_ids)
+
+
+def eval_key_records(
+    store: ArtifactStore, dataset: str, eval_key: str, class_ids: Sequence[int] | None = None
+) -> list[ClassRecord]:
+    """The ``done`` records of ``eval_key`` (one listing), by class id; diverged classes have no token to probe."""
+    ids = sorted(store.finished_class_ids(dataset, eval_key, class_ids))
+    records = [r for c in ids if (r := read_class_record(store, dataset, eval_key, c)) is not None]
+    return [r for r in records if r.status == "done"]
 
 
 def probe_records(
