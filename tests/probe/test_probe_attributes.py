@@ -55,6 +55,10 @@ def test_saturation_colourfulness_and_hue_bins():
         expected = 64 / (H * W) if h == "red" else 0.0
         assert torch.allclose(attr(f"hue_{h}", red), torch.tensor(expected)), h
     assert torch.allclose(attr("hue_blue", blue), torch.tensor(1.0))
+    # Bins are centred on their name: 345° (a bluish red) is red, 45° (orange-yellow) is yellow.
+    for colour, name in (((1.0, 0.0, 0.25), "red"), ((1.0, 0.75, 0.0), "yellow")):
+        img = with_square(grey, 4, 4, colour=colour)
+        assert torch.allclose(attr(f"hue_{name}", img), torch.tensor(64 / (H * W))), (colour, name)
 
 
 def test_salient_region_moves_with_the_shape():

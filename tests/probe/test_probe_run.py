@@ -110,3 +110,47 @@ def test_classifier_as_attribute_on_a_tiny_model(tiny_clf):
     kept = {r["attribute"] for r in rows}
     top = np.argsort(-np.maximum(p_base.mean(0).numpy(), p_dct.mean(0).numpy()))[:2]
     assert kept == {f"guide:{tiny_clf.labels[j]}" for j in top}
+
+
+def test_many_null_classes_report_nothing_after_the_bh_control():
+    """60 classes whose DCT images differ from the baseline by noise alone: raw p < 0.05 is common, discoveries not."""
+    from dct.results import ClassRecord, Provenance
+
+    now = dt.datetime.now(dt.UTC)
+    prov = Provenance(diffusion_model_id="t", diffusion_revision="r", classifier_model_id="t", classifier_revision="r",
+                      device="cpu", dtype="float32")
+    gen = torch.Generator().manual_seed(0)
+    pairs = {}
+    for cid in range(60):
+        rec = ClassRecord(run_id="r1", dataset="tiny", class_id=cid, class_name=f"c{cid}", token="<c>", token_key="t",
+                          eval_key="e", status="done", provenance=prov, started_at=now, finished_at=now)
+        base = torch.rand(16, 3, 16, 16, generator=gen)
+        dct = (base + 0.05 * torch.randn(16, 3, 16, 16, generator=gen)).clamp(0, 1)
+        pairs[cid] = [PairedSamples(rec, tuple(range(16)), base, dct)]
+    result = probe_values(pairs, resolve_attributes(BUILTINS), num_bootstrap=200)
+    df = result.table.to_pandas()
+    assert (df["p_value"] <= 0.05).sum() >= 5  # uncorrected, noise looks like findings
+    assert not df["significant"].any()
+
+
+def test_rank_is_by_absolute_shift_not_by_effect_size():
+    """A tiny shift that every seed shares has a huge d; a large noisy shift must still rank above it."""
+    from dct.probe.attributes import AttributeExtractor
+    from dct.results import ClassRecord, Provenance
+
+    now = dt.datetime.now(dt.UTC)
+    prov = Provenance(diffusion_model_id="t", diffusion_revision="r", classifier_model_id="t", classifier_revision="r",
+                      device="cpu", dtype="float32")
+    rec = ClassRecord(run_id="r1", dataset="tiny", class_id=0, class_name="c0", token="<c>", token_key="t",
+                      eval_key="e", status="done", provenance=prov, started_at=now, finished_at=now)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(32, 3, 1, 1, generator=gen).mul(0.5).expand(32, 3, 8, 8).clone()
+    dct = base.clone()
+    dct[:, 0] += 0.02 + 0.001 * torch.randn(32, 1, 1, generator=gen)  # red: small, very consistent
+    dct[:, 1] += 0.15 + 0.05 * torch.randn(32, 1, 1, generator=gen)  # green: large, noisy
+    channel = [AttributeExtractor(n, (n,), "channel mean, 0-1", lambda x, i=i: x[:, i].mean((1, 2))) for i, n in
+               enumerate(("red", "green"))]
+    rows = {r["attribute"]: r for r in probe_values({0: [PairedSamples(rec, tuple(range(32)), base, dct)]}, channel,
+                                                    num_bootstrap=200).table.to_pylist()}
+    assert rows["red"]["effect_size"] > rows["green"]["effect_size"] and rows["red"]["significant"]
+    assert rows["green"]["rank"] == 1 and rows["red"]["rank"] == 2
