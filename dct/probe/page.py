@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import html
 import posixpath
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dct.artifacts.store import ArtifactStore
-
-if TYPE_CHECKING:
-    from dct.probe.probe import ProbeResult
+from dct.probe.samples import ProbeResult
 
 IMAGES_PER_SHIFT = 4
 SHIFTS_PER_CLASS = 3

@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +19,8 @@ import torch
 from dct.artifacts.images import decode_image
 from dct.artifacts.store import VARIANTS, ArtifactStore
 from dct.probe.attributes import AttributeExtractor
+from dct.probe.page import render_probe_page
+from dct.probe.samples import PairedSamples, ProbeResult
 from dct.probe.stats import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_FDR, benjamini_hochberg, paired_shifts
 from dct.results import (
     PROBE_SCHEMA,
@@ -35,26 +36,6 @@ logger = logging.getLogger(__name__)
 # A classifier source adds one attribute per label; per class only the labels most probable on either
 # variant are tested (so a 10,000-label source adds a handful of rows per class, not 10,000).
 DEFAULT_TOP_LABELS = 5
-
-
-@dataclass(frozen=True)
-class PairedSamples:
-    """One class's samples of one run, paired by seed: ``baseline`` and ``dct`` ``(S, 3, H, W)`` in [0, 1]."""
-
-    record: ClassRecord
-    seeds: tuple[int, ...]
-    baseline: torch.Tensor
-    dct: torch.Tensor
-    uris: dict[str, tuple[str, ...]] = field(default_factory=dict)  # variant → sample URI per seed
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """The ``probe`` rows (:data:`dct.results.PROBE_SCHEMA`) and, per class, the runs' paired samples."""
-
-    table: pa.Table
-    samples: dict[int, list[PairedSamples]]
-    values: dict[int, dict[str, np.ndarray]]  # class → attribute → (R, S) paired differences DCT − baseline
 
 
 def check_samples_stored(records: Sequence[ClassRecord]) -> None:
@@ -310,8 +291,6 @@ def write_probe(store: ArtifactStore, result: ProbeResult, *, max_classes: int =
     Returns:
         ``(parquet URIs, page URI)``.
     """
-    from dct.probe.page import render_probe_page
-
     uris = write_probe_table(store, result.table)
     row = result.table.slice(0, 1).to_pylist()[0]
     page_uri = store.probe_page_uri(row["dataset"], row["run_id"])

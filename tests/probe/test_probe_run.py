@@ -11,7 +11,8 @@ import torch
 from dct.artifacts.store import ArtifactStore
 from dct.cli import main
 from dct.probe.attributes import classifier_attributes, resolve_attributes
-from dct.probe.probe import PairedSamples, probe_records, probe_values, run_records
+from dct.probe.probe import probe_records, probe_values, run_records
+from dct.probe.samples import PairedSamples
 from dct.results import PROBE_SCHEMA, read_results
 
 BUILTINS = ["brightness", "border_brightness", "salient_x", "salient_spread", "hue_blue"]
