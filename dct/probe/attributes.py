@@ -150,12 +150,16 @@ class AttributeExtractor:
         names: the attribute names of the K columns (a built-in statistic has one: its own name).
         unit: what the value measures and on which scale (written into the ``probe`` table).
         fn: the computation.
+        labels_are_classes: column ``k`` is the probed dataset's class ``k`` (the run's guide or evaluator):
+            a class's own label is then left out of its rows, since the token was optimised to raise it —
+            the probe asks which OTHER labels the images trigger (accuracy is in the ``classes`` table).
     """
 
     name: str
     names: tuple[str, ...]
     unit: str
     fn: Callable[[torch.Tensor], torch.Tensor]
+    labels_are_classes: bool = False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         out = self.fn(check_images(images))
@@ -190,7 +194,9 @@ ATTRIBUTE_EXTRACTORS: dict[str, AttributeExtractor] = {
 }
 
 
-def classifier_attributes(classifier: ImageClassifier, source: str, batch_size: int = 64) -> AttributeExtractor:
+def classifier_attributes(
+    classifier: ImageClassifier, source: str, batch_size: int = 64, *, labels_are_classes: bool = False
+) -> AttributeExtractor:
     """An attribute source from any classifier: its softmax probability of every label, one column each.
 
     Args:
@@ -198,6 +204,8 @@ def classifier_attributes(classifier: ImageClassifier, source: str, batch_size: 
         source: the source's name in the table, e.g. ``"guide"`` or ``"evaluator"``; attribute names are
             ``"{source}:{label}"``.
         batch_size: images per forward pass.
+        labels_are_classes: the classifier's label ids are the probed dataset's class ids (see
+            :class:`AttributeExtractor`); True for the run's own guide and evaluator.
 
     Returns:
         An extractor of ``(B, C)`` probabilities in [0, 1] (C = ``classifier.num_classes``).
@@ -212,7 +220,8 @@ def classifier_attributes(classifier: ImageClassifier, source: str, batch_size: 
         return torch.cat([classifier(x.to(device)).softmax(-1).cpu() for x in chunks])
 
     names = tuple(f"{source}:{label}" for label in classifier.labels)
-    return AttributeExtractor(source, names, f"mean softmax probability of the label under {source}, 0-1", probs)
+    unit = f"mean softmax probability of the label under {source}, 0-1"
+    return AttributeExtractor(source, names, unit, probs, labels_are_classes=labels_are_classes)
 
 
 def resolve_attributes(names: Sequence[str] | None) -> list[AttributeExtractor]:

@@ -138,7 +138,8 @@ def probe_values(
         samples: class id → its paired samples, one per optimisation run (all on the same seeds).
         extractors: built-in statistics and/or classifier sources (:mod:`dct.probe.attributes`).
         top_labels: per class and multi-column source (a classifier), test only the labels among the
-            ``top_labels`` most probable on either variant.
+            ``top_labels`` most probable on either variant (never the class's own label when the source's
+            labels are the dataset's classes: the token was optimised to raise it).
         num_bootstrap, confidence: the bootstrap interval (:func:`dct.probe.stats.paired_shifts`).
         fdr: the false-discovery rate of the Benjamini–Hochberg control; ``significant`` = q ≤ fdr and
             the interval excludes 0.
@@ -170,7 +171,7 @@ def probe_values(
         if len({p.seeds for p in runs}) != 1:
             raise ValueError(f"class {cid}: the runs were evaluated on different seeds; probe runs with the same seeds")
         per_run = [(_extract(extractors, p.baseline), _extract(extractors, p.dct)) for p in runs]
-        keep = _kept_attributes(extractors, per_run, top_labels)
+        keep = _kept_attributes(extractors, per_run, top_labels, cid)
         base = np.stack([[b[n][2] for n in keep] for b, _ in per_run]).transpose(0, 2, 1)  # (R, S, K)
         tok = np.stack([[d[n][2] for n in keep] for _, d in per_run]).transpose(0, 2, 1)
         st = paired_shifts(base, tok, num_bootstrap=num_bootstrap, confidence=confidence, seed=cid)
@@ -220,15 +221,17 @@ def probe_values(
     return ProbeResult(pa.Table.from_pylist(rows, schema=PROBE_SCHEMA), samples, diffs)
 
 
-def _kept_attributes(extractors, per_run, top_labels: int) -> list[str]:
-    """Every single-column attribute; of a multi-column source, the ``top_labels`` most probable labels."""
+def _kept_attributes(extractors, per_run, top_labels: int, class_id: int) -> list[str]:
+    """Every single-column attribute; of a multi-column source, the ``top_labels`` most probable labels
+    (without the class's own label when the source's labels are the dataset's classes)."""
     keep: list[str] = []
     for ex in extractors:
-        if len(ex.names) <= top_labels:
-            keep += ex.names
+        names = [n for k, n in enumerate(ex.names) if not (ex.labels_are_classes and k == class_id)]
+        if len(names) <= top_labels:
+            keep += names
             continue
-        score = {n: max(max(b[n][2].mean(), d[n][2].mean()) for b, d in per_run) for n in ex.names}
-        keep += sorted(ex.names, key=lambda n: -score[n])[:top_labels]
+        score = {n: max(max(b[n][2].mean(), d[n][2].mean()) for b, d in per_run) for n in names}
+        keep += sorted(names, key=lambda n: -score[n])[:top_labels]
     return keep
 
 
@@ -377,7 +380,8 @@ def build_extractors(names: Sequence[str], config, device: torch.device | str = 
         if clf_config is None:
             logger.info("the run has no evaluator: attribute source 'evaluator' skipped")
             continue
-        out.append(classifier_attributes(load_classifier(clf_config, device).classifier, source))
+        clf = load_classifier(clf_config, device).classifier
+        out.append(classifier_attributes(clf, source, labels_are_classes=True))
     return out
 
 

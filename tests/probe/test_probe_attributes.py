@@ -103,3 +103,26 @@ def test_unknown_attribute_names_the_valid_ones():
         resolve_attributes(["brightnes"])
     assert [e.name for e in resolve_attributes(["saturation", "brightness"])] == ["saturation", "brightness"]
     assert len(resolve_attributes(None)) == len(ATTRIBUTE_EXTRACTORS)
+
+
+def test_own_label_is_left_out_when_labels_are_the_classes(tiny_clf):
+    """The guide's own label is what the token was optimised for; the probe asks about the OTHER labels."""
+    import datetime as dt
+
+    from dct.probe.probe import probe_values
+    from dct.probe.samples import PairedSamples
+    from dct.results import ClassRecord, Provenance
+
+    now = dt.datetime.now(dt.UTC)
+    prov = Provenance(diffusion_model_id="t", diffusion_revision="r", classifier_model_id="t", classifier_revision="r",
+                      device="cpu", dtype="float32")
+    rec = ClassRecord(run_id="r1", dataset="tiny", class_id=2, class_name="c2", token="<c>", token_key="t",
+                      eval_key="e", status="done", provenance=prov, started_at=now, finished_at=now)
+    torch.manual_seed(0)
+    pairs = {2: [PairedSamples(rec, tuple(range(6)), torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16))]}
+    guide = classifier_attributes(tiny_clf, "guide", labels_are_classes=True)
+    other = classifier_attributes(tiny_clf, "scene")
+    rows = probe_values(pairs, [guide, other], top_labels=10, num_bootstrap=200).table.to_pylist()
+    names = {r["attribute"] for r in rows}
+    assert "guide:class 2" not in names and {"guide:class 0", "guide:class 1", "guide:class 3"} <= names
+    assert "scene:class 2" in names  # another classifier's label 2 is not this dataset's class 2
