@@ -49,6 +49,8 @@ def probe(args: argparse.Namespace) -> int:
     names = parse_attribute_names(args.attributes)
     if not 0.0 < args.fdr < 1.0:
         raise ValueError(f"--fdr {args.fdr!r} must be within (0, 1), e.g. 0.05")
+    if args.bootstrap < 100:
+        raise ValueError(f"--bootstrap {args.bootstrap!r} must be at least 100 resamples")
     device = resolve_device(args.device)
     store = open_store(args.store)
     runs = find_runs(store, args.runs, args.dataset)

@@ -410,4 +410,7 @@ def find_runs(store: ArtifactStore, run_ids: Sequence[str], dataset: str | None)
     if len(datasets) != 1:
         raise ValueError(f"runs {list(run_ids)!r} belong to datasets {datasets!r}; probe one dataset at a time")
     records = [read_run_record(store, datasets[0], rid) for rid in dict.fromkeys(runs["run_id"])]
-    return [r for r in records if r is not None]
+    missing = [rid for rid, r in zip(dict.fromkeys(runs["run_id"]), records, strict=True) if r is None]
+    if missing:
+        raise ValueError(f"run(s) {missing!r} have a runs-table row but no run.json in {store.root!r}; re-publish them")
+    return records

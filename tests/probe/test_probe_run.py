@@ -64,6 +64,7 @@ def test_probe_of_a_run_without_samples_fails_with_one_line(write_run, capsys):
     [
         (["--attributes", "brightnes"], "brightnes"),
         (["--fdr", "2"], "--fdr"),
+        (["--bootstrap", "10"], "--bootstrap"),
         ([], "no run"),
     ],
 )
