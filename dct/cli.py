@@ -11,11 +11,11 @@ import logging
 import sys
 
 from dct.artifacts.store import StoreUnavailableError
-from dct.commands import augment_eval, datasets, generate, models, optimize, run, synthesize
+from dct.commands import augment_eval, datasets, generate, models, optimize, probe, run, synthesize
 from dct.commands.common import UserError
 
 # Subcommand modules, in help order.
-COMMANDS = (optimize, run, synthesize, augment_eval, datasets, models, generate)
+COMMANDS = (optimize, run, synthesize, augment_eval, probe, datasets, models, generate)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,10 +1,12 @@
 """Per-class and per-run records, their Parquet tables, and reading helpers for notebooks.
 
-Two tables, each with ONE explicit pyarrow schema (:data:`CLASS_SCHEMA`, :data:`RUN_SCHEMA`) and a
-``schema_version`` column; every column is documented in docs/storage.md.
+Three tables, each with ONE explicit pyarrow schema (:data:`CLASS_SCHEMA`, :data:`RUN_SCHEMA`,
+:data:`PROBE_SCHEMA`) and a ``schema_version`` column; every column is documented in docs/storage.md
+(``probe``: docs/probe.md).
 
 - ``classes``: one row per class processed in a run (done, diverged or failed).
 - ``runs``: one row per run (counts, pooled FID/KID per variant, report link, config).
+- ``probe``: one row per class × attribute of a bias probe (written by ``dct.probe``).
 
 Both are hive-partitioned by ``dataset`` and ``run_date`` (UTC date the run started) and every run writes
 its own file ``part-{run_id}-{i}.parquet`` (pyarrow's ``basename_template``), so two runs on the same day
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 CLASS_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
+PROBE_SCHEMA_VERSION = 1
 
 ClassStatus = Literal["done", "diverged", "failed"]
 # Statuses whose record is a "finished" marker. "diverged" (NaN loss) is deterministic for the same
@@ -469,7 +472,42 @@ RUN_SCHEMA = pa.schema(
     metadata={"dct.table": "runs", "dct.schema_version": str(RUN_SCHEMA_VERSION)},
 )
 
-SCHEMAS: dict[str, pa.Schema] = {"classes": CLASS_SCHEMA, "runs": RUN_SCHEMA}
+# One row per class × attribute of a probe (docs/probe.md): the shift DCT − baseline in the attribute's own
+# units, its paired effect size, bootstrap interval and Benjamini–Hochberg q-value, and its rank in the class.
+PROBE_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("run_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("run_date", pa.date32(), nullable=False),
+        pa.field("eval_keys", pa.list_(pa.string()), nullable=False),
+        pa.field("class_id", pa.int32(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("attribute", pa.string(), nullable=False),
+        pa.field("unit", pa.string(), nullable=False),
+        pa.field("num_runs", pa.int32(), nullable=False),
+        pa.field("num_seeds", pa.int32(), nullable=False),
+        pa.field("baseline_mean", pa.float64(), nullable=False),
+        pa.field("dct_mean", pa.float64(), nullable=False),
+        pa.field("shift", pa.float64(), nullable=False),
+        pa.field("ci_low", pa.float64(), nullable=False),
+        pa.field("ci_high", pa.float64(), nullable=False),
+        pa.field("effect_size", pa.float64(), nullable=False),
+        pa.field("p_value", pa.float64(), nullable=False),
+        pa.field("q_value", pa.float64(), nullable=False),
+        pa.field("significant", pa.bool_(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("confidence", pa.float64(), nullable=False),
+        pa.field("fdr", pa.float64(), nullable=False),
+        pa.field("num_bootstrap", pa.int32(), nullable=False),
+        pa.field("created_at", _UTC_TS, nullable=False),
+    ],
+    metadata={"dct.table": "probe", "dct.schema_version": str(PROBE_SCHEMA_VERSION)},
+)
+
+SCHEMAS: dict[str, pa.Schema] = {"classes": CLASS_SCHEMA, "runs": RUN_SCHEMA, "probe": PROBE_SCHEMA}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -616,6 +654,28 @@ def write_run_record(store: ArtifactStore, run: RunRecord) -> list[str]:
     return [json_uri, *_write_partitioned(store, "runs", table, run.run_id)]
 
 
+def write_probe_table(store: ArtifactStore, table: pa.Table) -> list[str]:
+    """Write one probe's rows (:data:`PROBE_SCHEMA`; one dataset, one ``run_id``) into the ``probe`` table.
+
+    The file is named by the probed run (``part-{run_id}-{i}.parquet``), so probing the same run again
+    replaces its own rows and nothing else.
+
+    Returns:
+        URIs of the written files (none if ``table`` is empty).
+
+    Raises:
+        ValueError: a table of another schema, or rows of several datasets or runs.
+    """
+    if not table.schema.equals(PROBE_SCHEMA, check_metadata=False):
+        raise ValueError("the probe table does not have PROBE_SCHEMA; build it with dct.probe")
+    if table.num_rows == 0:
+        return []
+    run_ids = set(table.column("run_id").to_pylist())
+    if len(run_ids) != 1 or len(set(table.column("dataset").to_pylist())) != 1:
+        raise ValueError(f"probe rows of runs {sorted(run_ids)!r}: write one probe (one dataset, one run_id) at a time")
+    return _write_partitioned(store, "probe", table, run_ids.pop())
+
+
 def read_run_record(store: ArtifactStore, dataset: str, run_id: str) -> RunRecord | None:
     uri = store.run_uri(dataset, run_id, "run.json")
     try:
@@ -704,7 +764,7 @@ def read_results(
 
     Args:
         store: an ArtifactStore, a root URI, or None (``$DCT_STORE``, else ./dct-store).
-        table: ``"classes"`` (one row per class and run) or ``"runs"`` (one row per run).
+        table: ``"classes"`` (one row per class and run), ``"runs"`` (one row per run) or ``"probe"``.
         dataset: only this dataset; run_id: only this run.
         columns: subset of columns (default all, in schema order).
 

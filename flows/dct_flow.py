@@ -15,6 +15,7 @@ from dct.results import class_summary
 from flows.shard import dct_shard
 from tasks.evaluate import compute_pooled_metrics, write_report
 from tasks.plan import preflight_and_plan
+from tasks.probe import probe_samples
 from tasks.publish import read_outcomes, write_results
 
 
@@ -45,6 +46,7 @@ def dct(
     shard_timeout_minutes: float | None = None,
     run_id: str | None = None,
     max_in_flight: int | None = None,
+    probe: bool = False,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
     from dct.models.loading import describe_device
@@ -106,6 +108,10 @@ def dct(
     pooled = pooled_state.result() if pooled_state.is_completed() else None
     if pooled is None:
         logger.error("pooled FID/KID not computed: %s", pooled_state.message)
+    if probe:  # before the report, which links the probe page; a failed probe must not lose the run either
+        probe_state = probe_samples(config, plan, device if mode == "local" else "cpu", return_state=True)
+        if not probe_state.is_completed():
+            logger.error("probe not written: %s", probe_state.message)
     report_uri = write_report(config, plan, spec.licence, outcomes=outcomes)
     logger.info("report: %s", report_uri)
     outcome = write_results(

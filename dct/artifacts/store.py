@@ -55,12 +55,15 @@ MAX_COMPONENT_LEN = 128
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VARIANTS = ("baseline", "dct")
 SAMPLE_FORMATS = ("png", "jpeg", "jpg", "webp")
-RESULT_TABLES = ("classes", "runs")
+RESULT_TABLES = ("classes", "runs", "probe")
 # Parallel reads in the parent (records, tokens, feature files of 10k classes): enough requests in flight
 # to hide a 20-50 ms object-store latency, few enough for one process's sockets and memory.
 DEFAULT_READ_CONCURRENCY = 64
 # Folders of a synthetic set: kept DCT images, the baseline arm, images the filter rejected.
 SYNTHETIC_ARMS = ("train", "baseline", "filtered")
+# The run report's folder; the probe writes its page beside the report's index so each can link the other.
+REPORT_DIR = "report"
+PROBE_PAGE = "probe.html"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -377,8 +380,12 @@ class ArtifactStore:
             self._path("runs", validate_component(dataset, "dataset"), validate_component(run_id, "run_id"), *parts)
         )
 
+    def probe_page_uri(self, dataset: str, run_id: str) -> str:
+        """The probe's HTML page of a run, in the run's report folder (the report links it when it exists)."""
+        return self.run_uri(dataset, run_id, REPORT_DIR, PROBE_PAGE)
+
     def results_uri(self, table: str) -> str:
-        """Root of a hive-partitioned Parquet table (``classes`` or ``runs``)."""
+        """Root of a hive-partitioned Parquet table (``classes``, ``runs`` or ``probe``)."""
         if table not in RESULT_TABLES:
             raise ValueError(f"results table {table!r} is not one of {RESULT_TABLES}")
         return self._uri(self._path("results", table))

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-epochs", type=positive_int, help="override: upper bound on updates per class")
     p.add_argument("--num-samples", type=positive_int, help="override: evaluation images per class and variant")
     p.add_argument("--micro-batch-size", type=positive_int, help="override: images per forward/backward")
+    p.add_argument(
+        "--probe", action="store_true", help="also run the bias probe on the stored samples (see `dct probe`)"
+    )
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         device=args.device,
         run_id=run_id,
+        probe=args.probe,
         return_state=True,
     )
     if args.dry_run:

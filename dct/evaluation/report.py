@@ -405,6 +405,7 @@ def render_report_html(
     generated_at: dt.datetime | None = None,
     summary_href: str | None = None,
     index_href: str | None = None,
+    probe_href: str | None = None,
 ) -> str:
     """The report's HTML (links relative to the report folder).
 
@@ -414,6 +415,7 @@ def render_report_html(
         summary_href: the uplift-distribution plot (:func:`uplift_plot_png`).
         index_href: ``classes.js``; given, rows link to ``class.html#c{id}`` where the page has no grid
             of that class, and above :data:`STATIC_TABLE_MAX` classes the table is built from it.
+        probe_href: the bias probe's page (docs/probe.md), linked when the run has one.
     """
     e = html.escape
     generated_at = generated_at or dt.datetime.now(dt.UTC)
@@ -435,6 +437,7 @@ def render_report_html(
         f"{len(plan.selected)} classes selected, {len(plan.todo)} processed in this run, "
         f"{len(plan.skipped)} finished by earlier runs · token_key <code>{e(plan.token_key)}</code> · "
         f"eval_key <code>{e(plan.eval_key)}</code></p>",
+        *([f'<p><a href="{e(probe_href)}">Bias probe: attributes the tokens shifted</a></p>'] if probe_href else []),
         "<h2>Summary</h2>",
         "<table><tr><th></th><th>baseline prompt</th><th>DCT token</th></tr>",
         f'<tr><td>guide top-1 (mean over classes)</td><td class="num">{mean("guide", "baseline")}</td>'
@@ -821,6 +824,7 @@ def write_run_report(
     )
     store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_JS_FILE), class_index_js(index).encode("utf-8"))
     store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, DETAIL_FILE), render_detail_html().encode("utf-8"))
+    probe_uri = store.probe_page_uri(ds, run_id)  # written before the report when the flow ran the probe
     page = render_report_html(
         config=config,
         plan=plan,
@@ -830,6 +834,7 @@ def write_run_report(
         dataset_licence=dataset_licence,
         summary_href=summary_href,
         index_href=INDEX_JS_FILE,
+        probe_href=_rel(store, probe_uri, report_dir) if store.exists(probe_uri) else None,
     )
     uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_FILE), page.encode("utf-8"))
     logger.info("report of run %s: %s", run_id, uri)
