@@ -293,6 +293,17 @@ def _training_fields_outside_token_key(training: TrainingConfig) -> set[str]:
     return {"micro_batch_size"} | ({"restarts", "restart_below"} if training.restarts == 0 else set())
 
 
+def model_identity(model_id: str, revision: ResolvedRevision | None) -> str:
+    """What names a model in a key: its id, except for a local directory, which its content hash names.
+
+    A local directory's revision is a content hash (``sha256:…``) of its weights and configs; its path is where
+    this checkout or worker happens to keep it. Keying on the path made the toy world's keys differ between
+    two clones (and between a parent and a worker with another code directory), so the same token was
+    optimised twice and a parent could not find its workers' records.
+    """
+    return "local directory" if revision is not None and revision.startswith("sha256:") else model_id
+
+
 def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifier_revision: ResolvedRevision) -> str:
     """Hash of everything that determines a learned token (docs/design.md, "Names and keys").
 
@@ -304,14 +315,14 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
             "algorithm_version": ALGORITHM_VERSION,
             "dataset": config.dataset,
             "diffusion": {
-                "model_id": config.diffusion.model_id,
+                "model_id": model_identity(config.diffusion.model_id, diffusion_revision),
                 "revision": diffusion_revision,
                 "variant": config.diffusion.variant,
                 "dtype": config.diffusion.dtype,
             },
             "classifier": {
                 "kind": config.classifier.kind,
-                "model_id": config.classifier.model_id,
+                "model_id": model_identity(config.classifier.model_id, classifier_revision),
                 "revision": classifier_revision,
                 "preprocess": canonical_json(config.classifier.preprocess),
             },
@@ -329,12 +340,19 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
     )
 
 
+def _evaluation_identity(ev: EvaluationConfig, evaluator_revision: ResolvedRevision | None) -> dict[str, Any]:
+    out = ev.model_dump(mode="json", exclude={"batch_size"})
+    if out["evaluator"] is not None:
+        out["evaluator"]["model_id"] = model_identity(out["evaluator"]["model_id"], evaluator_revision)
+    return out
+
+
 def eval_key(config: RunConfig, tkey: str, evaluator_revision: ResolvedRevision | None) -> str:
     """``token_key`` + the evaluation settings; changing evaluation never re-optimises."""
     ev = config.evaluation
     decided: dict[str, Any] = {
         "token_key": tkey,
-        "evaluation": ev.model_dump(mode="json", exclude={"batch_size"}),
+        "evaluation": _evaluation_identity(ev, evaluator_revision),
         "evaluator_revision": evaluator_revision,
     }
     if baseline_differs_from_word(config.prompts):  # the baseline images are decided here, not by the token

@@ -88,15 +88,28 @@ def test_import_dct_does_not_import_prefect():
 
 # Today's keys: a change to key derivation (or to a dataset's defaults) must be a deliberate act that updates
 # this table and says why (docs/design.md, "Names and keys"). Fixed stand-in revisions keep the table
-# independent of the hub. The toy's row dates from before the package was regrouped; inet/cub/inat were
-# recomputed when their presets took grad_steps=2 (token_key), the article-aware baseline prompt (eval_key)
-# and, for inat, a held-out evaluator (eval_key).
+# independent of the hub; the toy's pipeline is a local directory, so its stand-in is a content hash. inet/cub/
+# inat were recomputed when their presets took grad_steps=2 (token_key), the article-aware baseline prompt
+# (eval_key) and, for inat, a held-out evaluator (eval_key); the toy's when a local directory stopped entering
+# keys by its path (model_identity).
+STAND_IN_REVISIONS = {
+    "toy": ("sha256:" + "d" * 40, "classifier-rev-4567", "evaluator-rev-89ab"),
+    "inet": ("diffusion-rev-0123", "classifier-rev-4567", "evaluator-rev-89ab"),
+    "cub": ("diffusion-rev-0123", "classifier-rev-4567", "evaluator-rev-89ab"),
+    "inat": ("diffusion-rev-0123", "classifier-rev-4567", "evaluator-rev-89ab"),
+}
 PINNED_KEYS = {
-    "toy": ("7be9363a199ec701", "7bfa82537855dc9f"),
+    "toy": ("43375cc99a18001d", "d5182607c7871b0f"),
     "inet": ("f4f19d1c415c8ed4", "8e7e695b62c872bc"),
     "cub": ("e0ad633c57c6627a", "95f01a8b50f7647c"),
     "inat": ("e750e5f888b041f6", "7369d2d50921ee59"),
 }
+
+
+def _keys(spec, diffusion_revision, classifier_revision, evaluator_revision):
+    config = spec.run_config()
+    tkey = token_key(config, diffusion_revision, classifier_revision)
+    return tkey, eval_key(config, tkey, evaluator_revision if config.evaluation.evaluator else None)
 
 
 @pytest.mark.parametrize("name", sorted(PINNED_KEYS))
@@ -105,21 +118,32 @@ def test_keys_of_the_builtin_datasets_are_pinned(name):
 
     # inat's names come from a model config that is not cached offline; the keys do not depend on them.
     spec = _inat_with_names(tuple(f"species {i}" for i in range(10_000))) if name == "inat" else get_dataset(name)
-    config = spec.run_config()
-    tkey = token_key(config, "diffusion-rev-0123", "classifier-rev-4567")
-    ekey = eval_key(config, tkey, "evaluator-rev-89ab" if config.evaluation.evaluator else None)
-    assert (tkey, ekey) == PINNED_KEYS[name]
+    assert _keys(spec, *STAND_IN_REVISIONS[name]) == PINNED_KEYS[name]
 
 
 def test_keys_of_the_shipped_toy_world_are_pinned():
-    """With the real revisions of the shipped toy weights: a store written before today is still read."""
+    """With the real revisions of the shipped toy weights, wherever the checkout is."""
     from dct.models.datasets import get_dataset
     from dct.run.plan import resolve_revisions
 
     config = get_dataset("toy").run_config()
     r = resolve_revisions(config)
     tkey = token_key(config, r.diffusion, r.classifier)
-    assert (tkey, eval_key(config, tkey, r.evaluator)) == ("12356ebd1ac9e84c", "400dc99aa8a36293")
+    assert (tkey, eval_key(config, tkey, r.evaluator)) == ("340a575bbda71334", "afa63defa0465723")
+
+
+def test_a_local_directory_enters_keys_by_content_not_path(tmp_path):
+    """Two clones (or a parent and a worker with another code directory) get the same keys for the same files."""
+    from dct.models.datasets import get_dataset
+
+    spec = get_dataset("toy")
+    moved = spec.model_copy(update={"diffusion": spec.diffusion.model_copy(update={"model_id": str(tmp_path)})})
+    revisions = STAND_IN_REVISIONS["toy"]
+    assert _keys(moved, *revisions) == _keys(spec, *revisions)
+    # ...while a hub model's id still counts: another id at the same revision is another model.
+    other = spec.model_copy(update={"diffusion": spec.diffusion.model_copy(update={"model_id": "org/other"})})
+    hub = ("diffusion-rev-0123", *revisions[1:])
+    assert _keys(other, *hub) != _keys(spec, *hub)
 
 
 def _registered_specs():
