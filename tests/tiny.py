@@ -33,6 +33,23 @@ WORDS = [
 ]
 
 
+
+def tiny_vae():
+    """The VAE of the tiny SD and SDXL worlds (one definition for both)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+
 def write_tiny_clip_vocab(directory: Path) -> tuple[Path, Path]:
     """A small CLIP BPE vocabulary: every byte character, with and without '</w>', plus whole WORDS."""
     from dct.toy.models import bytes_to_unicode  # CLIP's byte -> unicode map, defined once
@@ -62,7 +79,6 @@ def write_tiny_clip_vocab(directory: Path) -> tuple[Path, Path]:
 def tiny_pipeline(tmp_dir: Path, *, seed: int = 0, scheduler: str = "ddim"):
     """A StableDiffusionPipeline of tiny random models: 8×8×4 latents, 16×16 images, hidden size 32."""
     from diffusers import (
-        AutoencoderKL,
         DDIMScheduler,
         PNDMScheduler,
         StableDiffusionPipeline,
@@ -98,17 +114,7 @@ def tiny_pipeline(tmp_dir: Path, *, seed: int = 0, scheduler: str = "ddim"):
         attention_head_dim=2,
         norm_num_groups=4,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     sched_kwargs = dict(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
     )
@@ -139,7 +145,6 @@ def tiny_sdxl_pipeline(tmp_dir: Path, *, seed: int = 0):
     projection 24), a UNet with ``addition_embed_type="text_time"`` (add_time_ids: 6 × 8 + 24 = 72 inputs),
     cross-attention over the concatenated 32 + 40 = 72 features; 8×8×4 latents, 16×16 images."""
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -187,17 +192,7 @@ def tiny_sdxl_pipeline(tmp_dir: Path, *, seed: int = 0):
         cross_attention_dim=32 + 40,
         norm_num_groups=4,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        sample_size=16,
-    )
+    vae = tiny_vae()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
