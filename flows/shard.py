@@ -14,14 +14,19 @@ from dct.results import class_line
 from tasks.classes import load_shard_models, optimize_and_evaluate_class, record_failed_class
 
 
-def _shard_run_name() -> str:
-    p = flow_run.parameters
-    ids = p.get("class_ids") or []
-    span = f"{ids[0]:05d}-{ids[-1]:05d}" if ids else "empty"
-    return f"dct-shard-{dataset_label(str(p.get('dataset')))}-{span}"
+def shard_run_name(prefix: str):
+    """A shard flow's run name: ``{prefix}-{dataset}-{first id}-{last id}`` (the dct and synthesis shards)."""
+
+    def name() -> str:
+        p = flow_run.parameters
+        ids = p.get("class_ids") or []
+        span = f"{ids[0]:05d}-{ids[-1]:05d}" if ids else "empty"
+        return f"{prefix}-{dataset_label(str(p.get('dataset')))}-{span}"
+
+    return name
 
 
-@flow(name="dct-shard", flow_run_name=_shard_run_name)
+@flow(name="dct-shard", flow_run_name=shard_run_name("dct-shard"))
 def dct_shard(
     dataset: str,
     class_ids: list[int],

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.runtime import flow_run
 
 from dct.config import RunOverrides
-from dct.models.datasets import dataset_label
 from dct.synthesis.config import SynthesisConfig
+from flows.shard import shard_run_name
 from tasks.classes import load_shard_models
 from tasks.synthesize import synthesize_classes
 
 SYNTH_SHARD_DEPLOYMENT = "dct-synthesize-shard/gpu"
 
 
-def _shard_run_name() -> str:
-    p = flow_run.parameters
-    ids = p.get("class_ids") or []
-    span = f"{ids[0]:05d}-{ids[-1]:05d}" if ids else "empty"
-    return f"dct-synthesize-shard-{dataset_label(str(p.get('dataset')))}-{span}"
-
-
-@flow(name="dct-synthesize-shard", flow_run_name=_shard_run_name)
+@flow(name="dct-synthesize-shard", flow_run_name=shard_run_name("dct-synthesize-shard"))
 def dct_synthesize_shard(
     dataset: str,
     class_ids: list[int],
