@@ -281,6 +281,17 @@ def _training_fields_outside_token_key(training: TrainingConfig) -> set[str]:
     return {"micro_batch_size"} | ({"restarts", "restart_below"} if training.restarts == 0 else set())
 
 
+def model_identity(model_id: str) -> str:
+    """How a model id enters a key: a hub id as it is; a local directory as ``"local"``.
+
+    A local directory is identified by its resolved revision (a content hash of its weights and configs), not
+    by where it happens to be: the same weights in another clone, another ``DCT_CODE_DIR`` on a worker, or a
+    moved folder must give the same keys (the toy's weights ship inside the package, at an install-specific
+    absolute path).
+    """
+    return "local" if model_id.startswith(("/", "./", "../", "~")) else model_id
+
+
 def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifier_revision: ResolvedRevision) -> str:
     """Hash of everything that determines a learned token (docs/design.md, "Names and keys").
 
@@ -292,14 +303,14 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
             "algorithm_version": ALGORITHM_VERSION,
             "dataset": config.dataset,
             "diffusion": {
-                "model_id": config.diffusion.model_id,
+                "model_id": model_identity(config.diffusion.model_id),
                 "revision": diffusion_revision,
                 "variant": config.diffusion.variant,
                 "dtype": config.diffusion.dtype,
             },
             "classifier": {
                 "kind": config.classifier.kind,
-                "model_id": config.classifier.model_id,
+                "model_id": model_identity(config.classifier.model_id),
                 "revision": classifier_revision,
                 "preprocess": canonical_json(config.classifier.preprocess),
             },
@@ -317,10 +328,13 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
 def eval_key(config: RunConfig, tkey: str, evaluator_revision: ResolvedRevision | None) -> str:
     """``token_key`` + the evaluation settings; changing evaluation never re-optimises."""
     ev = config.evaluation
+    evaluation = ev.model_dump(mode="json", exclude={"batch_size"})
+    if ev.evaluator is not None:
+        evaluation["evaluator"]["model_id"] = model_identity(ev.evaluator.model_id)
     return short_hash(
         {
             "token_key": tkey,
-            "evaluation": ev.model_dump(mode="json", exclude={"batch_size"}),
+            "evaluation": evaluation,
             "evaluator_revision": evaluator_revision,
         }
     )

@@ -83,8 +83,10 @@ def test_import_dct_does_not_import_prefect():
 # Today's keys, computed before the package was regrouped by concern: a change to key derivation (or to a
 # dataset's defaults) must be a deliberate act that updates this table and says why (docs/design.md, "Names
 # and keys"). Fixed stand-in revisions keep the table independent of the hub.
+# toy changed once, deliberately: its keys held the absolute path of the checkout (the weights ship inside the
+# package), so they differed on every clone; a local model now enters a key by its content hash only.
 PINNED_KEYS = {
-    "toy": ("7be9363a199ec701", "7bfa82537855dc9f"),
+    "toy": ("b5b63c00ef9080f3", "f28236799f2ecc43"),
     "inet": ("395f3c2009682640", "413cdf216bbe8df8"),
     "cub": ("61937ee8e5c11e8b", "213116204a089beb"),
     "inat": ("eeb303a1fc3e7f89", "8a2485891717288f"),
@@ -111,4 +113,24 @@ def test_keys_of_the_shipped_toy_world_are_pinned():
     config = get_dataset("toy").run_config()
     r = resolve_revisions(config)
     tkey = token_key(config, r.diffusion, r.classifier)
-    assert (tkey, eval_key(config, tkey, r.evaluator)) == ("12356ebd1ac9e84c", "400dc99aa8a36293")
+    assert (tkey, eval_key(config, tkey, r.evaluator)) == ("eca2bc52cc5d4459", "7ba5eb7dce3481f3")
+
+
+def test_keys_do_not_depend_on_where_a_local_model_lies(tmp_path):
+    """The same weights at two paths (two clones, a worker's DCT_CODE_DIR, a moved folder) give the same keys;
+    other weights give other keys (the revision, a content hash, carries the difference)."""
+    from tiny import tiny_run_config
+
+    base = tiny_run_config()
+    here, there = (
+        base.model_copy(
+            update={
+                "diffusion": base.diffusion.model_copy(update={"model_id": f"{root}/pipeline"}),
+                "classifier": base.classifier.model_copy(update={"model_id": f"{root}/guide", "kind": "local"}),
+            }
+        )
+        for root in (tmp_path / "clone-a", "/srv/elsewhere/clone-b")
+    )
+    assert token_key(here, "sha256:same", "sha256:guide") == token_key(there, "sha256:same", "sha256:guide")
+    assert token_key(here, "sha256:same", "sha256:guide") != token_key(here, "sha256:other", "sha256:guide")
+    assert token_key(here, "sha256:same", "sha256:guide") != token_key(base, "sha256:same", "sha256:guide")

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from dct.artifacts.images import encode_image
+from dct.artifacts.images import decode_image, encode_image
 from dct.artifacts.store import ArtifactStore
 from dct.artifacts.token_file import build_token_metadata, load_stored_token, token_file_bytes
 from dct.config import RunConfig, epoch_prompts
@@ -196,17 +196,13 @@ def process_class(
         for variant, word in (("baseline", config.prompts.baseline_word), ("dct", token))
     }
     if ev.sample_format != "none":
-        for variant, imgs in images.items():
-            for seed, img in zip(seeds, imgs, strict=True):
-                store.write_sample(
-                    config.dataset,
-                    ekey,
-                    class_id,
-                    variant,
-                    seed,
-                    encode_image(img, ev.sample_format),
-                    ext=ev.sample_format,
-                )
+        for variant in list(images):
+            encoded = [encode_image(img, ev.sample_format) for img in images[variant]]
+            for seed, data in zip(seeds, encoded, strict=True):
+                store.write_sample(config.dataset, ekey, class_id, variant, seed, data, ext=ev.sample_format)
+            # Score what is stored (8-bit, or JPEG): the table's accuracies are those of the published samples,
+            # which anyone can recompute from the store (FID/KID are computed from them too).
+            images[variant] = torch.stack([decode_image(data) for data in encoded])
     scores: dict[str, float | None] = {}
     for who, clf in (("guide", models.classifier), ("evaluator", models.evaluator)):
         for variant, imgs in images.items():
