@@ -81,7 +81,7 @@ def test_read_bundle_and_mismatch_detection(store, make_record):
     rec = records[0]
     store.write_token("toy", rec.token_key, rec.class_id,
                       token_file_bytes(rec.token, torch.zeros(8), {"token_key": "someother", "class_id": "0"}))
-    with pytest.raises(ValueError, match="token_key='someother'"):
+    with pytest.raises(ValueError, match="is the token of token_key 'someother', not 'tk0001'"):
         export_bundle(store, records, "run-2")
 
 
@@ -99,7 +99,7 @@ def test_load_stored_token_detects_corrupt_and_foreign_files(store):
     with pytest.raises(ValueError, match="expected '<dct-toy-00002>'"):
         load_stored_token(store, "toy", "tk0001", 1, "<dct-toy-00002>")
     store.write_token("toy", "tk0001", 2, good)  # copied to another class's location
-    with pytest.raises(ValueError, match="class_id='1'"):
+    with pytest.raises(ValueError, match="is the token of class_id '1', not '2'"):
         load_stored_token(store, "toy", "tk0001", 2)
     with pytest.raises(FileNotFoundError):
         load_stored_token(store, "toy", "tk0001", 3)
