@@ -10,6 +10,13 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py helpers
+
+# ONE Prefect test harness (and one tiny world) for the whole session, defined here at the root: a session
+# fixture imported into several sub-directory conftests is one fixture PER directory, and a second harness
+# started while the first is alive leaves the process-wide event worker talking to the first server, so the
+# second one never records task runs (the credentials canary reads them).
+from flows_fixtures import prefect_harness, tiny_world  # noqa: F401
+
 logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server's per-request access log
 
 
@@ -22,6 +29,14 @@ os.environ["OMP_NUM_THREADS"] = "1"
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tripwire(monkeypatch):
+    """Any model load raises :class:`tripwire.ModelLoaded` (tests/tripwire.py)."""
+    import tripwire
+
+    tripwire.arm(monkeypatch)
 
 
 @pytest.fixture

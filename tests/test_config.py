@@ -198,3 +198,23 @@ def test_the_toy_baseline_and_keys_are_what_they_were():
     assert baseline_prompts(t, w, "ember finch", 3) == epoch_prompts(t, w, "ember finch", 3)
     assert not baseline_differs_from_word(config.prompts)
     assert baseline_differs_from_word(get_dataset("inet").run_config().prompts)
+
+
+def test_keys_do_not_depend_on_where_a_local_model_lies(tmp_path):
+    """The same weights at two paths (two clones, a worker's DCT_CODE_DIR, a moved folder) give the same keys;
+    other weights give other keys (the revision, a content hash, carries the difference)."""
+    from tiny import tiny_run_config
+
+    base = tiny_run_config()
+    here, there = (
+        base.model_copy(
+            update={
+                "diffusion": base.diffusion.model_copy(update={"model_id": f"{root}/pipeline"}),
+                "classifier": base.classifier.model_copy(update={"model_id": f"{root}/guide", "kind": "local"}),
+            }
+        )
+        for root in (tmp_path / "clone-a", "/srv/elsewhere/clone-b")
+    )
+    assert token_key(here, "sha256:same", "sha256:guide") == token_key(there, "sha256:same", "sha256:guide")
+    assert token_key(here, "sha256:same", "sha256:guide") != token_key(here, "sha256:other", "sha256:guide")
+    assert token_key(here, "sha256:same", "sha256:guide") != token_key(base, "sha256:same", "sha256:guide")

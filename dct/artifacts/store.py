@@ -201,8 +201,10 @@ class ArtifactStore:
         endpoint_url: S3 endpoint (None = AWS default); only for ``s3://`` roots.
         path_style: S3 path-style addressing (MinIO/Ceph behind one DNS name).
         connect_timeout: seconds for one connection attempt to the S3 endpoint.
-        max_attempts: botocore attempts per request (standard retry mode: exponential backoff).
-        retries: s3fs's retries of transient errors around those attempts.
+        max_attempts: botocore attempts per request, the first included (standard retry mode: before
+            attempt k+1 it sleeps a random time in [0, 2**(k-1)) s).
+        retries: s3fs's tries of the whole call when the attempts run out on a transient error (it sleeps
+            0.1 * 1.7**i s after try i).
 
     Raises:
         ValueError: an unsupported root.
@@ -225,7 +227,9 @@ class ArtifactStore:
 
             config: dict[str, Any] = {
                 "connect_timeout": connect_timeout,
-                "retries": {"max_attempts": max_attempts, "mode": "standard"},
+                # total_max_attempts counts the first request; botocore's "max_attempts" would count only
+                # the retries (3 meant 4 attempts).
+                "retries": {"total_max_attempts": max_attempts, "mode": "standard"},
                 # botocore's default pool of 10 connections would cap read_many at 10 requests in flight.
                 "max_pool_connections": DEFAULT_READ_CONCURRENCY,
             }

@@ -16,6 +16,11 @@ Every loader resolves the model to ONE local directory first (a hub snapshot, or
 and loads from there, so the hub path and the local path run the same code; tests use the latter with
 tiny random-weight models. The resolved revision is the hub commit SHA (the snapshot's name) or, for a
 local directory, a content hash of its weights and configs. ``trust_remote_code`` is never used.
+
+Weights are safetensors. The one exception: a hub repo of kind ``hf``/``vit-mae`` that publishes no
+safetensors (the paper's 2022 ViT-MAE classifiers) is read from its ``pytorch_model.bin`` with torch's
+``weights_only`` unpickler, which builds tensors and plain containers only and refuses anything that would
+run code. Pickle files in a local directory are refused outright (:func:`dct.models.hub.refuse_pickles`).
 """
 
 from __future__ import annotations
@@ -121,7 +126,10 @@ def load_hf_classifier(config: ClassifierConfig) -> LoadedClassifier:
 
     path = resolve_weights_dir(config.model_id, config.revision)
     hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    model = AutoModelForImageClassification.from_pretrained(path, config=hf_config, trust_remote_code=False)
+    # weights_only: a hub repo without safetensors is read by torch's restricted unpickler (resolve_weights_dir).
+    model = AutoModelForImageClassification.from_pretrained(
+        path, config=hf_config, trust_remote_code=False, weights_only=True
+    )
     labels = _labels_from_id2label(hf_config.id2label, hf_config.num_labels)
     classifier = ImageClassifier(HFClassifier(model), _hf_preprocess(config, path), labels)
     return LoadedClassifier(classifier, snapshot_revision(path))
@@ -163,7 +171,9 @@ def load_vit_mae_classifier(config: ClassifierConfig) -> LoadedClassifier:
     # The checkpoint's config may say model_type "vit" or "vit_mae"; the encoder is a plain ViT either way.
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
     vit_config = ViTConfig(**fields)
-    model, info = ViTForImageClassification.from_pretrained(path, config=vit_config, output_loading_info=True)
+    model, info = ViTForImageClassification.from_pretrained(
+        path, config=vit_config, output_loading_info=True, weights_only=True
+    )
     missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
     if missing:
         raise ValueError(

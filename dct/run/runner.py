@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from dct.artifacts.images import encode_image
+from dct.artifacts.images import decode_image, encode_image
 from dct.artifacts.store import ArtifactStore
 from dct.artifacts.token_file import build_token_metadata, load_stored_token, token_file_bytes
 from dct.config import RunConfig, baseline_prompts, epoch_prompts
@@ -213,10 +213,13 @@ def process_class(
     }
     encoded: dict[str, list[bytes]] = {}
     if ev.sample_format != "none":
-        for variant, imgs in images.items():
-            encoded[variant] = [encode_image(img, ev.sample_format) for img in imgs]
+        for variant in list(images):
+            encoded[variant] = [encode_image(img, ev.sample_format) for img in images[variant]]
             for seed, data in zip(seeds, encoded[variant], strict=True):
                 store.write_sample(config.dataset, ekey, class_id, variant, seed, data, ext=ev.sample_format)
+            # Score what is stored (8-bit, or JPEG): the table's accuracies are those of the published samples,
+            # which anyone can recompute from the store (FID/KID are computed from them too).
+            images[variant] = torch.stack([decode_image(data) for data in encoded[variant]])
     if encoded and models.feature_extractor is not None:  # FID/KID features here, on this device
         feats = features_of_encoded(models.feature_extractor, encoded, ev.batch_size)
         stamp = sample_set_stamp(run_id, started)

@@ -34,10 +34,13 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "storage.md"
 def _publish(store, make_record, make_run, run_id, *, dataset="toy", classes=(0, 1, 2), hour=10, failed=()):
     run = make_run(run_id, dataset=dataset, hour=hour)
     records = []
-    for cid in classes:
+    for i, cid in enumerate(classes):
         status = "failed" if cid in failed else "done"
+        # each class finishes within its run's hour (the run's start time decides which result is the latest)
+        at = dt.datetime(2026, 11, 26, hour, tzinfo=dt.UTC) + dt.timedelta(minutes=10 * i)
         rec = make_record(cid, run_id=run_id, dataset=dataset, status=status,
-                          error="boom" if status == "failed" else None)
+                          error="boom" if status == "failed" else None,
+                          started_at=at, finished_at=at + dt.timedelta(minutes=5))
         write_class_record(store, rec)
         records.append(rec)
     # The parent reads the records back from the store, then writes the table from them.
@@ -104,9 +107,27 @@ def test_round_trip_and_readers(store, make_record, make_run):
     assert results_relation(store, "runs").aggregate("count(*)").fetchall()[0][0] == 3
     assert read_run_record(store, "toy", "run-a").run_id == "run-a"
 
-    # current result per class: class 3 failed in run-b only; class 2 finished in both runs -> latest
+    # current result per class: 0 and 1 only in run-a; 2 finished in both runs -> run-b's (the later) row;
+    # 3 failed in run-b only -> that failed row
     latest = latest_class_rows(df)
-    assert list(latest["class_id"]) == [0, 1, 2, 3]
+    assert list(zip(latest["class_id"], latest["run_id"], latest["status"], strict=True)) == [
+        (0, "run-a", "done"), (1, "run-a", "done"), (2, "run-b", "done"), (3, "run-b", "failed"),
+    ]
+    assert latest.loc[latest["class_id"] == 2, "finished_at"].item() == df.loc[
+        (df["class_id"] == 2) & (df["run_id"] == "run-b"), "finished_at"
+    ].item()
+
+
+def test_latest_class_rows_a_finished_row_beats_a_later_failed_one(store, make_record, make_run):
+    """Monday done, Tuesday failed (e.g. an outage on a forced re-run): the current result is Monday's done row;
+    with two finished rows the later one wins, whatever order the files are read in."""
+    _publish(store, make_record, make_run, "run-late", hour=20, classes=(0, 1), failed=(0,))
+    _publish(store, make_record, make_run, "run-early", hour=8, classes=(0, 1))
+    df = read_results(store, "classes", dataset="toy")
+    latest = latest_class_rows(df)
+    assert list(zip(latest["class_id"], latest["run_id"], strict=True)) == [(0, "run-early"), (1, "run-late")]
+    latest_reversed = latest_class_rows(df.iloc[::-1].reset_index(drop=True))
+    assert list(latest_reversed["run_id"]) == ["run-early", "run-late"]
 
 
 def test_republishing_a_run_replaces_only_its_own_file(store, make_record, make_run):

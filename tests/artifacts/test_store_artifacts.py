@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 
@@ -10,6 +11,7 @@ import torch
 
 from dct.artifacts.store import ArtifactStore, StoreUnavailableError
 from dct.artifacts.token_file import read_token_bytes, token_file_bytes
+from dct.config import RunOverrides
 from dct.results import read_class_attempt, read_class_outcome, read_class_record, write_class_record
 
 
@@ -64,56 +66,76 @@ def test_diverged_is_final(store, make_record):
     assert store.is_finished("toy", "ek0001", 6)
 
 
-class Shard:
-    """The per-class protocol of a shard, reduced to its storage calls (the flow's real loop does the same)."""
-
-    def __init__(self, store: ArtifactStore, make_record):
-        self.store, self.make_record = store, make_record
-        self.optimised: list[tuple[str, int]] = []
-        self.evaluated: list[tuple[str, int]] = []
-
-    def run(self, class_ids, token_key: str, eval_key: str, run_id: str) -> None:
-        for cid in class_ids:
-            if self.store.is_finished("toy", eval_key, cid):
-                continue
-            reused = self.store.has_token("toy", token_key, cid)
-            if not reused:
-                self.optimised.append((token_key, cid))
-                self.store.write_token("toy", token_key, cid, _token_bytes(cid, token_key)[0])
-            self.evaluated.append((eval_key, cid))
-            for variant in ("baseline", "dct"):
-                self.store.write_sample("toy", eval_key, cid, variant, 10_000, b"png")
-            write_class_record(
-                self.store,
-                self.make_record(cid, run_id=run_id, token_key=token_key, eval_key=eval_key, token_reused=reused),
-            )
+FAST = RunOverrides(max_epochs=1, images_per_epoch=2, num_samples=1)
+MORE_SAMPLES = FAST.model_copy(update={"num_samples": 2})  # an evaluation setting: new eval_key, same token_key
+MORE_EPOCHS = FAST.model_copy(update={"max_epochs": 2})  # a token setting: new token_key (and eval_key)
 
 
-def test_resume_reuse_and_write_beside(store, make_record):
-    shard = Shard(store, make_record)
-    shard.run([0, 1], "tk0001", "ek0001", "run-1")
-    assert shard.optimised == [("tk0001", 0), ("tk0001", 1)]
+@pytest.fixture(scope="module")
+def tiny_models(tiny_world):
+    """The tiny world's models, loaded once (they do not depend on the run settings varied below)."""
+    from dct.models.loading import load_models
+    from dct.run.plan import build_config
 
-    # Same keys: both classes finished -> nothing is redone; a new class is done.
-    shard.run([0, 1, 2], "tk0001", "ek0001", "run-2")
-    assert shard.optimised[-1] == ("tk0001", 2) and len(shard.optimised) == 3
-    assert shard.evaluated.count(("ek0001", 0)) == 1
+    return load_models(build_config(str(tiny_world))[1], "cpu")
 
-    # Changed evaluation setting -> new eval_key: re-evaluated, tokens reused, old records untouched.
-    before = store.read_bytes(store.record_uri("toy", "ek0001", 0))
-    shard.run([0, 1, 2], "tk0001", "ek0002", "run-3")
-    assert len(shard.optimised) == 3
-    assert [e for e in shard.evaluated if e[0] == "ek0002"] == [("ek0002", 0), ("ek0002", 1), ("ek0002", 2)]
-    assert read_class_record(store, "toy", "ek0002", 0).token_reused
-    assert store.read_bytes(store.record_uri("toy", "ek0001", 0)) == before
 
-    # Changed token setting -> new token_key (and so a new eval_key): written beside, not over.
-    old_token = store.read_token("toy", "tk0001", 0)
-    shard.run([0], "tk0002", "ek0003", "run-4")
-    assert shard.optimised[-1] == ("tk0002", 0)
-    assert store.read_token("toy", "tk0001", 0) == old_token
-    assert store.token_uri("toy", "tk0002", 0) != store.token_uri("toy", "tk0001", 0)
-    assert store.has_token("toy", "tk0002", 0) and store.has_token("toy", "tk0001", 0)
+def _run_shard(root: str, tiny_world, models, classes: str, overrides: RunOverrides, run_id: str):
+    """What a `dct run` does with the store, without Prefect: the real plan, then the real runner per class."""
+    from dct.run.plan import build_config, plan_run
+    from dct.run.runner import process_class
+
+    plan = plan_run(dataset=str(tiny_world), classes=classes, store=root, overrides=overrides, run_id=run_id)
+    spec, config = build_config(str(tiny_world), overrides, plan.store_root)
+    store = ArtifactStore.from_config(config.storage)
+    records = [
+        process_class(store, config, models, class_id=c, class_name=spec.class_names[c], run_id=run_id)
+        for c in plan.todo
+    ]
+    return plan, records
+
+
+def test_resume_reuse_and_write_beside(store, tiny_world, tiny_models, monkeypatch):
+    import dct.run.runner
+
+    optimised: list[int] = []
+    real = dct.run.runner.optimize_token
+
+    def spy(*args, class_id, **kwargs):
+        optimised.append(class_id)
+        return real(*args, class_id=class_id, **kwargs)
+
+    monkeypatch.setattr(dct.run.runner, "optimize_token", spy)
+    root = store.root
+
+    p1, r1 = _run_shard(root, tiny_world, tiny_models, "0-1", FAST, "run-1")
+    assert p1.todo == [0, 1] and optimised == [0, 1] and not any(r.token_reused for r in r1)
+
+    # Same keys: both classes finished -> nothing is redone; the new class is done.
+    record0 = store.read_bytes(store.record_uri("tiny", p1.eval_key, 0))
+    p2, _ = _run_shard(root, tiny_world, tiny_models, "0-2", FAST, "run-2")
+    assert (p2.token_key, p2.eval_key) == (p1.token_key, p1.eval_key)
+    assert p2.todo == [2] and p2.skipped == [0, 1] and optimised == [0, 1, 2]
+    assert store.read_bytes(store.record_uri("tiny", p1.eval_key, 0)) == record0
+
+    # Changed evaluation setting -> new eval_key: every class re-evaluated, no token re-optimised (reused),
+    # the old records untouched.
+    tokens = {c: store.read_token("tiny", p1.token_key, c) for c in (0, 1, 2)}
+    p3, r3 = _run_shard(root, tiny_world, tiny_models, "0-2", MORE_SAMPLES, "run-3")
+    assert p3.token_key == p1.token_key and p3.eval_key != p1.eval_key
+    assert p3.todo == [0, 1, 2] and optimised == [0, 1, 2] and all(r.token_reused for r in r3)
+    assert [len(store.list_samples("tiny", p3.eval_key, c, "dct")) for c in (0, 1, 2)] == [2, 2, 2]
+    assert store.read_bytes(store.record_uri("tiny", p1.eval_key, 0)) == record0
+    assert {c: store.read_token("tiny", p1.token_key, c) for c in (0, 1, 2)} == tokens
+
+    # Changed token setting -> new token_key (and so a new eval_key): optimised again and written beside, the
+    # old token kept byte for byte.
+    p4, r4 = _run_shard(root, tiny_world, tiny_models, "0", MORE_EPOCHS, "run-4")
+    assert p4.token_key != p1.token_key and p4.eval_key not in (p1.eval_key, p3.eval_key)
+    assert p4.todo == [0] and optimised == [0, 1, 2, 0] and not r4[0].token_reused
+    assert store.read_token("tiny", p1.token_key, 0) == tokens[0]
+    assert store.token_uri("tiny", p4.token_key, 0) != store.token_uri("tiny", p1.token_key, 0)
+    assert r4[0].token_uri == store.token_uri("tiny", p4.token_key, 0) and store.has_token("tiny", p4.token_key, 0)
 
 
 def test_write_replaces_only_its_key_and_leaves_no_temporaries(local_store):
@@ -152,5 +174,13 @@ def test_preflight_fails_fast_when_endpoint_is_down(aws_env, monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(StoreUnavailableError, match="unreachable") as exc:
         st.preflight()
-    assert time.monotonic() - t0 < 15
+    elapsed = time.monotonic() - t0
+    # Bounded by the store's own retry settings, not by a number tuned to one machine: each of s3fs's tries makes
+    # `max_attempts` botocore attempts, sleeping at most 2**(k-1) s before attempt k+1, and s3fs sleeps
+    # 0.1 * 1.7**i s after try i; a refused loopback connection costs milliseconds (0.5 s allowed per attempt).
+    # tests/faults/test_storage_outage.py counts the attempts themselves.
+    defaults = inspect.signature(ArtifactStore.__init__).parameters
+    attempts, tries = defaults["max_attempts"].default, defaults["retries"].default
+    backoff = tries * sum(2 ** (k - 1) for k in range(1, attempts)) + sum(0.1 * 1.7**i for i in range(tries - 1))
+    assert elapsed <= backoff + 0.5 * attempts * tries, f"{elapsed:.1f}s > {backoff:.1f}s of backoff"
     assert "testing-secret-key" not in str(exc.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -97,13 +98,8 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
         key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
     )
     good, bad = tiny_world_files
-    # Enough work per shard that the two shards are visibly in flight together on the two gpu workers.
-    params = {
-        "dataset": str(good),
-        "classes": [0, 1],
-        "shard_size": 1,
-        "overrides": {"max_epochs": 8, "num_samples": 32},
-    }
+    run_id = f"e2e-{uuid.uuid4().hex[:8]}"
+    params = {"dataset": str(good), "classes": [0, 1], "shard_size": 1, "run_id": run_id}
 
     # The deployment has no default dataset and an inactive nightly schedule per dataset.
     inspect = procs.run(["prefect", "deployment", "inspect", "dct/optimize-all", "--output", "json"], timeout=60)
@@ -116,7 +112,26 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
         info["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $DCT_CODE_DIR }}"
     )
 
-    code, out = _deployment_run(procs, params)
+    # The two shards in flight together, one on each gpu worker (limit 1 each, pool limit 2) — not left to how
+    # long a shard takes on this machine: the first shard's process is held (SIGSTOP) until the OTHER worker has
+    # started the second shard. A fan-out that waited for one shard before submitting the next would time out here.
+    watch = _watch(procs, params)
+    try:
+        wait_for(lambda: _running_shard(procs) is not None, 600, "a shard process", interval=0.3)
+        first, held = _running_shard(procs)
+        other = "worker-gpu-1" if first == "worker-gpu-0" else "worker-gpu-0"
+        for p in held:
+            p.suspend()
+        try:
+            wait_for(lambda: bool(_descendants(procs, other)), 300, f"the second shard on {other}", interval=0.3)
+        finally:
+            for p in held:
+                p.resume()
+        out = watch.communicate(timeout=480)[0]
+        code = watch.returncode
+    finally:
+        if watch.poll() is None:
+            watch.kill()
     assert code == 0, out + _logs(procs)
     root = f"{bucket}/prod"
     assert len(fs.glob(f"{root}/tokens/tiny/*/*.safetensors")) == 2
@@ -124,16 +139,18 @@ def test_deployment_runs_end_to_end(cluster, tiny_world_files):
     assert fs.glob(f"{root}/samples/tiny/*/*/dct/*.png")
     assert fs.glob(f"{root}/results/classes/dataset=tiny/*/*.parquet")
 
-    # The two shards were in flight at the same time, one on each gpu worker (limit 1 each, pool limit 2):
-    # each was taken by a worker (Pending) before the other had finished.
-    spans = _shard_spans(procs)
-    assert len(spans) == 2, spans
-    (s0, e0), (s1, e1) = spans
-    assert max(s0, s1) < min(e0, e1), f"shards were not in flight together: {spans}"
+    # The server's record agrees: this run's two shard runs, one attempt each, each taken by a worker (Pending)
+    # before the other had finished.
+    shards = _shard_runs_of(procs, run_id)
+    assert [(s["class_ids"], s["attempt"], s["state"]) for s in shards] == [
+        ([0], 0, "COMPLETED"), ([1], 0, "COMPLETED")
+    ], shards
+    (s0, e0), (s1, e1) = ((s["taken"], s["end"]) for s in shards)
+    assert max(s0, s1) < min(e0, e1), f"shards were not in flight together: {shards}"
 
-    # Same parameters again: nothing to optimise, still a published run row.
+    # Same parameters again (a new run): nothing to optimise, still a published run row.
     tokens_before = {p: fs.info(p)["LastModified"] for p in fs.glob(f"{root}/tokens/tiny/*/*.safetensors")}
-    code, out = _deployment_run(procs, params)
+    code, out = _deployment_run(procs, params | {"run_id": f"e2e-{uuid.uuid4().hex[:8]}"})
     assert code == 0, out + _logs(procs)
     fs.invalidate_cache()
     assert {p: fs.info(p)["LastModified"] for p in fs.glob(f"{root}/tokens/tiny/*/*.safetensors")} == tokens_before
@@ -197,17 +214,51 @@ def _query_shard_runs(procs: Processes, body: str):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _shard_spans(procs: Processes) -> list[tuple[float, float]]:
-    """(taken by a worker = first Pending state, end) of every finished shard run, from the server."""
-    spans = _query_shard_runs(
-        procs,
-        "    runs = [r for r in c.read_flow_runs() if r.deployment_id == d.id and r.end_time]\n"
-        "    def taken(r):\n"
-        "        states = c.read_flow_run_states(r.id)\n"
-        "        return min(s.timestamp.timestamp() for s in states if s.type.value == 'PENDING')\n"
-        "    print(json.dumps([[taken(r), r.end_time.timestamp()] for r in runs]))\n",
+SHARD_RUNS_OF = """
+import json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+run_id = sys.argv[1]
+with get_client(sync_client=True) as c:
+    parent_deployment = c.read_deployment_by_name("dct/optimize-all")
+    runs = []
+    while True:  # every page: the server answers at most 200 rows per request
+        page = c.read_flow_runs(limit=200, offset=len(runs))
+        runs += page
+        if len(page) < 200:
+            break
+    parents = [
+        r.id for r in runs if r.deployment_id == parent_deployment.id and (r.parameters or {}).get("run_id") == run_id
+    ]
+    assert len(parents) == 1, f"{len(parents)} parent runs with run_id {run_id}"
+    children = c.read_flow_runs(
+        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=parents)), limit=200
     )
-    return sorted(tuple(x) for x in spans)
+    out = []
+    for r in children:
+        pending = [s.timestamp.timestamp() for s in c.read_flow_run_states(r.id) if s.type.value == "PENDING"]
+        out.append({
+            "name": r.name,
+            # flows/fanout.py submits attempt a of shard i with idempotency key "{run_id}:shard-{i}:attempt-{a}"
+            # (the run's name is the shard flow's own, the same for both attempts)
+            "attempt": int(r.idempotency_key.rsplit(":attempt-", 1)[1]),
+            "class_ids": r.parameters.get("class_ids"),
+            "state": r.state.type.value if r.state else None,
+            "taken": min(pending) if pending else None,
+            "end": r.end_time.timestamp() if r.end_time else None,
+        })
+    print(json.dumps(sorted(out, key=lambda x: (x["attempt"], x["class_ids"]))))
+"""
+
+
+def _shard_runs_of(procs: Processes, run_id: str) -> list[dict]:
+    """The shard runs of ONE parent run (found by its run_id parameter; children by parent flow run), by attempt:
+    name, attempt (from the fan-out's idempotency key), class_ids, final state, when a worker took it (first
+    Pending) and when it ended."""
+    out = procs.run([sys.executable, "-c", SHARD_RUNS_OF, run_id], timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +325,10 @@ def test_shard_killed_mid_class_is_resubmitted_with_its_unfinished_classes(clust
     )
     # Enough work per class that class 3 is surely still running when the kill comes.
     slow = {"max_epochs": 20, "images_per_epoch": 6, "num_samples": 48}
-    params = {"dataset": str(good), "classes": [2, 3], "shard_size": 2, "store": store, "overrides": slow}
+    run_id = f"e2e-crash-{uuid.uuid4().hex[:8]}"
+    params = {
+        "dataset": str(good), "classes": [2, 3], "shard_size": 2, "store": store, "overrides": slow, "run_id": run_id
+    }
     watch = _watch(procs, params)
     try:
 
@@ -287,6 +341,9 @@ def test_shard_killed_mid_class_is_resubmitted_with_its_unfinished_classes(clust
         modified = fs.info(token2)["LastModified"]
         shard = _running_shard(procs)
         assert shard is not None, "no shard process found"
+        for p in shard[1]:
+            p.suspend()  # frozen first, so "class 3 is not finished" below stays true until the kill
+        fs.invalidate_cache()
         assert not fs.glob(f"{bucket}/crash/records/tiny/*/00003.json"), "class 3 finished before the kill"
         for p in shard[1]:
             p.send_signal(signal.SIGKILL)  # the flow process dies in the middle of class 3
@@ -299,8 +356,11 @@ def test_shard_killed_mid_class_is_resubmitted_with_its_unfinished_classes(clust
     assert fs.info(token2)["LastModified"] == modified  # class 2 was not redone
     rows = _read_classes(fs, f"{bucket}/crash")
     assert sorted(rows["class_id"]) == [2, 3] and set(rows["status"]) <= {"done", "diverged"}
-    states = _shard_states(procs)
-    assert "CRASHED" in states and states.count("COMPLETED") >= 1, states
+    # Exactly one resubmission, with exactly the unfinished class, of THIS run's shard.
+    shards = _shard_runs_of(procs, run_id)
+    assert [(s["attempt"], s["class_ids"], s["state"]) for s in shards] == [
+        (0, [2, 3], "CRASHED"), (1, [3], "COMPLETED")
+    ], shards
 
 
 def test_lost_worker_is_caught_by_the_shard_timeout(cluster, tiny_world_files):
@@ -315,9 +375,12 @@ def test_lost_worker_is_caught_by_the_shard_timeout(cluster, tiny_world_files):
     fs = s3fs.S3FileSystem(
         key="e2e-key-id", secret="e2e-secret-key", client_kwargs={"endpoint_url": procs.env["AWS_ENDPOINT_URL_S3"]}
     )
-    watch = _watch(
-        procs, {"dataset": str(good), "classes": [0], "store": f"s3://{bucket}/lost", "shard_timeout_minutes": 1.0}
-    )
+    run_id = f"e2e-lost-{uuid.uuid4().hex[:8]}"
+    params = {
+        "dataset": str(good), "classes": [0], "store": f"s3://{bucket}/lost", "shard_timeout_minutes": 1.0,
+        "run_id": run_id,
+    }
+    watch = _watch(procs, params)
     try:
         wait_for(lambda: _running_shard(procs) is not None, 600, "a shard process", interval=0.3)
         worker, kids = _running_shard(procs)
@@ -333,8 +396,10 @@ def test_lost_worker_is_caught_by_the_shard_timeout(cluster, tiny_world_files):
             watch.kill()
     fs.invalidate_cache()
     assert len(fs.glob(f"{bucket}/lost/records/tiny/*/00000.json")) == 1
-    states = _shard_states(procs)
-    assert "CANCELLED" in states or "CANCELLING" in states, states
+    # The lost attempt was cancelled by the parent's timeout, and its class resubmitted exactly once.
+    shards = _shard_runs_of(procs, run_id)
+    assert [(s["attempt"], s["class_ids"]) for s in shards] == [(0, [0]), (1, [0])], shards
+    assert shards[0]["state"] in ("CANCELLED", "CANCELLING") and shards[1]["state"] == "COMPLETED", shards
 
 
 def _read_classes(fs, root: str):
@@ -344,11 +409,4 @@ def _read_classes(fs, root: str):
         pads.dataset(f"{root}/results/classes", filesystem=fs, format="parquet", partitioning="hive")
         .to_table()
         .to_pandas()
-    )
-
-
-def _shard_states(procs: Processes) -> list[str]:
-    return _query_shard_runs(
-        procs,
-        "    print(json.dumps([r.state.type.value for r in c.read_flow_runs() if r.deployment_id == d.id]))\n",
     )

@@ -5,5 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # proxy.py
 
-# The Prefect harness and the tiny world are shared with the flow tests.
-from flows_fixtures import prefect_harness, tiny_world  # noqa: F401
+# The Prefect harness and the tiny world are the session's (tests/conftest.py).

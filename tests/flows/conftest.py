@@ -1,3 +1,1 @@
-from __future__ import annotations
-
-from flows_fixtures import prefect_harness, tiny_world  # noqa: F401
+"""The flow tests use the session's Prefect harness and tiny world (tests/conftest.py)."""

@@ -65,19 +65,22 @@ def test_failed_class_recorded_and_run_fails(prefect_harness, tiny_world, tmp_pa
     assert sorted(df["class_id"]) == [0, 1, 1]  # one failed row, then the retry's row
 
 
-def test_dry_run_plans_without_loading_the_pipeline(prefect_harness, tiny_world, tmp_path, monkeypatch):
-    import dct.models.loading
-
-    def boom(*a, **k):
-        raise AssertionError("dry run must not load models")
-
-    monkeypatch.setattr(dct.models.loading, "load_models", boom)
+def test_dry_run_plans_without_loading_the_pipeline(prefect_harness, tiny_world, tmp_path, tripwire):
+    """The tripwire sits on the third-party loaders (tests/tripwire.py), which every load path reaches."""
     state = _run(
         tiny_world, tmp_path / "store", classes="all", dry_run=True, shard_size=3, overrides=RunOverrides(max_epochs=4)
     )
+    assert state.is_completed(), state.message
     out = state.result()
     assert out["dry_run"] and out["shards"] == [[0, 1, 2], [3]]
     assert any("training images" in line for line in out["plan"])
+
+
+def test_the_dry_run_tripwire_fires_on_a_real_run(prefect_harness, tiny_world, tmp_path, tripwire):
+    """The control: the same tripwire stops a run that does load models (so the dry run's pass means something)."""
+    state = _run(tiny_world, tmp_path / "store", classes="0", overrides=RunOverrides(max_epochs=1, num_samples=1))
+    assert state.is_failed()
+    assert "a model was loaded" in str(state.result(raise_on_failure=False))
 
 
 def test_plan_keys_equal_the_keys_of_loaded_models(tiny_world):

@@ -129,8 +129,9 @@ def test_unknown_kind_lists_the_valid_kinds():
 
 
 def test_hub_repo_with_only_pytorch_model_bin_loads_with_weights_only(tmp_path, hf_cache):
-    """2022 hub repos (like the paper's ViT-MAE ones) may have only pytorch_model.bin: the hub path
-    accepts it (transformers unpickles with weights_only); a LOCAL pickle is still refused."""
+    """The one non-safetensors path (README, "Secrets stay secret"): a hub repo (like the paper's ViT-MAE ones)
+    that has only pytorch_model.bin is read with torch's weights_only unpickler — tensors load, a crafted file
+    that would run code is refused without running it; a LOCAL pickle is refused outright."""
     from safetensors.torch import load_file
 
     src = save_tiny_vit(tmp_path / "vit")
@@ -143,3 +144,16 @@ def test_hub_repo_with_only_pytorch_model_bin_loads_with_weights_only(tmp_path, 
     assert torch.isfinite(hub.classifier(images())).all()
     with pytest.raises(ValueError, match="refusing pickle"):
         load_classifier(ClassifierConfig(kind="vit-mae", model_id=str(src)))
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # unpickling this calls exec(...): what a malicious checkpoint does
+            return (exec, (f"open({str(marker)!r}, 'w').write('code ran')",))
+
+    torch.save({**state, "payload": Payload()}, src / "pytorch_model.bin")
+    for kind, repo in (("vit-mae", "vesteinn/evil-vit-mae"), ("hf", "someone/evil-vit")):
+        put_in_hf_cache(src, hf_cache, repo, sha="6" * 40)
+        with pytest.raises(Exception, match=r"(?i)weights.only"):
+            load_classifier(ClassifierConfig(kind=kind, model_id=repo))
+    assert not marker.exists()

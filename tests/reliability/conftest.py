@@ -4,7 +4,6 @@ environment. (One torch thread comes from tests/conftest.py.)"""
 from __future__ import annotations
 
 import pytest
-from flows_fixtures import prefect_harness, tiny_world  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -27,16 +27,32 @@ CLASS_ID = 0
 
 @pytest.fixture(scope="module")
 def world(tiny_world, tmp_path_factory):
-    """Config + models loaded once, and a local store holding one VALID token for class 0."""
+    """Config + models loaded once, and a local store holding one VALID token for class 0.
+
+    Two epochs: with one, the best-loss rule returns the initial vector, and a token that was "re-optimised"
+    could not be told from one that never was. Here the valid token is the vector after one update."""
     torch.set_num_threads(1)  # module fixtures run before the per-test autouse one
     root = tmp_path_factory.mktemp("corrupt-store")
-    fast = RunOverrides(sample_format="none", num_samples=1, max_epochs=1, images_per_epoch=2)
+    fast = RunOverrides(sample_format="none", num_samples=1, max_epochs=2, images_per_epoch=2)
     _, config = build_config(str(tiny_world), fast, str(root))
     models = load_models(config, "cpu")
     store = ArtifactStore.from_config(config.storage)
     first = process_class(store, config, models, class_id=CLASS_ID, class_name="red circle", run_id="run-0")
-    assert first.token_reused is False
+    assert first.token_reused is False and first.epochs == 2 and first.best_epoch == 1
+    assert not torch.equal(_stored_vector(store, config, models), _initial_vector(models, config))
     return store, config, models
+
+
+def _stored_vector(store, config, models) -> torch.Tensor:
+    tkey, _ = models.keys(config)
+    return read_token_bytes(store.read_token(config.dataset, tkey, CLASS_ID))[1]
+
+
+def _initial_vector(models, config) -> torch.Tensor:
+    """The initializer token's embedding: what a never-optimised token would hold."""
+    tokenizer = models.pipe.tokenizer
+    ids = tokenizer.encode(config.token.initializer_token, add_special_tokens=False)
+    return get_token_vector(models.pipe.text_encoder, ids[0])
 
 
 def _run(world, run_id):
@@ -94,6 +110,7 @@ def test_corrupt_token_is_reoptimised_never_loaded(world, case, caplog):
         record = _run(world, f"run-{case.split()[0]}")
 
     assert record.token_reused is False, f"{case}: a corrupt token was reused"
+    assert record.epochs == 2 and record.best_epoch == 1, f"{case}: not re-optimised"
     assert "re-optimising" in caplog.text
     # The file is replaced by a valid token of THESE keys ...
     _, vector, meta = load_stored_token(store, config.dataset, tkey, CLASS_ID, config.token_string(CLASS_ID))
@@ -103,7 +120,8 @@ def test_corrupt_token_is_reoptimised_never_loaded(world, case, caplog):
     assert torch.equal(row, vector)
     if planted is not None:
         assert not torch.equal(row, planted)
-    # Optimisation is deterministic: the re-optimised token equals the original valid one.
+    # Re-optimised: moved from the initializer, and (optimisation is deterministic) equal to the original valid one.
+    assert not torch.equal(vector, _initial_vector(models, config))
     assert torch.equal(vector, read_token_bytes(good)[1])
 
 
@@ -119,7 +137,8 @@ def test_well_formed_but_unusable_vector_is_reoptimised(world, case):
     bad = torch.full_like(good, float("nan")) if case == "non-finite vector" else torch.ones(good.numel() * 2)
     store.write_bytes(uri, save({token: bad}, metadata=meta))  # token_file_bytes would refuse NaN: write raw
     record = _run(world, f"run-{case.split()[0]}")
-    assert record.token_reused is False and record.status == "done"
+    assert record.token_reused is False and record.status == "done" and record.epochs == 2
     _, vector, _ = load_stored_token(store, config.dataset, tkey, CLASS_ID, token)
+    assert not torch.equal(vector, _initial_vector(models, config))
     assert torch.equal(vector, good)  # re-optimised (deterministically) to the valid token
     assert torch.equal(_pipeline_row(models, config), vector)

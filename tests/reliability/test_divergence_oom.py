@@ -148,6 +148,51 @@ def test_next_run_retries_only_the_failed_class(faulty_run, faulty_world):
     assert latest["class_id"].tolist() == [2]
 
 
+def test_diverged_class_keeps_its_finite_token_and_is_left_out_of_the_bundle(faulty_run, faulty_world):
+    """Class 1's loss is NaN from its first epoch: no epoch was finite, so the token kept is the initial vector
+    (finite, stored, its record says diverged); the run's bundle holds the done classes only."""
+    from dct.artifacts.bundle import read_bundle
+    from dct.artifacts.store import ArtifactStore
+    from dct.artifacts.token_file import load_stored_token
+    from dct.method.tokens import get_token_vector
+    from dct.models.loading import load_models
+    from dct.run.plan import build_config
+
+    store_root, summary, _, _ = faulty_run
+    store = ArtifactStore.from_config(store=str(store_root))
+    _, config = build_config(str(faulty_world), FAST, str(store_root))
+    _, vector, meta = load_stored_token(store, "faulty", summary["token_key"], 1, config.token_string(1))
+    assert meta["stop_reason"] == "diverged" and meta["epochs"] == "0" and torch.isfinite(vector).all()
+    pipe = load_models(config, "cpu").pipe
+    initial = pipe.tokenizer.encode(config.token.initializer_token, add_special_tokens=False)[0]
+    assert torch.equal(vector, get_token_vector(pipe.text_encoder, initial))  # the best (only) finite vector
+
+    tokens, _, manifest = read_bundle(store.read_bytes(summary["bundle_uri"]))
+    assert [e.class_id for e in manifest.tokens] == [0, 3]  # not 1 (diverged), not 2 (failed)
+    assert config.token_string(1) not in tokens
+
+
+def test_force_reoptimises_a_diverged_class(faulty_run, faulty_world):
+    """A diverged class is finished (a plain re-run skips it, see above); `--force` (the flow's force=True)
+    optimises it again — here with the fault gone, so it ends done with a new token."""
+    from flows.dct_flow import dct
+
+    store, _, _, _ = faulty_run
+    token_file = next((store / "tokens" / "faulty").rglob("00001.safetensors"))
+    before = token_file.read_bytes()
+    FAULTS["on"] = False
+    try:
+        plain = dct(dataset=str(faulty_world), classes="1", store=str(store), overrides=FAST)
+        forced = dct(dataset=str(faulty_world), classes="1", store=str(store), overrides=FAST, force=True)
+    finally:
+        FAULTS["on"] = True
+    assert (plain["skipped"], plain["done"]) == (1, 0)
+    assert (forced["skipped"], forced["done"], forced["diverged"]) == (0, 1, 0)
+    row = read_results(str(store), table="classes", dataset="faulty", run_id=forced["run_id"]).iloc[0]
+    assert row["class_id"] == 1 and row["status"] == "done" and row["token_reused"] == False  # noqa: E712
+    assert token_file.read_bytes() != before  # re-optimised and replaced, not reused
+
+
 def test_corrupt_parquet_from_elsewhere_does_not_hide_valid_rows(faulty_run, caplog):
     """Documented behaviour: unreadable Parquet files are skipped with a warning (skip_invalid=True)."""
     store, _, _, _ = faulty_run

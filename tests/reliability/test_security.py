@@ -12,6 +12,7 @@ import ast
 import inspect
 import io
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def _leaks(text: str | bytes) -> list[str]:
 def test_canary_credentials_appear_in_no_output(
     prefect_harness, tiny_world, aws_env, s3_bucket, monkeypatch, capfd, caplog
 ):
+    """Every log record at every level, every object, and this run's whole record in the Prefect API."""
     import boto3
     import botocore.session
     import pyarrow.parquet as pq
@@ -47,9 +49,13 @@ def test_canary_credentials_appear_in_no_output(
     assert botocore.session.get_session().get_credentials().secret_key == SECRET  # the run signs with them
     torch.set_num_threads(1)
     store = f"s3://{s3_bucket}/team/dct"
+    # Every record of every logger that reaches the root, from DEBUG up (pytest's default capture level is the
+    # root's WARNING: a logger.info(secret) would go unseen). `dct -v` asks for DEBUG as a user would.
+    caplog.set_level(logging.DEBUG)
 
     code = main(
         [
+            "-v",
             "run",
             "--dataset",
             str(tiny_world),
@@ -86,31 +92,56 @@ def test_canary_credentials_appear_in_no_output(
             leaks[key] += _leaks(json.dumps(pq.read_table(io.BytesIO(body)).to_pylist(), default=str))
     # 2. what the process printed and logged
     leaks["stdout+stderr"] = _leaks(out + err)
-    leaks["log records"] = _leaks(caplog.text)
-    # 3. the Prefect API's record of the run: parameters, states, logs, artifacts, of every flow/task run
-    dump = _prefect_dump()
-    assert run_id in dump  # the dump holds this run's records
+    # The capture really was at DEBUG: the store's debug line of every write is there (with its values).
+    assert any(r.levelno == logging.DEBUG and r.name.startswith("dct.") for r in caplog.records)
+    leaks["log records"] = _leaks(caplog.text + "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records))
+    # 3. the Prefect API's record of THIS run (the harness's server is shared by the whole session): its flow
+    # runs (the `dct` run and its shard runs), their task runs, logs and artifacts, every page of each
+    dump = _prefect_dump(run_id)
     leaks["prefect"] = _leaks(dump)
     assert not {k: v for k, v in leaks.items() if v}, "credentials leaked"
     assert any(run_id in k for k in keys)
 
 
-def _prefect_dump() -> str:
+def _prefect_dump(run_id: str) -> str:
+    from flows_fixtures import flow_runs_of, read_all_pages
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort, LogSort, TaskRunSort
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)  # logs are shipped to the API in batches
+    runs = flow_runs_of(run_id)
+    ids = {r.id for r in runs}
+    assert any(r.name.startswith("dct-shard-") for r in runs) and len(runs) >= 2, [r.name for r in runs]
     parts = []
     with get_client(sync_client=True) as client:
-        for fr in client.read_flow_runs(limit=200):
-            parts.append(fr.model_dump_json())
-        for tr in client.read_task_runs(limit=200):
-            parts.append(tr.model_dump_json())
-        for log in client.read_logs(limit=200):
-            parts.append(log.model_dump_json())
-        for art in client.read_artifacts(limit=200):
-            parts.append(art.model_dump_json())
-    assert len(parts) > 10  # the dump is not vacuous
+        by_id = FlowRunFilter(id=FlowRunFilterId(any_=list(ids)))
+        tasks = read_all_pages(client.read_task_runs, flow_run_filter=by_id, sort=TaskRunSort.ID_DESC)
+        logs = read_all_pages(
+            client.read_logs,
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(ids))),
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+        artifacts = read_all_pages(
+            client.read_artifacts,
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=list(ids))),
+            sort=ArtifactSort.ID_DESC,
+        )
+        for row in [*runs, *tasks, *logs, *artifacts]:
+            parts.append(row.model_dump_json())
+        for r in runs:  # the state history of every run (messages of failed/retried states)
+            parts += [s.model_dump_json() for s in client.read_flow_run_states(r.id)]
+    # Not vacuous: both shards' classes ran as task runs, the flow's own log lines and artifacts are here.
+    assert len(runs) >= 2 and len(tasks) >= 4 and len(artifacts) >= 2, (len(runs), len(tasks), len(artifacts))
+    assert any("report:" in log.message for log in logs), [log.message for log in logs][:20]
     return "\n".join(parts)
 
 
@@ -195,35 +226,57 @@ def _is_const(node: ast.AST | None, value: bool) -> bool:
     return isinstance(node, ast.Constant) and node.value is value
 
 
+YAML_UNSAFE = ("Loader", "UnsafeLoader", "FullLoader", "unsafe_load", "full_load", "full_load_all", "unsafe_load_all")
+UNPICKLERS = re.compile(r"(pickle|cPickle|_pickle|dill|joblib|marshal|cloudpickle)\.(loads?|Unpickler)")
+
+
+def _import_aliases(tree: ast.AST) -> dict[str, str]:
+    """Local name -> what it stands for: ``import torch as t`` gives t -> torch, ``from pickle import loads``
+    gives loads -> pickle.loads (so an alias cannot hide a call from the scan)."""
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.asname: a.name for a in node.names if a.asname}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {a.asname or a.name: f"{node.module}.{a.name}" for a in node.names if a.name != "*"}
+    return names
+
+
+def _qualified(node: ast.expr, aliases: dict[str, str]) -> str:
+    head, dot, rest = ast.unparse(node).partition(".")
+    return aliases.get(head, head) + dot + rest
+
+
 def unsafe_calls(source: str, filename: str = "<src>") -> list[str]:
-    """Deserialisation that can run code: yaml.load & co., trust_remote_code, torch.load without weights_only,
-    pickle/dill/joblib/marshal loads, numpy allow_pickle, from_pretrained(use_safetensors=False)."""
+    """Deserialisation that can run code, one ``file:line: what`` per finding: yaml.load & co. and yaml's unsafe
+    loaders, trust_remote_code, torch.load without weights_only=True, weights_only=False anywhere,
+    pickle/dill/joblib/marshal loads, numpy allow_pickle, from_pretrained(use_safetensors=False). Names are
+    resolved through the module's imports (``import torch as t; t.load``, ``from pickle import loads``)."""
+    tree = ast.parse(source, filename)
+    aliases = _import_aliases(tree)
     found = []
-    for node in ast.walk(ast.parse(source, filename)):
-        if isinstance(node, ast.Attribute) and node.attr in (
-            "Loader",
-            "UnsafeLoader",
-            "FullLoader",
-            "unsafe_load",
-            "full_load",
-            "full_load_all",
-            "unsafe_load_all",
-        ):
-            found.append(f"{filename}:{node.lineno}: yaml {node.attr}")
+    for node in ast.walk(tree):
+        where = f"{filename}:{getattr(node, 'lineno', 0)}:"
+        if isinstance(node, (ast.Attribute, ast.Name)):
+            name = _qualified(node, aliases)
+            last = name.rsplit(".", 1)[-1]
+            if last in YAML_UNSAFE and (isinstance(node, ast.Attribute) or name.startswith("yaml.")):
+                found.append(f"{where} yaml.{last}")
         if not isinstance(node, ast.Call):
             continue
-        func = ast.unparse(node.func)
+        func = _qualified(node.func, aliases)
         kw = {k.arg: k.value for k in node.keywords if k.arg}
-        where = f"{filename}:{node.lineno}: {func}"
-        if re.fullmatch(r"(yaml\.)?load(_all)?", func) and func.startswith("yaml"):
-            found.append(f"{where} (use yaml.safe_load)")
+        if func in ("yaml.load", "yaml.load_all"):
+            found.append(f"{where} {func} (use yaml.safe_load)")
         if "trust_remote_code" in kw and not _is_const(kw["trust_remote_code"], False):
             found.append(f"{where} trust_remote_code")
-        is_torch_load = func.endswith("torch.load") or (func == "load" and "weights_only" in kw)
+        is_torch_load = func in ("torch.load", "torch.serialization.load") or (func == "load" and "weights_only" in kw)
         if is_torch_load and not _is_const(kw.get("weights_only"), True):
-            found.append(f"{where} without weights_only=True")
-        if re.fullmatch(r"(pickle|cPickle|dill|joblib|marshal|cloudpickle)\.loads?", func):
-            found.append(f"{where} (unpickling)")
+            found.append(f"{where} torch.load without weights_only=True")
+        elif "weights_only" in kw and not _is_const(kw["weights_only"], True):
+            found.append(f"{where} weights_only not True")
+        if UNPICKLERS.fullmatch(func):
+            found.append(f"{where} {func} (unpickling)")
         if "allow_pickle" in kw and not _is_const(kw["allow_pickle"], False):
             found.append(f"{where} allow_pickle")
         if "use_safetensors" in kw and _is_const(kw["use_safetensors"], False):
@@ -239,23 +292,59 @@ def test_no_unsafe_deserialisation_in_the_product():
 
 
 def test_the_scan_catches_what_it_should():
+    """Every unsafe form, also behind an alias, is found exactly once; every safe look-alike is not."""
     bad = """
 import yaml, torch, pickle, numpy as np
+import torch as t
+from pickle import loads
+from yaml import FullLoader, unsafe_load as ul
 yaml.load(text, Loader=yaml.FullLoader)
 yaml.unsafe_load(text)
+yaml.load(text, Loader=FullLoader)
+ul(text)
 torch.load(path)
 torch.load(path, weights_only=False)
+t.load(path)
 pickle.loads(data)
+loads(data)
 np.load(path, allow_pickle=True)
 AutoModel.from_pretrained(p, trust_remote_code=True)
 AutoModel.from_pretrained(p, trust_remote_code=flag)
 Pipe.from_pretrained(p, use_safetensors=False)
+ViT.from_pretrained(p, weights_only=False)
+pickle.Unpickler(f).load()
 """
+    expected = [
+        "<src>:6: yaml.load (use yaml.safe_load)",
+        "<src>:6: yaml.FullLoader",
+        "<src>:7: yaml.unsafe_load",
+        "<src>:8: yaml.load (use yaml.safe_load)",
+        "<src>:8: yaml.FullLoader",
+        "<src>:9: yaml.unsafe_load",
+        "<src>:10: torch.load without weights_only=True",
+        "<src>:11: torch.load without weights_only=True",
+        "<src>:12: torch.load without weights_only=True",
+        "<src>:13: pickle.loads (unpickling)",
+        "<src>:14: pickle.loads (unpickling)",
+        "<src>:15: allow_pickle",
+        "<src>:16: trust_remote_code",
+        "<src>:17: trust_remote_code",
+        "<src>:18: use_safetensors=False",
+        "<src>:19: weights_only not True",
+        "<src>:20: pickle.Unpickler (unpickling)",
+    ]
+    assert sorted(unsafe_calls(bad)) == sorted(expected)
     good = """
-import yaml, torch
+import yaml, torch, numpy as np
+import torch as t
+from json import loads
 yaml.safe_load(text)
 torch.load(buf, map_location="cpu", weights_only=True)
+t.load(buf, weights_only=True)
+loads(text)
+np.load(path)
 AutoModel.from_pretrained(p, trust_remote_code=False)
+ViT.from_pretrained(p, weights_only=True)
+model.load_state_dict(state)
 """
-    assert len(unsafe_calls(bad)) >= 9
     assert unsafe_calls(good) == []
