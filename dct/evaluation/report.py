@@ -15,6 +15,8 @@ Layout, under the run's folder (``runs/{dataset}/{run_id}/report/``)::
     accuracy.png      top-1 accuracy per class, baseline vs DCT (bars up to 40 classes, else a scatter;
                       only up to STATIC_TABLE_MAX classes)
     thumbs/{class_id:05d}-{variant}-{seed:06d}.{png|jpg}
+    sections/{name}.html   sections other commands added to the finished report (``dct augment-eval``:
+                      ``augment``), shown in index.html between markers (:func:`add_report_section`)
 
 At 10,000 classes the report reads nothing per class beyond the records it is given (thumbnails only
 for the grid classes), and the HTML stays small: the per-class data is one ``classes.js`` loaded with a
