@@ -20,12 +20,16 @@ MAX_IN_FLIGHT = 8
 POLL_S = 0.25
 
 
-def _stand_in_worker(deployment_id, stop: threading.Event, finished: set[int], seen: dict) -> None:
+def _stand_in_worker(
+    deployment_id, stop: threading.Event, finished: set[int], seen: dict, hold_s: float = 0.0
+) -> None:
+    """Takes every open child run; moves it to its final state once it has been Running ``hold_s``."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.states import Completed, Crashed, Failed, Running
 
     final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+    running: dict = {}  # flow run id -> when this worker set it Running
     with get_client(sync_client=True) as w:
         while not stop.is_set():
             runs = w.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
@@ -34,7 +38,11 @@ def _stand_in_worker(deployment_id, stop: threading.Event, finished: set[int], s
             seen["runs"] = len(runs)
             for r in open_runs:
                 (cid,) = r.parameters["class_ids"]
-                w.set_flow_run_state(r.id, Running(), force=True)
+                if r.id not in running:
+                    w.set_flow_run_state(r.id, Running(), force=True)
+                    running[r.id] = time.monotonic()
+                if time.monotonic() - running[r.id] < hold_s:
+                    continue
                 if cid == FAILED_SHARD:
                     state = Failed(message="models could not be loaded")
                 elif cid == CRASHED_SHARD and r.name.endswith("-a0"):
@@ -141,3 +149,122 @@ def test_rate_limited_calls_back_off_and_retry_other_errors_fail_at_once():
     except Exception as exc:  # noqa: BLE001 - the error itself is what is checked
         assert getattr(exc.response, "status_code", None) == 500
     assert calls == [0]
+
+
+class _RateLimitedFilter(httpx.BaseTransport):
+    """The real HTTP transport, except that the flow-run filter calls numbered in ``limited`` (1-based) answer
+    429 at once, as a hosted API's rate limiter does, without reaching the server.
+
+    Prefect's client retries a 429 itself, resending the same request (PREFECT_CLIENT_MAX_RETRIES more
+    times, waiting Retry-After): a limited call answers 429 to every attempt, so the error reaches the
+    polling loop whatever the retry setting (the server's own 503s under load stay retried).
+    """
+
+    def __init__(self, limited: set[int]) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.limited = limited
+        self.calls: list[httpx.Request] = []  # one per filter call, however many attempts it took
+        self.attempts: list[tuple[int, float, float, int]] = []  # (call number, sent, answered, status)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not (request.method == "POST" and request.url.path.endswith("/flow_runs/filter")):
+            return self.inner.handle_request(request)
+        if not self.calls or self.calls[-1] is not request:
+            self.calls.append(request)
+        sent = time.monotonic()
+        if len(self.calls) in self.limited:
+            response = httpx.Response(
+                429, headers={"Retry-After": "0"}, json={"detail": "rate limit exceeded"}, request=request
+            )
+        else:
+            response = self.inner.handle_request(request)
+            response.read()
+        self.attempts.append((len(self.calls), sent, time.monotonic(), response.status_code))
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_polling_backs_off_on_429_doubling_each_round_and_returns_to_poll_s_after_success(prefect_harness):
+    import logging
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    from flows.fanout import run_shards_on_workers
+
+    shards, in_flight, poll_s, limited = 6, 3, 0.25, {3, 4, 5}
+    with get_client(sync_client=True) as c:
+        c.create_work_pool(WorkPoolCreate(name="gpu", type="process", concurrency_limit=4), overwrite=True)
+        flow_id = c.create_flow_from_name("dct-shard")
+        deployment_id = c.create_deployment(flow_id=flow_id, name="gpu-rate-limited", work_pool_name="gpu")
+
+    transport = _RateLimitedFilter(limited)
+    warnings: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                warnings.append(record.getMessage())
+
+    run_logger, collect = logging.getLogger("prefect.flow_runs"), Collect()
+    run_logger.addHandler(collect)
+    finished: set[int] = set()
+    seen: dict = {}
+    stop = threading.Event()
+    # Each child stays Running 1.5 s: most rounds find nothing final and submit nothing, so a round's
+    # spacing is its delay alone (submitting a wave takes seconds on a loaded machine).
+    worker = threading.Thread(
+        target=_stand_in_worker, args=(deployment_id, stop, finished, seen, 1.5), daemon=True
+    )
+    worker.start()
+
+    @flow
+    def parent() -> dict[int, str]:
+        with get_client(sync_client=True, httpx_settings={"transport": transport}) as polling:
+            return run_shards_on_workers(
+                [[c] for c in range(shards)],
+                run_id="fanout-429",
+                shard_params={"dataset": "tiny"},
+                dataset_label="tiny",
+                shard_timeout_s=600,
+                unfinished=lambda ids: [c for c in ids if c not in finished],
+                poll_s=poll_s,
+                max_in_flight=in_flight,
+                client=polling,
+                deployment="dct-shard/gpu-rate-limited",
+            )
+
+    try:
+        reasons = parent()
+    finally:
+        stop.set()
+        worker.join(10)
+        run_logger.removeHandler(collect)
+
+    # The run survives the 429s and every final state is still acted on.
+    assert set(reasons) == {FAILED_SHARD} and "ended FAILED: models could not be loaded" in reasons[FAILED_SHARD]
+    assert finished == set(range(shards)) - {FAILED_SHARD}
+    assert seen["runs"] == shards + 1  # the Crashed shard resubmitted once
+    # Each limited call was retried by Prefect's client to its limit, then reached the loop: one round each.
+    limited_attempts = [n for n, _, _, status in transport.attempts if status == 429]
+    assert limited_attempts == [n for n in sorted(limited) for _ in range(PREFECT_CLIENT_MAX_RETRIES.value() + 1)]
+    assert len(transport.calls) > max(limited) + 1
+    # A round's spacing: from the previous call's last answer to this call's first attempt (its sleep, plus
+    # the previous round's work). After the k-th 429 in a row the loop sleeps poll_s * 2**k.
+    first_sent = {n: sent for n, sent, _, _ in reversed(transport.attempts)}
+    last_answered = {n: answered for n, _, answered, _ in transport.attempts}
+    gaps = {n: first_sent[n] - last_answered[n - 1] for n in range(2, len(transport.calls) + 1)}
+    for k, n in enumerate(sorted(limited), 1):
+        expected = poll_s * 2**k
+        assert expected <= gaps[n + 1] < expected + poll_s, (k, gaps)
+    # After the successful round the delay is poll_s again: later rounds that had nothing to submit are
+    # spaced ~poll_s (never less), not the 2 s the backoff had reached.
+    after = [gap for n, gap in gaps.items() if n > max(limited) + 1]
+    assert min(after) >= poll_s and min(after) < 2 * poll_s, gaps
+    # Each 429 round warned, naming the rate limit.
+    rate_limited = [w for w in warnings if "rate limited" in w and "429" in w]
+    assert len(rate_limited) == len(limited), warnings
