@@ -4,7 +4,8 @@ The shards are tiny: a stand-in worker thread (its own API client, not counted) 
 child run of `dct-shard/gpu` and moves it to a final state at once — Completed, except one Failed and
 one Crashed shard. The parent's polling goes through a client whose HTTP requests are counted at the
 transport (the network edge): reads per round must not grow with the number of shards, submission
-must respect ``max_in_flight``, and every child's final state must still be acted on.
+must respect ``max_in_flight``, and every child's final state must still be acted on. A rate-limited
+(hosted) API is played by the same transport answering 429 to some filter calls.
 """
 
 from __future__ import annotations
