@@ -71,14 +71,15 @@ def _submit(
     return ShardAttempt(index, attempt, class_ids, flow_run.id)
 
 
-def _max_in_flight(client: Any, requested: int | None) -> int:
+def _max_in_flight(client: Any, requested: int | None, logger, base_s: float) -> int:
     """``requested``, else twice the gpu pool's concurrency limit, else :data:`DEFAULT_MAX_IN_FLIGHT`."""
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
             raise ValueError(f"max_in_flight={requested!r} must be a positive int (child runs not final at once)")
         return requested
     try:
-        limit = client.read_work_pool(GPU_POOL).concurrency_limit
+        pool = _with_backoff(lambda: client.read_work_pool(GPU_POOL), "reading the gpu pool", base_s, logger)
+        limit = pool.concurrency_limit
     except ObjectNotFound:
         limit = None
     return 2 * limit if limit else DEFAULT_MAX_IN_FLIGHT
@@ -135,7 +136,7 @@ def run_shards_on_workers(
     logger = get_run_logger()
     reasons: dict[int, str] = {}
     with get_client(sync_client=True) if client is None else _borrowed(client) as client:
-        limit = _max_in_flight(client, max_in_flight)
+        limit = _max_in_flight(client, max_in_flight, logger, poll_s)
         queue = deque((i, 0, ids) for i, ids in enumerate(shards))  # (index, attempt, class ids) to submit
         pending: list[ShardAttempt] = []
 
@@ -164,7 +165,7 @@ def run_shards_on_workers(
             except PrefectHTTPStatusError as exc:
                 if not _is_rate_limited(exc):
                     raise
-                delay = min(2 * delay, MAX_BACKOFF_S)
+                delay = min(2 * delay or 1.0, MAX_BACKOFF_S)  # from poll_s=0 too
                 logger.warning("polling rate limited by the Prefect API (HTTP 429); next round in %.0fs", delay)
                 continue
             delay = poll_s
@@ -186,7 +187,14 @@ def run_shards_on_workers(
                     and a.started is not None
                     and time.monotonic() - a.started > shard_timeout_s
                 ):
-                    client.set_flow_run_state(a.flow_run_id, Cancelled(message="dct: shard timed out"), force=True)
+                    _with_backoff(
+                        lambda a=a: client.set_flow_run_state(
+                            a.flow_run_id, Cancelled(message="dct: shard timed out"), force=True
+                        ),
+                        f"cancelling shard {a.index}",
+                        poll_s,
+                        logger,
+                    )
                     state, a.message = "TIMED_OUT", f"no final state after {shard_timeout_s:.0f}s (lost worker?)"
                 elif state in FINAL_STATES:
                     a.message = (fr.state.message or "") if fr.state else ""
