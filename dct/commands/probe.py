@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attributes",
         default="all",
-        help="comma list of built-in attributes and classifier sources (guide, evaluator); default all",
+        help="comma list of built-in attributes and classifier sources (guide, evaluator); images = every "
+        "built-in image statistic; default all",
     )
     p.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false-discovery rate (default 0.05)")
     p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")

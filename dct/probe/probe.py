@@ -342,7 +342,8 @@ CLASSIFIER_SOURCES = ("guide", "evaluator")
 
 
 def parse_attribute_names(text: str | None) -> list[str]:
-    """``"all"`` (every built-in and both classifier sources), or a comma list of built-ins / sources.
+    """``"all"`` (every built-in and both classifier sources), or a comma list of built-ins / sources, where
+    ``images`` stands for every built-in image statistic (no classifier).
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones).
@@ -353,10 +354,11 @@ def parse_attribute_names(text: str | None) -> list[str]:
     if names == ["all"]:
         return [*ATTRIBUTE_EXTRACTORS, *CLASSIFIER_SOURCES]
     valid = [*ATTRIBUTE_EXTRACTORS, *CLASSIFIER_SOURCES]
-    unknown = [n for n in names if n not in valid]
+    unknown = [n for n in names if n not in valid and n != "images"]
     if unknown or not names:
-        raise ValueError(f"--attributes {text!r}: unknown {unknown!r}; choose from {valid} or 'all'")
-    return list(dict.fromkeys(names))
+        raise ValueError(f"--attributes {text!r}: unknown {unknown!r}; choose from {valid}, 'images' or 'all'")
+    expanded = [x for n in names for x in (ATTRIBUTE_EXTRACTORS if n == "images" else [n])]
+    return list(dict.fromkeys(expanded))
 
 
 def build_extractors(names: Sequence[str], config, device: torch.device | str = "cpu") -> list[AttributeExtractor]:
