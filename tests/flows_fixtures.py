@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
-# Prefect reads PREFECT_HOME at import: keep every test's Prefect state out of the user's home.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="dct-prefect-home-"))
+# Prefect reads PREFECT_HOME at import: keep every test's Prefect state out of the user's home, and remove it
+# when the test session ends (subprocesses inherit the variable and never make their own).
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="dct-prefect-home-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 

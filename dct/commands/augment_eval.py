@@ -2,7 +2,9 @@
 
 Makes (or reuses) two synthetic sets from the dataset's tokens — unfiltered with the baseline arm, and
 guide-filtered — then trains a fresh downstream classifier per (seed, k, arm) and writes a Parquet table
-and a PNG plot of top-1 on held-out real images vs k.
+and a PNG plot of top-1 on held-out real images vs k, to ``--out`` and beside the report of the run whose
+tokens it used (``--run``, default the dataset's latest run with those tokens), whose ``index.html`` gains
+an "Augmentation experiment" section (:mod:`dct.synthesis.augment_page`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="low-resource experiment: k real images per class ± synthetic ones, downstream top-1 vs k",
         description="Trains a fresh downstream classifier (timm, from scratch) per training seed, k and arm: "
         "real only, + baseline synthetic, + DCT synthetic, + guide-filtered DCT synthetic; top-1 on held-out "
-        "real images; writes augment.parquet and augment.png.",
+        "real images; writes augment.parquet and augment.png to --out, and with augment.html beside the report of the "
+        "run whose tokens it used, whose index.html gains an augmentation section.",
     )
     p.add_argument("--dataset", default="toy", help="registered dataset or dataset file (default: toy)")
     p.add_argument("--shots", default="1,2,4,8", help="real images per class, comma-separated (default 1,2,4,8)")
@@ -45,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="optimiser steps per training run (default 600)")
     p.add_argument("--sanity-k", type=int, default=64, help="also real-only with this many per class (0 = off)")
     p.add_argument("--out", type=Path, help="output folder (default ./augment-<dataset>/)")
+    p.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help="the run whose report gets the results; it must have learned the tokens used (default: the "
+        "dataset's latest run with them; none: --out only)",
+    )
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -87,21 +96,24 @@ def run(args: argparse.Namespace) -> int:
     filtered = SynthesisConfig(
         per_class=n, batch_size=64, filter=FilterConfig(by="guide", min_probability=args.min_probability)
     )
-    from dct.synthesis.synthesize import synthesize_dataset
+    from dct.synthesis.synthesize import plan_synthesis, synthesize_dataset
 
+    # Cheap checks before any image is rendered: the tokens exist, and the run the results go to has them.
+    first = plan_synthesis(dataset=args.dataset, synthesis=plain, store=args.store)
+    if first.missing_tokens:
+        raise UserError(
+            f"classes {first.missing_tokens[:20]} of {spec.name!r} have no finished token in the store; "
+            f"run `dct run --dataset {args.dataset}` first"
+        )
+    store = open_store(first.store_root)
+    run_id = _attach_to(store, args.run, first.dataset, first.token_key)
     sets = {}
     for name, cfg in (("plain", plain), ("filtered", filtered)):
         plan, summary = synthesize_dataset(
             dataset=args.dataset, synthesis=cfg, store=args.store, device=str(device)
         )
-        if plan.missing_tokens:
-            raise UserError(
-                f"classes {plan.missing_tokens[:20]} of {spec.name!r} have no finished token in the store; "
-                f"run `dct run --dataset {args.dataset}` first"
-            )
         sets[name] = (plan, summary)
     t_synth = time.perf_counter() - t_start
-    store = open_store(args.store)
     synthetic = _synthetic_arms(store, sets, spec.num_classes)
     size = synthetic["dct"].images.shape[-2:]
     if toy:
@@ -119,16 +131,41 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "downstream_model": downstream.model, "dataset": spec.name, "synth_key": sets["plain"][0].synth_key,
-        "filtered_synth_key": sets["filtered"][0].synth_key,
+        "filtered_synth_key": sets["filtered"][0].synth_key, "token_key": first.token_key, "run_id": run_id,
     }
-    pq.write_table(results_table(rows, info), out / "augment.parquet")
-    (out / "augment.png").write_bytes(plot_png(rows, f"{spec.name}: downstream {downstream.model} from scratch"))
+    table = results_table(rows, info)
+    png = plot_png(rows, f"{spec.name}: downstream {downstream.model} from scratch")
+    pq.write_table(table, out / "augment.parquet")
+    (out / "augment.png").write_bytes(png)
     total = time.perf_counter() - t_start
     _print_tables(rows, summary_frame(rows), spec.class_names, synthetic)
     print(f"synthetic sets: {info['synth_key']} (+ baseline), {info['filtered_synth_key']} (guide filter)")
     print(f"wrote {out / 'augment.parquet'} and {out / 'augment.png'}")
+    if run_id is not None:
+        from dct.synthesis.augment_page import write_augment_results
+
+        uris = write_augment_results(store, first.dataset, run_id, table, png, spec.class_names)
+        where = uris["index"] or f"{uris['page']} (the run has no index.html yet)"
+        print(f"run {run_id}: section added to {where}")
     print(f"time: {total:.0f} s in all ({t_synth:.0f} s synthesis, {total - t_synth:.0f} s training runs)")
     return 0
+
+
+def _attach_to(store, run_id: str | None, dataset: str, token_key: str) -> str | None:
+    """The run whose report gets the results: ``run_id`` checked, else the latest run with ``token_key``.
+
+    Returns None (with a printed line) when no ``run_id`` is given and no run of the dataset has these tokens
+    (tokens planted by `dct optimize`, say): the results then go to ``--out`` only.
+    """
+    from dct.probe.probe import find_runs
+
+    if run_id is None:
+        try:
+            return find_runs(store, [], dataset, token_key=token_key)[0].run_id
+        except ValueError as exc:
+            print(f"note: {exc}. The results go to --out only (--run RUN_ID attaches them to a run's report)")
+            return None
+    return find_runs(store, [run_id], dataset, token_key=token_key)[0].run_id
 
 
 def _synthetic_arms(store, sets, num_classes: int):

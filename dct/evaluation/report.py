@@ -15,6 +15,8 @@ Layout, under the run's folder (``runs/{dataset}/{run_id}/report/``)::
     accuracy.png      top-1 accuracy per class, baseline vs DCT (bars up to 40 classes, else a scatter;
                       only up to STATIC_TABLE_MAX classes)
     thumbs/{class_id:05d}-{variant}-{seed:06d}.{png|jpg}
+    sections/{name}.html   sections other commands added to the finished report (``dct augment-eval``:
+                      ``augment``), shown in index.html between markers (:func:`add_report_section`)
 
 At 10,000 classes the report reads nothing per class beyond the records it is given (thumbnails only
 for the grid classes), and the HTML stays small: the per-class data is one ``classes.js`` loaded with a
@@ -68,6 +70,10 @@ DETAIL_FILE = "class.html"
 STATIC_TABLE_MAX = 500  # above this many classes the per-class table is built by the page from classes.js
 EXTREMES = 10  # worst and best classes listed (and shown as grids in a large run)
 FAILURES_SHOWN = 100
+# Sections other commands add to a finished report (``dct augment-eval``): one HTML fragment each under
+# ``report/sections/{name}.html``, shown in ``index.html`` between markers so a later write replaces only it.
+SECTIONS_DIR = "sections"
+_SUMMARY_H2 = "<h2>Summary</h2>"
 
 
 @dataclass(frozen=True)
@@ -394,6 +400,35 @@ def _prompt(config: RunConfig, variant: str, token: str, class_name: str) -> str
     return epoch_prompts(config.prompts.templates, token, class_name, 1)[0]
 
 
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- dct:section {name} -->", f"<!-- /dct:section {name} -->"
+
+
+def section_block(name: str, fragment: str) -> str:
+    """A section's fragment between its markers, as ``index.html`` holds it."""
+    begin, end = _markers(name)
+    return f"{begin}\n{fragment}\n{end}"
+
+
+def splice_section(page: str, name: str, fragment: str) -> str:
+    """``page`` (an ``index.html``) with section ``name`` replaced, or inserted before the summary if absent.
+
+    A page written before sections existed has no markers: the block goes before its summary heading (or
+    before ``</body>``), so reports of earlier runs show the section too.
+    """
+    begin, end = _markers(name)
+    block = section_block(name, fragment)
+    start = page.find(begin)
+    if start >= 0 and (stop := page.find(end, start)) >= 0:
+        return page[:start] + block + page[stop + len(end) :]
+    anchor = page.find(_SUMMARY_H2)
+    if anchor < 0:
+        anchor = page.rfind("</body>")
+    if anchor < 0:
+        return page + block
+    return page[:anchor] + block + "\n" + page[anchor:]
+
+
 def render_report_html(
     *,
     config: RunConfig,
@@ -406,6 +441,7 @@ def render_report_html(
     summary_href: str | None = None,
     index_href: str | None = None,
     probe_href: str | None = None,
+    extra_sections: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The report's HTML (links relative to the report folder).
 
@@ -416,6 +452,8 @@ def render_report_html(
         index_href: ``classes.js``; given, rows link to ``class.html#c{id}`` where the page has no grid
             of that class, and above :data:`STATIC_TABLE_MAX` classes the table is built from it.
         probe_href: the bias probe's page (docs/probe.md), linked when the run has one.
+        extra_sections: ``(name, HTML fragment)`` of sections other commands added (:func:`add_report_section`),
+            shown before the summary; the fragments are trusted HTML (their writers escape their values).
     """
     e = html.escape
     generated_at = generated_at or dt.datetime.now(dt.UTC)
@@ -438,7 +476,8 @@ def render_report_html(
         f"{len(plan.skipped)} finished by earlier runs · token_key <code>{e(plan.token_key)}</code> · "
         f"eval_key <code>{e(plan.eval_key)}</code></p>",
         *([f'<p><a href="{e(probe_href)}">Bias probe: attributes the tokens shifted</a></p>'] if probe_href else []),
-        "<h2>Summary</h2>",
+        *(section_block(name, fragment) for name, fragment in extra_sections),
+        _SUMMARY_H2,
         "<table><tr><th></th><th>baseline prompt</th><th>DCT token</th></tr>",
         f'<tr><td>guide top-1 (mean over classes)</td><td class="num">{mean("guide", "baseline")}</td>'
         f'<td class="num">{mean("guide", "dct")}</td></tr>',
@@ -826,6 +865,7 @@ def write_run_report(
     store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, DETAIL_FILE), render_detail_html().encode("utf-8"))
     probe_uri = store.probe_page_uri(ds, run_id)  # written before the report when the flow ran the probe
     page = render_report_html(
+        extra_sections=read_report_sections(store, ds, run_id),
         config=config,
         plan=plan,
         sections=sections,
@@ -839,3 +879,40 @@ def write_run_report(
     uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_FILE), page.encode("utf-8"))
     logger.info("report of run %s: %s", run_id, uri)
     return uri
+
+
+def read_report_sections(store: ArtifactStore, dataset: str, run_id: str) -> list[tuple[str, str]]:
+    """``(name, fragment)`` of the sections stored under the run's ``report/sections/`` (one listing), by name."""
+    uris = store.list_files(store.run_uri(dataset, run_id, REPORT_DIR, SECTIONS_DIR))
+    out = []
+    for uri in uris:
+        base = posixpath.basename(uri)
+        if base.endswith(".html"):
+            out.append((base[: -len(".html")], store.read_bytes(uri).decode("utf-8")))
+    return out
+
+
+def add_report_section(store: ArtifactStore, dataset: str, run_id: str, name: str, fragment: str) -> str | None:
+    """Store section ``name`` of a run's report and show it in the run's existing ``index.html``.
+
+    The fragment is kept under ``report/sections/{name}.html`` (a later re-render of the report includes it)
+    and spliced into ``index.html`` in place; running again replaces only this section. Links in the
+    fragment are relative to the report folder.
+
+    Args:
+        name: the section's name, one storage component (``augment``).
+        fragment: trusted HTML; the caller escapes every value it puts in.
+
+    Returns:
+        URI of the updated ``index.html``, or None when the run has no report yet (the section is stored
+        and appears when the report is written).
+    """
+    section_uri = store.run_uri(dataset, run_id, REPORT_DIR, SECTIONS_DIR, f"{name}.html")
+    store.write_bytes(section_uri, fragment.encode("utf-8"))
+    index_uri = store.run_uri(dataset, run_id, REPORT_DIR, INDEX_FILE)
+    try:
+        page = store.read_bytes(index_uri).decode("utf-8")
+    except FileNotFoundError:
+        logger.info("run %s has no report yet: section %r stored for when it is written", run_id, name)
+        return None
+    return store.write_bytes(index_uri, splice_section(page, name, fragment).encode("utf-8"))

@@ -387,26 +387,56 @@ def build_extractors(names: Sequence[str], config, device: torch.device | str = 
     return out
 
 
-def find_runs(store: ArtifactStore, run_ids: Sequence[str], dataset: str | None) -> list:
+def find_runs(
+    store: ArtifactStore, run_ids: Sequence[str], dataset: str | None, *, token_key: str | None = None
+) -> list:
     """The ``RunRecord``s of ``run_ids`` (or, with none, the latest run of ``dataset``), all of one dataset.
 
+    Args:
+        dataset: the runs' dataset; a given run of another dataset is refused by name.
+        token_key: only runs that learned their tokens under this key: the latest such run when no
+            ``run_ids`` are given; a given run with another key is refused (``dct augment-eval``).
+
     Raises:
-        ValueError: neither given, a run not in the store, or runs of several datasets.
+        ValueError: neither given, a run not in the store, a run of another dataset, runs of several
+            datasets, a run with another ``token_key``.
     """
     from dct.results import read_results
 
     if not run_ids and not dataset:
         raise ValueError("give --run RUN_ID (repeatable) or --dataset D (its latest run)")
-    runs = read_results(store, "runs", dataset=dataset, columns=["run_id", "dataset", "started_at"])
+    # Named runs are looked up in every dataset, so a run of another one is named as such, not as missing.
+    runs = read_results(
+        store, "runs", dataset=None if run_ids else dataset, columns=["run_id", "dataset", "token_key", "started_at"]
+    )
     if run_ids:
         missing = [r for r in run_ids if r not in set(runs["run_id"])]
         if missing:
-            where = f" of dataset {dataset!r}" if dataset else ""
-            raise ValueError(f"no run {missing!r}{where} in store {store.root!r}; check --run / --dataset / --store")
+            raise ValueError(f"no run {missing!r} in store {store.root!r}; check --run / --store")
         runs = runs[runs["run_id"].isin(run_ids)]
-    elif runs.empty:
-        raise ValueError(f"no run of dataset {dataset!r} in store {store.root!r}; run `dct run` first or check --store")
+        foreign = runs[runs["dataset"] != dataset] if dataset else runs.iloc[:0]
+        if len(foreign):
+            r = foreign.iloc[0]
+            raise ValueError(
+                f"run {r['run_id']!r} is a run of dataset {r['dataset']!r}, not {dataset!r}; "
+                f"pass --dataset {r['dataset']} or a run of {dataset!r}"
+            )
+        if token_key is not None:
+            other = runs[runs["token_key"] != token_key]
+            if len(other):
+                r = other.iloc[0]
+                raise ValueError(
+                    f"run {r['run_id']!r} learned its tokens under token_key {r['token_key']!r}, not "
+                    f"{token_key!r} (the tokens used here); pass a run with token_key {token_key!r} or leave --run out"
+                )
     else:
+        if token_key is not None:
+            runs = runs[runs["token_key"] == token_key]
+        if runs.empty:
+            keyed = f" with token_key {token_key!r}" if token_key is not None else ""
+            raise ValueError(
+                f"no run of dataset {dataset!r}{keyed} in store {store.root!r}; run `dct run` first or check --store"
+            )
         runs = runs.sort_values("started_at").tail(1)
     datasets = sorted(set(runs["dataset"]))
     if len(datasets) != 1:

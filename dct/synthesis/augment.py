@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 logger = logging.getLogger(__name__)
 
 ARMS = ("real", "baseline", "dct", "dct_filtered")
-AUGMENT_SCHEMA_VERSION = 1
+AUGMENT_SCHEMA_VERSION = 2  # 2: run_id and token_key (the run the results are attached to)
 
 
 class DownstreamConfig(BaseModel):
@@ -192,7 +192,13 @@ def run_experiment(
 
 
 def results_table(rows: Sequence[dict], info: Mapping[str, str]):
-    """The rows as a pyarrow table with an explicit schema (``schema_version``, keys and model in every row)."""
+    """The rows as a pyarrow table with an explicit schema (``schema_version``, keys and model in every row).
+
+    Args:
+        info: the columns every row shares: ``downstream_model``, ``dataset``, ``synth_key``,
+            ``filtered_synth_key``, ``token_key`` and ``run_id`` (the run whose tokens made the synthetic sets;
+            None when the store has no such run).
+    """
     import pyarrow as pa
 
     schema = pa.schema(
@@ -208,6 +214,8 @@ def results_table(rows: Sequence[dict], info: Mapping[str, str]):
             ("dataset", pa.string()),
             ("synth_key", pa.string()),
             ("filtered_synth_key", pa.string()),
+            ("token_key", pa.string()),
+            ("run_id", pa.string()),
         ],
         metadata={"dct.table": "augment", "dct.schema_version": str(AUGMENT_SCHEMA_VERSION)},
     )

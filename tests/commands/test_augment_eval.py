@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import html
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from synth_world import plant_tokens
 
 from dct.artifacts.store import ArtifactStore
@@ -22,6 +25,43 @@ def _real_folder(root: Path, per_class: int, seed: int) -> Path:
         for i in range(per_class):
             Image.fromarray((render(c, seed + i)[0] * 255).astype("uint8")).save(folder / f"{i}.png")
     return root
+
+
+def _finished_run(store: ArtifactStore, world, token_key: str, *, started: int = 0, dataset: str | None = None) -> str:
+    """What `dct run` leaves for the planted tokens: a run record, its runs-table row and its report index."""
+    from dct.evaluation.report import write_run_report
+    from dct.results import Provenance, RunRecord, new_run_id, write_run_record
+    from dct.run.plan import Revisions, RunPlan, build_config
+
+    _, config = build_config(str(world), None, store.root)
+    ds = dataset or config.dataset
+    run_id = new_run_id()
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=started)
+    prov = Provenance(
+        diffusion_model_id="tiny", diffusion_revision="r", classifier_model_id="tiny", classifier_revision="r",
+        device="cpu", dtype="float32",
+    )
+    plan = RunPlan(
+        dataset=ds, run_id=run_id, store_root=store.root, token_key=token_key, eval_key="ek", selected=[0, 1, 2, 3],
+        todo=[], skipped=[0, 1, 2, 3], shards=[], revisions=Revisions("r", "r", None),
+    )
+    report = write_run_report(store, config, plan, outcomes={})
+    write_run_record(
+        store,
+        RunRecord(
+            run_id=run_id, dataset=ds, status="done", token_key=token_key, eval_key="ek", report_uri=report,
+            config_json=config.model_dump_json(), provenance=prov, started_at=now, finished_at=now,
+        ),
+    )
+    return run_id
+
+
+def _argv(world, store, train, test, out, *extra) -> list[str]:
+    return [
+        "augment-eval", "--dataset", str(world), "--store", store.root, "--real-train", str(train), "--real-test",
+        str(test), "--shots", "1,2", "--synthetic-per-class", "3", "--seeds", "2", "--steps", "3", "--sanity-k", "3",
+        "--min-probability", "0.2", "--out", str(out), "--device", "cpu", *extra,
+    ]
 
 
 def test_augment_eval_writes_the_table_and_plot_for_every_arm(tmp_path, capsys):
@@ -51,3 +91,72 @@ def test_augment_eval_writes_the_table_and_plot_for_every_arm(tmp_path, capsys):
     with Image.open(out / "augment.png") as im:
         assert im.format == "PNG"
     assert "mean ± std" in printed and "per class" in printed
+
+
+def test_augment_eval_adds_its_section_to_the_report_of_the_run_with_the_tokens(tmp_path, capsys):
+    """The run's index.html shows the plot and mean ± std per arm and k computed from the stored Parquet;
+    augment.html adds the per-class table; the latest run with OTHER tokens is not the one chosen."""
+    from tiny import save_tiny_world
+
+    from dct.cli import main
+
+    world = save_tiny_world(tmp_path / "world")
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    tkey = plant_tokens(store, world, range(4))
+    run_id = _finished_run(store, world, tkey, started=0)
+    _finished_run(store, world, "otherkey", started=1)  # later, but another token_key: not this experiment's run
+    train, test = _real_folder(tmp_path / "train", 3, 0), _real_folder(tmp_path / "test", 2, 1000)
+    code = main(_argv(world, store, train, test, tmp_path / "out"))
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    ds = pd.read_parquet(tmp_path / "out" / "augment.parquet").dataset.iloc[0]
+    report = Path(store.to_path(store.run_uri(ds, run_id, "report")))
+    assert f"run {run_id}: section added to" in printed
+    df = pd.read_parquet(report / "augment.parquet")
+    assert (df.run_id == run_id).all() and (df.token_key == tkey).all()
+    index = (report / "index.html").read_text()
+    page = (report / "augment.html").read_text()
+    assert index.count("<!-- dct:section augment -->") == 1
+    assert index.index("Augmentation experiment") < index.index("<h2>Summary</h2>")
+    assert "src='augment.png'" in index and "href='augment.html'" in index and (report / "augment.png").is_file()
+    overall = df[df.class_id.isna()]
+    for (k, arm), acc in overall.groupby(["k", "arm"]).accuracy:
+        cell = f"{acc.mean():.3f} ± {acc.std():.3f} <span class='muted'>(n={len(acc)})</span>"
+        assert cell in index and cell in page, (k, arm, cell)
+    per = df[df.class_id.notna()].groupby(["class_id", "k", "arm"]).accuracy.mean()
+    assert "<th>k=2 dct_filtered</th>" in page
+    for cid in range(4):
+        row = page[page.index(f"<tr><td>{cid} ") :].split("</tr>")[0]
+        assert row.count("<td class='num'>") == len(per.loc[cid]), row
+        assert f"<td class='num'>{per.loc[(cid, 1, 'real')]:.2f}</td>" in row
+    # Running again replaces the section, it does not stack a second one.
+    assert main(_argv(world, store, train, test, tmp_path / "out2", "--run", run_id)) == 0
+    assert (report / "index.html").read_text().count("<!-- dct:section augment -->") == 1
+    # A later re-render of the report keeps the section.
+    from dct.evaluation.report import read_report_sections
+
+    assert [n for n, _ in read_report_sections(store, ds, run_id)] == ["augment"]
+
+
+@pytest.mark.parametrize("case", ["unknown", "other-dataset", "other-tokens"])
+def test_a_bad_run_fails_in_one_line_before_any_image_is_rendered(tmp_path, capsys, case):
+    from tiny import save_tiny_world
+
+    from dct.cli import main
+
+    world = save_tiny_world(tmp_path / "world")
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    tkey = plant_tokens(store, world, range(4))
+    run_id = {
+        "unknown": "20990101T000000Z-00000000",
+        "other-dataset": _finished_run(store, world, tkey, dataset="inet"),
+        "other-tokens": _finished_run(store, world, "otherkey"),
+    }[case]
+    capsys.readouterr()  # the tiny world's save progress
+    code = main(_argv(world, store, tmp_path / "absent", tmp_path / "absent", tmp_path / "out", "--run", run_id))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert repr(run_id) in err
+    expected = {"unknown": "no run", "other-dataset": "of dataset 'inet'", "other-tokens": "token_key 'otherkey'"}
+    assert expected[case] in html.unescape(err)
+    assert not store.fs.exists(store.to_path(store.uri("synthetic"))), "synthesis ran before the run was checked"
