@@ -17,7 +17,8 @@ import pyarrow as pa
 import torch
 
 from dct.artifacts.images import decode_image
-from dct.artifacts.store import VARIANTS, ArtifactStore
+from dct.artifacts.store import PROBE_PAGE, VARIANTS, ArtifactStore
+from dct.evaluation.report import add_report_section
 from dct.probe.attributes import AttributeExtractor
 from dct.probe.page import render_probe_page
 from dct.probe.samples import PairedSamples, ProbeResult
@@ -299,8 +300,25 @@ def write_probe(store: ArtifactStore, result: ProbeResult, *, max_classes: int =
     page_uri = store.probe_page_uri(row["dataset"], row["run_id"])
     page = render_probe_page(store, result, page_uri, max_classes=max_classes)
     store.write_bytes(page_uri, page.encode("utf-8"))
+    # The run report links the page: spliced into an existing index.html (a probe after the run), or stored
+    # for the report to include (the flow's probe runs before the report).
+    add_report_section(store, row["dataset"], row["run_id"], PROBE_SECTION, probe_section_html(result.table))
     logger.info("probe of run %s: %s", row["run_id"], page_uri)
     return uris, page_uri
+
+
+PROBE_SECTION = "probe"
+
+
+def probe_section_html(table: pa.Table) -> str:
+    """The run report's link to the probe page, with the probe's counts."""
+    rows = table.to_pylist()
+    classes = len({r["class_id"] for r in rows})
+    significant = sum(r["significant"] for r in rows)
+    return (
+        f'<p><a href="{PROBE_PAGE}">Bias probe: attributes the tokens shifted</a> '
+        f"({significant} significant shifts over {classes} classes)</p>"
+    )
 
 
 def summary_lines(table: pa.Table, *, per_class: int = 3, max_classes: int = 20) -> list[str]:

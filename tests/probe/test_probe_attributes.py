@@ -134,5 +134,5 @@ def test_attribute_names_images_means_every_built_in_and_no_classifier():
     assert parse_attribute_names("images") == list(ATTRIBUTE_EXTRACTORS)
     assert parse_attribute_names("images,evaluator") == [*ATTRIBUTE_EXTRACTORS, "evaluator"]
     assert parse_attribute_names("all") == [*ATTRIBUTE_EXTRACTORS, *CLASSIFIER_SOURCES]
-    with pytest.raises(ValueError, match="'image'.*'images'"):
+    with pytest.raises(ValueError, match=r"'image'.*'images'"):
         parse_attribute_names("image")
