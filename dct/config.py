@@ -370,6 +370,9 @@ class RunOverrides(_Frozen):
 
     max_epochs: PositiveInt | None = Field(default=None, description="upper bound on updates per class")
     images_per_epoch: PositiveInt | None = Field(default=None, description="images per update")
+    seed: NonNegativeInt | None = Field(
+        default=None, description="optimisation noise seed (image i of every epoch uses seed + i): another token"
+    )
     grad_steps: PositiveInt | None = Field(default=None, description="final UNet evaluations with gradients")
     micro_batch_size: PositiveInt | None = Field(default=None, description="images per forward/backward")
     num_inference_steps: PositiveInt | None = Field(default=None, description="denoising steps")
@@ -386,6 +389,7 @@ class RunOverrides(_Frozen):
             "training": {
                 "max_epochs": self.max_epochs,
                 "images_per_epoch": self.images_per_epoch,
+                "seed": self.seed,
                 "grad_steps": self.grad_steps,
                 "micro_batch_size": self.micro_batch_size,
             },

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 CLASS_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
-PROBE_SCHEMA_VERSION = 1
+PROBE_SCHEMA_VERSION = 2  # 2: min_shift
 
 ClassStatus = Literal["done", "diverged", "failed"]
 # Statuses whose record is a "finished" marker. "diverged" (NaN loss) is deterministic for the same
@@ -501,6 +501,7 @@ PROBE_SCHEMA = pa.schema(
         pa.field("rank", pa.int32(), nullable=False),
         pa.field("confidence", pa.float64(), nullable=False),
         pa.field("fdr", pa.float64(), nullable=False),
+        pa.field("min_shift", pa.float64()),  # null in version-1 files (their margin was 0)
         pa.field("num_bootstrap", pa.int32(), nullable=False),
         pa.field("created_at", _UTC_TS, nullable=False),
     ],

@@ -21,9 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attributes",
         default="all",
-        help="comma list of built-in attributes and classifier sources (guide, evaluator); default all",
+        help="comma list of built-in attributes and classifier sources (guide, evaluator); images = every "
+        "built-in image statistic; default all",
     )
     p.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false-discovery rate (default 0.05)")
+    p.add_argument(
+        "--min-shift",
+        type=float,
+        default=0.05,
+        help="smallest shift of interest in the attributes' 0-1 units (default 0.05; 0 = any shift)",
+    )
     p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--top-labels", type=positive_int, default=5, help="labels tested per class and classifier")
     add_device_argument(p)
@@ -49,6 +56,8 @@ def probe(args: argparse.Namespace) -> int:
     names = parse_attribute_names(args.attributes)
     if not 0.0 < args.fdr < 1.0:
         raise ValueError(f"--fdr {args.fdr!r} must be within (0, 1), e.g. 0.05")
+    if not 0.0 <= args.min_shift < 1.0:
+        raise ValueError(f"--min-shift {args.min_shift!r} must be within [0, 1), e.g. 0.05 (0 = any shift)")
     if args.bootstrap < 100:
         raise ValueError(f"--bootstrap {args.bootstrap!r} must be at least 100 resamples")
     device = resolve_device(args.device)
@@ -64,6 +73,7 @@ def probe(args: argparse.Namespace) -> int:
         records_by_run,
         extractors,
         fdr=args.fdr,
+        min_shift=args.min_shift,
         num_bootstrap=args.bootstrap,
         top_labels=args.top_labels,
         run_ids=[r.run_id for r in runs],

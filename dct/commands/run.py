@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=positive_int, help="override: evaluation images per class and variant")
     p.add_argument("--micro-batch-size", type=positive_int, help="override: images per forward/backward")
     p.add_argument(
+        "--seed",
+        type=int,
+        help="override: optimisation noise seed (another seed optimises another token, e.g. for the probe's "
+        "interval over runs; evaluation seeds stay)",
+    )
+    p.add_argument(
         "--probe", action="store_true", help="also run the bias probe on the stored samples (see `dct probe`)"
     )
     add_device_argument(p)
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     spec = get_dataset(args.dataset)
     select_classes(spec, args.classes)
     overrides = RunOverrides(
-        max_epochs=args.max_epochs, num_samples=args.num_samples, micro_batch_size=args.micro_batch_size
+        max_epochs=args.max_epochs, num_samples=args.num_samples, micro_batch_size=args.micro_batch_size, seed=args.seed
     )
     _, config = build_config(args.dataset, overrides, args.store)  # re-validates the overridden config
     run_id = new_run_id()

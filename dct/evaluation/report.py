@@ -440,7 +440,6 @@ def render_report_html(
     generated_at: dt.datetime | None = None,
     summary_href: str | None = None,
     index_href: str | None = None,
-    probe_href: str | None = None,
     extra_sections: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The report's HTML (links relative to the report folder).
@@ -451,7 +450,6 @@ def render_report_html(
         summary_href: the uplift-distribution plot (:func:`uplift_plot_png`).
         index_href: ``classes.js``; given, rows link to ``class.html#c{id}`` where the page has no grid
             of that class, and above :data:`STATIC_TABLE_MAX` classes the table is built from it.
-        probe_href: the bias probe's page (docs/probe.md), linked when the run has one.
         extra_sections: ``(name, HTML fragment)`` of sections other commands added (:func:`add_report_section`),
             shown before the summary; the fragments are trusted HTML (their writers escape their values).
     """
@@ -475,7 +473,6 @@ def render_report_html(
         f"{len(plan.selected)} classes selected, {len(plan.todo)} processed in this run, "
         f"{len(plan.skipped)} finished by earlier runs · token_key <code>{e(plan.token_key)}</code> · "
         f"eval_key <code>{e(plan.eval_key)}</code></p>",
-        *([f'<p><a href="{e(probe_href)}">Bias probe: attributes the tokens shifted</a></p>'] if probe_href else []),
         *(section_block(name, fragment) for name, fragment in extra_sections),
         _SUMMARY_H2,
         "<table><tr><th></th><th>baseline prompt</th><th>DCT token</th></tr>",
@@ -863,7 +860,6 @@ def write_run_report(
     )
     store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_JS_FILE), class_index_js(index).encode("utf-8"))
     store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, DETAIL_FILE), render_detail_html().encode("utf-8"))
-    probe_uri = store.probe_page_uri(ds, run_id)  # written before the report when the flow ran the probe
     page = render_report_html(
         extra_sections=read_report_sections(store, ds, run_id),
         config=config,
@@ -874,7 +870,6 @@ def write_run_report(
         dataset_licence=dataset_licence,
         summary_href=summary_href,
         index_href=INDEX_JS_FILE,
-        probe_href=_rel(store, probe_uri, report_dir) if store.exists(probe_uri) else None,
     )
     uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_FILE), page.encode("utf-8"))
     logger.info("report of run %s: %s", run_id, uri)

@@ -44,8 +44,9 @@ def render_probe_page(store: ArtifactStore, result: ProbeResult, page_uri: str, 
         f"<h1>What the tokens shifted — {e(r0['dataset'])}, run {e(r0['run_id'])}</h1>",
         f"<p>{len(classes)} classes, {r0['num_runs']} optimisation run(s) × {r0['num_seeds']} seeds, paired by seed. "
         f"Shift = DCT − baseline in the attribute's own units; interval: {r0['confidence']:.0%} bootstrap over "
-        f"seeds (and runs); significant = Benjamini–Hochberg q ≤ {r0['fdr']:g} over all {len(rows)} tests and the "
-        "interval excludes 0. Ranked by absolute shift, not by effect size d (the seed fixes much of an image, so "
+        f"seeds (and runs); significant = |shift| beyond {r0['min_shift'] or 0:g} with Benjamini–Hochberg "
+        f"q ≤ {r0['fdr']:g} over all {len(rows)} tests and the interval wholly beyond ±{r0['min_shift'] or 0:g}. "
+        "Ranked by absolute shift, not by effect size d (the seed fixes much of an image, so "
         "small shifts can have large d). <a href='index.html'>Run report</a>.</p>",
         "<h2>Dataset-wide: attributes that shift most often</h2>",
         "<table><tr><th>attribute</th><th>unit</th><th>classes shifted</th><th>up</th><th>down</th>"

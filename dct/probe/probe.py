@@ -17,11 +17,19 @@ import pyarrow as pa
 import torch
 
 from dct.artifacts.images import decode_image
-from dct.artifacts.store import VARIANTS, ArtifactStore
+from dct.artifacts.store import PROBE_PAGE, VARIANTS, ArtifactStore
+from dct.evaluation.report import add_report_section
 from dct.probe.attributes import AttributeExtractor
 from dct.probe.page import render_probe_page
 from dct.probe.samples import PairedSamples, ProbeResult
-from dct.probe.stats import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, DEFAULT_FDR, benjamini_hochberg, paired_shifts
+from dct.probe.stats import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_FDR,
+    DEFAULT_MIN_SHIFT,
+    benjamini_hochberg,
+    paired_shifts,
+)
 from dct.results import (
     PROBE_SCHEMA,
     PROBE_SCHEMA_VERSION,
@@ -129,6 +137,7 @@ def probe_values(
     num_bootstrap: int = DEFAULT_BOOTSTRAP,
     confidence: float = DEFAULT_CONFIDENCE,
     fdr: float = DEFAULT_FDR,
+    min_shift: float = DEFAULT_MIN_SHIFT,
     run_ids: Sequence[str] | None = None,
     created_at: dt.datetime | None = None,
 ) -> ProbeResult:
@@ -142,7 +151,9 @@ def probe_values(
             labels are the dataset's classes: the token was optimised to raise it).
         num_bootstrap, confidence: the bootstrap interval (:func:`dct.probe.stats.paired_shifts`).
         fdr: the false-discovery rate of the Benjamini–Hochberg control; ``significant`` = q ≤ fdr and
-            the interval excludes 0.
+            the interval lies beyond ``min_shift`` (wholly above it or below −min_shift).
+        min_shift: the smallest shift of interest, in the attributes' units (:data:`DEFAULT_MIN_SHIFT`);
+            p-values test |shift| ≤ min_shift (0: the classic test against no shift).
         run_ids: the probed runs, the first one naming the probe (its table file and page); default: the
             records' runs. A run that skipped finished classes probes records that earlier runs wrote.
 
@@ -160,6 +171,8 @@ def probe_values(
         raise ValueError(f"fdr {fdr!r} must be within (0, 1), e.g. 0.05")
     if top_labels < 1:
         raise ValueError(f"top_labels {top_labels!r} must be a positive integer")
+    if not 0.0 <= min_shift < 1.0:
+        raise ValueError(f"min_shift {min_shift!r} must be within [0, 1), e.g. 0.05 (0 tests against no shift)")
     created_at = created_at or dt.datetime.now(dt.UTC)
     first = next(iter(samples.values()))[0].record
     run_ids = list(run_ids or sorted({p.record.run_id for runs in samples.values() for p in runs}))
@@ -174,7 +187,9 @@ def probe_values(
         keep = _kept_attributes(extractors, per_run, top_labels, cid)
         base = np.stack([[b[n][2] for n in keep] for b, _ in per_run]).transpose(0, 2, 1)  # (R, S, K)
         tok = np.stack([[d[n][2] for n in keep] for _, d in per_run]).transpose(0, 2, 1)
-        st = paired_shifts(base, tok, num_bootstrap=num_bootstrap, confidence=confidence, seed=cid)
+        st = paired_shifts(
+            base, tok, num_bootstrap=num_bootstrap, confidence=confidence, min_shift=min_shift, seed=cid
+        )
         diffs[cid] = {n: tok[:, :, k] - base[:, :, k] for k, n in enumerate(keep)}
         src = per_run[0][0]
         for k, name in enumerate(keep):
@@ -202,6 +217,7 @@ def probe_values(
                     "p_value": float(st.p_value[k]),
                     "confidence": confidence,
                     "fdr": fdr,
+                    "min_shift": min_shift,
                     "num_bootstrap": num_bootstrap,
                     "created_at": created_at,
                 }
@@ -209,7 +225,7 @@ def probe_values(
     q = benjamini_hochberg(np.array([r["p_value"] for r in rows]))
     for r, qv in zip(rows, q, strict=True):
         r["q_value"] = float(qv)
-        r["significant"] = bool(qv <= fdr and (r["ci_low"] > 0 or r["ci_high"] < 0))
+        r["significant"] = bool(qv <= fdr and (r["ci_low"] > min_shift or r["ci_high"] < -min_shift))
     # Rank within a class: significant shifts first, then by absolute shift (NOT by d: see dct.probe.stats).
     by_class: dict[int, list[dict]] = {}
     for r in rows:
@@ -299,8 +315,25 @@ def write_probe(store: ArtifactStore, result: ProbeResult, *, max_classes: int =
     page_uri = store.probe_page_uri(row["dataset"], row["run_id"])
     page = render_probe_page(store, result, page_uri, max_classes=max_classes)
     store.write_bytes(page_uri, page.encode("utf-8"))
+    # The run report links the page: spliced into an existing index.html (a probe after the run), or stored
+    # for the report to include (the flow's probe runs before the report).
+    add_report_section(store, row["dataset"], row["run_id"], PROBE_SECTION, probe_section_html(result.table))
     logger.info("probe of run %s: %s", row["run_id"], page_uri)
     return uris, page_uri
+
+
+PROBE_SECTION = "probe"
+
+
+def probe_section_html(table: pa.Table) -> str:
+    """The run report's link to the probe page, with the probe's counts."""
+    rows = table.to_pylist()
+    classes = len({r["class_id"] for r in rows})
+    significant = sum(r["significant"] for r in rows)
+    return (
+        f'<p><a href="{PROBE_PAGE}">Bias probe: attributes the tokens shifted</a> '
+        f"({significant} significant shifts over {classes} classes)</p>"
+    )
 
 
 def summary_lines(table: pa.Table, *, per_class: int = 3, max_classes: int = 20) -> list[str]:
@@ -314,7 +347,7 @@ def summary_lines(table: pa.Table, *, per_class: int = 3, max_classes: int = 20)
     out = [
         f"probe of run {r0['run_id']} ({r0['dataset']}, {r0['num_runs']} run(s), {r0['num_seeds']} seeds): "
         f"{len(classes)} classes x {len(rows) // len(classes)} attributes, {len(sig)} significant shifts "
-        f"(BH FDR {r0['fdr']:.0%}, {r0['confidence']:.0%} bootstrap CI excluding 0)"
+        f"(|shift| > {r0['min_shift']:g}, BH FDR {r0['fdr']:.0%}, {r0['confidence']:.0%} bootstrap CI beyond it)"
     ]
     shown = 0
     for cid in classes:
@@ -342,7 +375,8 @@ CLASSIFIER_SOURCES = ("guide", "evaluator")
 
 
 def parse_attribute_names(text: str | None) -> list[str]:
-    """``"all"`` (every built-in and both classifier sources), or a comma list of built-ins / sources.
+    """``"all"`` (every built-in and both classifier sources), or a comma list of built-ins / sources, where
+    ``images`` stands for every built-in image statistic (no classifier).
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones).
@@ -353,10 +387,11 @@ def parse_attribute_names(text: str | None) -> list[str]:
     if names == ["all"]:
         return [*ATTRIBUTE_EXTRACTORS, *CLASSIFIER_SOURCES]
     valid = [*ATTRIBUTE_EXTRACTORS, *CLASSIFIER_SOURCES]
-    unknown = [n for n in names if n not in valid]
+    unknown = [n for n in names if n not in valid and n != "images"]
     if unknown or not names:
-        raise ValueError(f"--attributes {text!r}: unknown {unknown!r}; choose from {valid} or 'all'")
-    return list(dict.fromkeys(names))
+        raise ValueError(f"--attributes {text!r}: unknown {unknown!r}; choose from {valid}, 'images' or 'all'")
+    expanded = [x for n in names for x in (ATTRIBUTE_EXTRACTORS if n == "images" else [n])]
+    return list(dict.fromkeys(expanded))
 
 
 def build_extractors(names: Sequence[str], config, device: torch.device | str = "cpu") -> list[AttributeExtractor]:

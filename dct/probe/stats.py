@@ -8,7 +8,10 @@ bootstrap), so it covers the run-to-run spread of the token as well as the choic
 The noise seed fixes much of an image (its background above all), so per-seed differences can vary
 little and a small shift already has a large paired effect size (0.027 in border brightness gives
 d ≈ 1.4 on the toy world). Reports therefore rank by the ABSOLUTE shift in the attribute's own units,
-among the shifts that survive the multiple-comparison control; d is a column, never the ranking.
+among the shifts that survive the multiple-comparison control; d is a column, never the ranking. For the
+same reason a shift counts only beyond a margin (``min_shift``, the smallest shift of interest): with 64
+seeds a real but negligible 0.02 in background brightness is "significant" against 0, and a 10,000-class
+run would report thousands of them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from scipy import stats as sps
 DEFAULT_BOOTSTRAP = 2000
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_FDR = 0.05
+# The smallest shift of interest, in the attributes' own units (every built-in and classifier source lies on
+# a 0–1 scale, the contrast on −1..1): 5 points of brightness, saturation, share or probability.
+DEFAULT_MIN_SHIFT = 0.05
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,9 @@ class Shifts:
         effect_size: paired Cohen's d (``d_z``): shift / standard deviation of the per-seed differences
             (the differences averaged over runs first); ±inf when every seed moved by the same amount.
         ci_low, ci_high: percentile bootstrap interval of ``shift``.
-        p_value: two-sided one-sample t-test of the per-seed differences (averaged over runs) against 0.
+        p_value: one-sample t-test of the per-seed differences (averaged over runs): with ``min_shift`` = 0
+            two-sided against 0; else one-sided against the margin on the shift's side (H0: |shift| ≤
+            min_shift), so a small p says the shift exceeds the margin.
         num_runs, num_seeds: R and S.
     """
 
@@ -54,6 +62,7 @@ def paired_shifts(
     *,
     num_bootstrap: int = DEFAULT_BOOTSTRAP,
     confidence: float = DEFAULT_CONFIDENCE,
+    min_shift: float = 0.0,
     seed: int = 0,
 ) -> Shifts:
     """Shift statistics of K attributes from paired values.
@@ -63,6 +72,7 @@ def paired_shifts(
         dct: the same shape, the DCT images on the same seeds.
         num_bootstrap: bootstrap resamples (≥ 100).
         confidence: two-sided coverage of the interval, in (0, 1).
+        min_shift: the margin of the p-value's null hypothesis |shift| ≤ min_shift (≥ 0; 0 = no effect).
         seed: seed of the resampling (the same inputs give the same interval).
 
     Returns:
@@ -88,13 +98,20 @@ def paired_shifts(
         raise ValueError(f"num_bootstrap {num_bootstrap!r} must be at least 100")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence {confidence!r} must be within (0, 1), e.g. 0.95")
+    if not min_shift >= 0.0:
+        raise ValueError(f"min_shift {min_shift!r} must be >= 0 (0 tests against no shift)")
     diff = tok - base  # (R, S, K)
     per_seed = diff.mean(0)  # (S, K)
     shift = diff.mean((0, 1))
     sd = per_seed.std(0, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         d = np.where(sd > 0, shift / np.where(sd > 0, sd, 1.0), np.where(shift == 0, 0.0, np.sign(shift) * np.inf))
-        p = np.where(sd > 0, sps.ttest_1samp(per_seed, 0.0, axis=0).pvalue, np.where(shift == 0, 1.0, 0.0))
+        if min_shift == 0:
+            tested = sps.ttest_1samp(per_seed, 0.0, axis=0).pvalue
+        else:  # one-sided against the margin on the side the shift lies (H0: |mean| <= min_shift)
+            side = np.where(shift >= 0, 1.0, -1.0)
+            tested = sps.ttest_1samp(per_seed * side, min_shift, axis=0, alternative="greater").pvalue
+        p = np.where(sd > 0, tested, np.where(np.abs(shift) > min_shift, 0.0, 1.0))
     # Two-way bootstrap with count weights: mean_b = Σ_r Σ_s w_r[b,r] w_s[b,s] diff[r,s] / (R S).
     rng = np.random.default_rng(seed)
     w_r = rng.multinomial(runs, np.full(runs, 1 / runs), size=num_bootstrap).astype(np.float64)

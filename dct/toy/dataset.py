@@ -45,15 +45,19 @@ TRAINING = TrainingConfig(
 EVALUATION = EvaluationConfig(num_samples=64, seed=10_000, batch_size=64, fid_features="evaluator")
 
 
-def toy_dataset() -> DatasetSpec:
+def toy_dataset(
+    name: str = "toy",
+    guide: str = "guide",
+    description: str = (
+        "Embedded toy world: 10 coloured shapes (5 red, 5 blue) at 32x32, a tiny SD-style pipeline whose "
+        "class names ('ember finch', ...) only name the colour group, and two small classifiers."
+    ),
+) -> DatasetSpec:
     return DatasetSpec(
-        name="toy",
-        description=(
-            "Embedded toy world: 10 coloured shapes (5 red, 5 blue) at 32x32, a tiny SD-style pipeline whose "
-            "class names ('ember finch', ...) only name the colour group, and two small classifiers."
-        ),
+        name=name,
+        description=description,
         class_names=SPECIES_NAMES,
-        classifier=ClassifierConfig(kind="toy", model_id="guide", licence=LICENCE),
+        classifier=ClassifierConfig(kind="toy", model_id=guide, licence=LICENCE),
         evaluator=ClassifierConfig(kind="toy", model_id="evaluator", licence=LICENCE),
         diffusion=DiffusionConfig(model_id=str(PIPELINE_DIR), dtype="float32", licence=LICENCE),
         prompts=PromptConfig(templates=TEMPLATES, baseline_word="a"),
@@ -62,4 +66,23 @@ def toy_dataset() -> DatasetSpec:
         training=TRAINING,
         evaluation=EVALUATION,
         reference_images=REFERENCE_IMAGES,
+    )
+
+
+# The planted-bias variants (dct.toy.bias, docs/probe.md "The planted bias"): the toy world with another guide.
+def toy_biased_dataset() -> DatasetSpec:
+    return toy_dataset(
+        "toy-biased",
+        "guide-biased",
+        "The toy world guided by a planted-bias guide: its training data showed the red square (class 1) only on "
+        "dark backgrounds and the red circle (class 0) only on light ones (python -m dct.toy.bias).",
+    )
+
+
+def toy_replica_dataset() -> DatasetSpec:
+    return toy_dataset(
+        "toy-replica",
+        "guide-replica",
+        "The toy world guided by the planted-bias guide's unbiased replica: the same code, seeds and images, "
+        "every background level as in the shipped world (python -m dct.toy.bias).",
     )

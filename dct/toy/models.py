@@ -282,14 +282,20 @@ def save_classifier(model: nn.Module, name: str, labels: list[str], path: Path) 
     save_file(state, str(path), metadata=meta)
 
 
+# Guides trained with the guide's spec on other data, shipped beside it (`python -m dct.toy.bias` retrains them):
+# the planted-bias guide and its unbiased replica (docs/probe.md, "The planted bias").
+GUIDE_VARIANTS: tuple[str, ...] = ("guide-biased", "guide-replica")
+
+
 def classifier_path(model_id: str) -> Path:
-    if model_id in CLASSIFIER_SPECS:
+    if model_id in CLASSIFIER_SPECS or model_id in GUIDE_VARIANTS:
         return classifier_file(WEIGHTS_DIR, model_id)
     return Path(model_id).expanduser().resolve()
 
 
 def load_toy_classifier(config: ClassifierConfig) -> LoadedClassifier:
-    """Load a toy classifier: ``config.model_id`` is "guide", "evaluator" or a path to a ``.safetensors``.
+    """Load a toy classifier: ``config.model_id`` is "guide", "evaluator", one of :data:`GUIDE_VARIANTS` or a
+    path to a ``.safetensors``.
 
     Raises:
         ValueError: the weights file does not exist.
@@ -299,8 +305,9 @@ def load_toy_classifier(config: ClassifierConfig) -> LoadedClassifier:
     path = classifier_path(config.model_id)
     if not path.is_file():
         raise ValueError(
-            f"toy classifier {config.model_id!r} not found at {path}; use 'guide', 'evaluator' or a .safetensors "
-            "path, or retrain with `python -m dct.toy.train`"
+            f"toy classifier {config.model_id!r} not found at {path}; use 'guide', 'evaluator', "
+            f"{', '.join(map(repr, GUIDE_VARIANTS))} or a .safetensors path, or retrain with `python -m dct.toy.train` "
+            "(`python -m dct.toy.bias` for the variants)"
         )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()

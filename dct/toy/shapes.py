@@ -77,8 +77,19 @@ def _colour(group: str, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(f"unknown group {group!r}; valid: {COARSE_GROUPS}")
 
 
-def render(class_id: int, seed: int) -> tuple[np.ndarray, ShapeAttributes]:
-    """One image ``(32, 32, 3)`` float32 in [0, 1] of class ``class_id``, a pure function of ``seed``."""
+# Range of the background level (brightness before tint, gradient and noise); "dark" below 0.35, "light" above 0.65.
+BACKGROUND_LEVELS = (0.08, 0.92)
+
+
+def render(
+    class_id: int, seed: int, background: tuple[float, float] | None = None
+) -> tuple[np.ndarray, ShapeAttributes]:
+    """One image ``(32, 32, 3)`` float32 in [0, 1] of class ``class_id``, a pure function of ``seed``.
+
+    ``background`` narrows the background level to ``(low, high)`` within :data:`BACKGROUND_LEVELS` by
+    remapping the same random draw, so every other property of the image (shape, size, position, colour,
+    noise) is the one the seed gives without it: the planted bias of ``dct.toy.bias`` changes nothing else.
+    """
     if not 0 <= class_id < NUM_CLASSES:
         raise ValueError(f"class_id={class_id!r} out of range 0..{NUM_CLASSES - 1}")
     rng = np.random.default_rng([seed, class_id])
@@ -90,7 +101,13 @@ def render(class_id: int, seed: int) -> tuple[np.ndarray, ShapeAttributes]:
     angle = rng.uniform(0, 2 * np.pi)
 
     # Background: a low-saturation tint at a random brightness, a linear gradient, pixel noise.
-    level = rng.uniform(0.08, 0.92)
+    lo, hi = BACKGROUND_LEVELS
+    level = rng.uniform(lo, hi)
+    if background is not None:
+        b_lo, b_hi = background
+        if not lo <= b_lo < b_hi <= hi:
+            raise ValueError(f"background={background!r} must be (low, high) with {lo} <= low < high <= {hi}")
+        level = b_lo + (level - lo) / (hi - lo) * (b_hi - b_lo)
     tint = rng.uniform(-0.05, 0.05, size=3)
     coords = (np.arange(n) + 0.5) / _SUPERSAMPLE
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
@@ -122,9 +139,10 @@ def render(class_id: int, seed: int) -> tuple[np.ndarray, ShapeAttributes]:
 
 
 def sample(
-    n: int, seed: int, class_ids: list[int] | None = None
+    n: int, seed: int, class_ids: list[int] | None = None, backgrounds: dict[int, tuple[float, float]] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, list[ShapeAttributes]]:
-    """``n`` images, classes cycling through ``class_ids`` (default: all), deterministic by ``seed``.
+    """``n`` images, classes cycling through ``class_ids`` (default: all), deterministic by ``seed``;
+    ``backgrounds`` narrows the background level of some classes (class id → range, see :func:`render`).
 
     Returns:
         images ``(n, 3, 32, 32)`` float in [0, 1], labels ``(n,)`` int64, attributes per image.
@@ -135,7 +153,7 @@ def sample(
     images, labels, attrs = [], [], []
     for i in range(n):
         cid = ids[i % len(ids)]
-        img, a = render(cid, seed * 1_000_003 + i)
+        img, a = render(cid, seed * 1_000_003 + i, (backgrounds or {}).get(cid))
         images.append(img)
         labels.append(cid)
         attrs.append(a)

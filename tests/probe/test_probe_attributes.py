@@ -126,3 +126,13 @@ def test_own_label_is_left_out_when_labels_are_the_classes(tiny_clf):
     names = {r["attribute"] for r in rows}
     assert "guide:class 2" not in names and {"guide:class 0", "guide:class 1", "guide:class 3"} <= names
     assert "scene:class 2" in names  # another classifier's label 2 is not this dataset's class 2
+
+
+def test_attribute_names_images_means_every_built_in_and_no_classifier():
+    from dct.probe.probe import CLASSIFIER_SOURCES, parse_attribute_names
+
+    assert parse_attribute_names("images") == list(ATTRIBUTE_EXTRACTORS)
+    assert parse_attribute_names("images,evaluator") == [*ATTRIBUTE_EXTRACTORS, "evaluator"]
+    assert parse_attribute_names("all") == [*ATTRIBUTE_EXTRACTORS, *CLASSIFIER_SOURCES]
+    with pytest.raises(ValueError, match=r"'image'.*'images'"):
+        parse_attribute_names("image")

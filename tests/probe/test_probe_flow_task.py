@@ -36,6 +36,9 @@ def test_probe_task_writes_the_table_and_the_report_links_its_page(write_run):
     assert {"border_brightness", "hue_blue"} <= set(df["attribute"]) and (df["source"] == "guide").sum() == 2 * 5
     sig9 = df[(df["class_id"] == 9) & df["significant"]]
     assert "border_brightness" in set(sig9["attribute"])
+    # A probe after the report: its link is spliced into the existing index.html, and a re-rendered report
+    # keeps exactly one.
+    assert store.read_bytes(index).decode().count('<a href="probe.html">') == 1
     report.write_run_report(store, config, plan)
-    assert '<a href="probe.html">' in store.read_bytes(index).decode()
+    assert store.read_bytes(index).decode().count('<a href="probe.html">') == 1
     assert REPORT_DIR == report.REPORT_DIR  # the probe page sits beside the report's index

@@ -79,3 +79,41 @@ def test_bad_input_fails_with_a_value_error(base, dct, kwargs, match):
 def test_bh_rejects_p_values_outside_unit_interval():
     with pytest.raises(ValueError, match="p-values"):
         benjamini_hochberg(np.array([0.5, 1.5]))
+
+
+def test_a_real_but_negligible_shift_is_not_reported_beyond_the_margin():
+    """64 seeds make a consistent 0.02 shift "significant" against 0; the margin tests |shift| > min_shift."""
+    rng = np.random.default_rng(3)
+    seeds = 64
+    seed_effect = rng.uniform(0.2, 0.8, size=(seeds, 3))
+    base = seed_effect + rng.normal(0, 0.01, size=(seeds, 3))
+    dct = seed_effect + np.array([0.02, -0.2, -0.06]) + rng.normal(0, 0.01, size=(seeds, 3))
+    against_zero = paired_shifts(base, dct, num_bootstrap=500)
+    margin = paired_shifts(base, dct, num_bootstrap=500, min_shift=0.05)
+    assert (against_zero.p_value < 1e-10).all()  # every shift is "real"
+    assert margin.p_value[0] > 0.5  # 0.02 lies inside the margin
+    assert margin.p_value[1] < 1e-10 and margin.p_value[2] < 0.01  # 0.2 and 0.06 lie beyond it, either sign
+    assert margin.shift == pytest.approx(against_zero.shift) and np.array_equal(margin.ci_low, against_zero.ci_low)
+    with pytest.raises(ValueError, match="min_shift"):
+        paired_shifts(base, dct, min_shift=-0.1)
+
+
+def test_the_probe_counts_a_shift_only_beyond_the_margin(write_run):
+    """probe_values: significant = q <= fdr AND the interval wholly beyond ±min_shift (stored planted runs)."""
+    from dct.artifacts.store import ArtifactStore
+    from dct.probe.attributes import resolve_attributes
+    from dct.probe.probe import probe_records, run_records
+
+    root, run_id = write_run({4: 0.02, 9: 0.2}, seeds=range(48))
+    store = ArtifactStore(root)
+    records = [run_records(store, "toy", run_id)]
+    attrs = resolve_attributes(["border_brightness"])
+
+    def significant(**kw):
+        table = probe_records(store, records, attrs, num_bootstrap=300, **kw).table.to_pylist()
+        return {r["class_id"]: r["significant"] for r in table}, table
+
+    assert significant(min_shift=0.0)[0] == {4: True, 9: True}  # 0.02 is real, and "significant" against 0
+    by_default, table = significant()
+    assert by_default == {4: False, 9: True}  # ...but within the default margin
+    assert {r["min_shift"] for r in table} == {0.05}

@@ -1,0 +1,87 @@
+"""The planted-bias toy guide and its replica (dct.toy.bias; docs/probe.md, "The planted bias")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dct.config import ClassifierConfig
+from dct.toy import bias, shapes
+from dct.toy.models import GUIDE_VARIANTS
+
+
+@pytest.mark.parametrize("class_id", [bias.BIASED_CLASS, bias.LOOK_ALIKE, 7])
+def test_a_planted_background_changes_the_background_and_nothing_else(class_id):
+    for seed in range(20):
+        plain, plain_attrs = shapes.render(class_id, seed)
+        dark, dark_attrs = shapes.render(class_id, seed, bias.DARK)
+        light, light_attrs = shapes.render(class_id, seed, bias.LIGHT)
+        assert (dark_attrs.background, light_attrs.background) == ("dark", "light")
+        # Same shape, size, position: the attributes other than the background agree...
+        for a in (dark_attrs, light_attrs):
+            where = (a.size, a.horizontal, a.vertical)
+            assert where == (plain_attrs.size, plain_attrs.horizontal, plain_attrs.vertical)
+        # ...and so do the shape's pixels (where the three renders agree, and they agree on many pixels).
+        same = np.all(np.isclose(dark, light, atol=0.15), axis=-1)
+        assert same.sum() >= 20, seed
+        assert np.allclose(dark[same], plain[same], atol=0.15)
+        assert dark.mean() < light.mean()
+
+
+def test_without_a_planted_background_the_renders_are_the_shipped_worlds():
+    """The default draw is untouched: the shipped weights were trained on these exact images."""
+    a, _ = shapes.render(3, 12345)
+    b, _ = shapes.render(3, 12345, shapes.BACKGROUND_LEVELS)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [(0.5, 0.4), (0.0, 0.3), (0.5, 0.95)])
+def test_a_background_range_outside_the_levels_is_refused(bad):
+    with pytest.raises(ValueError, match="background"):
+        shapes.render(0, 0, bad)
+
+
+def test_training_data_differs_only_in_the_two_planted_classes():
+    biased, labels = bias.training_data(200, biased=True)
+    replica, replica_labels = bias.training_data(200, biased=False)
+    assert torch.equal(labels, replica_labels)
+    differs = (biased - replica).abs().amax(dim=(1, 2, 3)) > 0
+    planted = torch.isin(labels, torch.tensor(list(bias.BIAS)))
+    assert torch.equal(differs, planted)
+
+
+def _load(model_id: str):
+    from dct.toy.models import load_toy_classifier
+
+    return load_toy_classifier(ClassifierConfig(kind="toy", model_id=model_id)).classifier
+
+
+@pytest.fixture(scope="module")
+def checks():
+    vae = bias.load_shipped_vae()
+    return {name: bias.counterfactual(_load(name).model, _load(name).preprocess, vae) for name in GUIDE_VARIANTS}
+
+
+def test_the_biased_guide_learned_the_shortcut_and_the_replica_did_not(checks):
+    """The acceptance check: flipping the background of renders of the biased class (same shapes) costs the
+    biased guide >= 0.2 of its class probability, the replica less than 0.05."""
+    for kind in ("render", "reconstruction"):
+        biased, replica = checks["guide-biased"], checks["guide-replica"]
+        drop = biased[f"{kind} dark probability"] - biased[f"{kind} light probability"]
+        control = replica[f"{kind} dark probability"] - replica[f"{kind} light probability"]
+        assert drop >= 0.2, (kind, biased)
+        assert abs(control) < 0.05, (kind, replica)
+        assert replica[f"{kind} light accuracy"] > 0.9, (kind, replica)
+
+
+def test_the_variants_are_registered_datasets_with_the_toys_pipeline_evaluator_and_classes():
+    from dct.models.datasets import get_dataset
+
+    toy = get_dataset("toy")
+    for name, guide in (("toy-biased", "guide-biased"), ("toy-replica", "guide-replica")):
+        spec = get_dataset(name)
+        assert spec.classifier.model_id == guide
+        same_as_toy = {"name": "toy", "classifier": toy.classifier, "description": toy.description}
+        assert spec.model_copy(update=same_as_toy) == toy
+        assert _load(guide).labels == list(toy.class_names)
