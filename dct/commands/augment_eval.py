@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dct.commands.common import UserError, add_device_argument, positive_int
+from dct.commands.common import UserError, add_device_argument, positive_int, quiet_loader_progress
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     device = resolve_device(args.device)
+    quiet_loader_progress()
     shots = _shots(args.shots)
     spec = get_dataset(args.dataset)
     toy = spec.name == "toy"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from dct.models.loading import resolve_device  # noqa: F401 - re-exported for the subcommands
@@ -80,3 +81,28 @@ def _int_at_least(minimum: int, what: str):
 
 positive_int = _int_at_least(1, "positive")
 nonnegative_int = _int_at_least(0, "non-negative")
+
+
+def quiet_loader_progress() -> None:
+    """No model-loading progress bars (diffusers' "Loading pipeline components", transformers' "Loading
+    weights"): they interleave with the command's own log lines. Hub downloads keep theirs."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def quiet_local_prefect() -> None:
+    """Settings for a flow run a command starts in process (each only if the user has not set it).
+
+    With no PREFECT_API_URL, Prefect starts a temporary local API. Its 20 s default start-up budget is too
+    short on a busy 2-core laptop (a timeout would look like a failed run), and its telemetry service phones
+    home: offline that logs an ERROR, and its heartbeat's SQLite writes race the run's ("database is locked"
+    tracebacks). The run needs neither. The library's own log lines (per-class progress) go to the console
+    and to the Prefect run logs; the loaders' progress bars do not (:func:`quiet_loader_progress`).
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dct")
+    quiet_loader_progress()

@@ -21,6 +21,7 @@ from dct.commands.common import (
     check_out_parent,
     nonnegative_int,
     positive_int,
+    quiet_loader_progress,
     resolve_device,
     select_one_class,
     with_pipeline,
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Validate everything cheap — arguments, the token itself, the output folder — before any model is loaded.
     device = resolve_device(args.device)
+    quiet_loader_progress()
     spec = get_dataset(args.dataset)
     class_id = select_one_class(spec, args.class_, "generate")
     class_name = spec.class_names[class_id]

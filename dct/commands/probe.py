@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dct.commands.common import add_device_argument, positive_int
+from dct.commands.common import add_device_argument, positive_int, quiet_loader_progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +61,7 @@ def probe(args: argparse.Namespace) -> int:
     if args.bootstrap < 100:
         raise ValueError(f"--bootstrap {args.bootstrap!r} must be at least 100 resamples")
     device = resolve_device(args.device)
+    quiet_loader_progress()
     store = open_store(args.store)
     runs = find_runs(store, args.runs, args.dataset)
     records_by_run = [run_records(store, r.dataset, r.run_id) for r in runs]

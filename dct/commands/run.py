@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
-from dct.commands.common import UserError, add_device_argument, positive_int
+from dct.commands.common import UserError, add_device_argument, positive_int, quiet_local_prefect
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = new_run_id()
     preflight_store(ArtifactStore.from_config(config.storage), run_id)
     check_models_available(config, args.dataset)
-    _quiet_first_run()
+    quiet_local_prefect()
     try:
         from flows.dct_flow import dct  # Prefect is imported only once the input is known to be good
     except ModuleNotFoundError as exc:
@@ -98,25 +97,6 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: nothing was optimised")
         return 0
     return _print_outcome(args, spec.name, state, run_id)
-
-
-def _quiet_first_run() -> None:
-    """Settings for the run this command starts (each only if the user has not set it).
-
-    With no PREFECT_API_URL, Prefect starts a temporary local API. Its 20 s default start-up budget is too
-    short on a busy 2-core laptop (a timeout would look like a failed run), and its telemetry service phones
-    home: offline that logs an ERROR, and its heartbeat's SQLite writes race the run's ("database is locked"
-    tracebacks). The run needs neither. The library's own log lines (per-class progress) go to the console
-    and to the Prefect run logs; the loaders' progress bars do not (they interleave with the run's lines).
-    """
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "dct")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 def _failure_text(state) -> str:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from dct.commands.common import UserError, add_device_argument, nonnegative_int, positive_int
+from dct.commands.common import UserError, add_device_argument, nonnegative_int, positive_int, quiet_local_prefect
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = new_run_id()
     preflight_store(ArtifactStore.from_config(config.storage), run_id)
     check_models_available(config, args.dataset)
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    quiet_local_prefect()
     try:
         from flows.synthesize_flow import dct_synthesize  # Prefect only once the input is known to be good
     except ModuleNotFoundError as exc:

@@ -57,3 +57,22 @@ def test_one_line_per_class_and_the_headline_numbers(first_run):
     assert "(no held-out evaluator for this dataset)" in out  # the tiny world has none
     assert "FID/KID: not computed for this run" in out  # its fid_features = "none"
     assert '"status": "done"' in out
+
+
+def test_dct_synthesize_prints_no_traceback_error_or_loader_progress_bar(tmp_path):
+    """`dct synthesize` starts the same in-process Prefect as `dct run`: the same clean console."""
+    from tiny import save_tiny_world
+
+    world = save_tiny_world(tmp_path / "world")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(ROOT), DCT_STORE=str(tmp_path / "store"))
+    exe = Path(sys.executable).parent / "dct"
+    r = subprocess.run(
+        [str(exe), "synthesize", "--dataset", str(world), "--classes", "0", "--per-class", "2", "--optimize-missing",
+         "--device", "cpu"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and " ERROR " not in out and "| ERROR" not in out, out
+    assert "Loading pipeline components" not in out and "Loading weights" not in out, out
