@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dct.synthesis.augment import (
+    AUGMENT_SCHEMA_VERSION,
     ArmData,
     DownstreamConfig,
     augment_batch,
@@ -64,6 +65,7 @@ def test_experiment_rows_table_and_plot():
     assert len(rows) == len(overall) * 4  # + one row per class
     table = results_table(rows, {"downstream_model": TINY.model, "dataset": "t", "synth_key": "a",
                                  "filtered_synth_key": "b"})
-    assert table.num_rows == len(rows) and table.schema.metadata[b"dct.schema_version"] == b"1"
+    assert table.num_rows == len(rows)
+    assert table.schema.metadata[b"dct.schema_version"] == str(AUGMENT_SCHEMA_VERSION).encode()
     with Image.open(io.BytesIO(plot_png(rows, "t"))) as im:
         assert im.format == "PNG" and im.size[0] > 300
