@@ -15,9 +15,16 @@ from tasks.classes import load_shard_models, optimize_and_evaluate_class, record
 
 
 def shard_run_name(prefix: str):
-    """A shard flow's run name: ``{prefix}-{dataset}-{first id}-{last id}`` (the dct and synthesis shards)."""
+    """A shard flow's run name: ``{prefix}-{dataset}-{first id}-{last id}`` (the dct and synthesis shards).
+
+    A run the deployment fan-out created keeps the name it was given there (the same, plus ``-a{attempt}``),
+    so a resubmitted shard is told apart from its first attempt in the Prefect UI.
+    """
 
     def name() -> str:
+        given = flow_run.name or ""
+        if given.startswith(f"{prefix}-"):  # named by flows/fanout.py, attempt included
+            return given
         p = flow_run.parameters
         ids = p.get("class_ids") or []
         span = f"{ids[0]:05d}-{ids[-1]:05d}" if ids else "empty"

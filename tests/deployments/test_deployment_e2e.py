@@ -241,7 +241,6 @@ with get_client(sync_client=True) as c:
         out.append({
             "name": r.name,
             # flows/fanout.py submits attempt a of shard i with idempotency key "{run_id}:shard-{i}:attempt-{a}"
-            # (the run's name is the shard flow's own, the same for both attempts)
             "attempt": int(r.idempotency_key.rsplit(":attempt-", 1)[1]),
             "class_ids": r.parameters.get("class_ids"),
             "state": r.state.type.value if r.state else None,
@@ -361,6 +360,8 @@ def test_shard_killed_mid_class_is_resubmitted_with_its_unfinished_classes(clust
     assert [(s["attempt"], s["class_ids"], s["state"]) for s in shards] == [
         (0, [2, 3], "CRASHED"), (1, [3], "COMPLETED")
     ], shards
+    # The names tell the attempts apart in the UI: the fan-out's names survive the shard flow's own template.
+    assert [s["name"] for s in shards] == ["dct-shard-tiny-00002-00003-a0", "dct-shard-tiny-00003-00003-a1"], shards
 
 
 def test_lost_worker_is_caught_by_the_shard_timeout(cluster, tiny_world_files):
