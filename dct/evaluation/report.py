@@ -145,9 +145,16 @@ def accuracy_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> byt
             ax.legend(fontsize=8, loc="upper left")
     if title:
         fig.suptitle(title, fontsize=11)
+    return figure_png(fig, dpi=110)
+
+
+def figure_png(fig, *, dpi: float | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out tight, then closed); the report's and augment-eval's plots."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=dpi if dpi is not None else "figure")
     plt.close(fig)
     return buf.getvalue()
 
@@ -222,11 +229,7 @@ def uplift_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes
         ax.set_title(f"{who}: baseline vs DCT top-1 (density)", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=100)
 
 
 def class_index(

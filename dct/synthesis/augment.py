@@ -233,12 +233,12 @@ def summary_frame(rows: Sequence[dict]):
 
 def plot_png(rows: Sequence[dict], title: str) -> bytes:
     """Accuracy vs k, one line per arm with ± std error bars; PNG bytes."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from dct.evaluation.report import figure_png
 
     s = summary_frame(rows)
     sanity = s[(s.arm == "real") & ~s.k.isin(sorted({r["k"] for r in rows if r["arm"] != "real"}))]
@@ -258,8 +258,4 @@ def plot_png(rows: Sequence[dict], title: str) -> bytes:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
