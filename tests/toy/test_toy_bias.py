@@ -60,7 +60,8 @@ def _load(model_id: str):
 @pytest.fixture(scope="module")
 def checks():
     vae = bias.load_shipped_vae()
-    return {name: bias.counterfactual(_load(name).model, _load(name).preprocess, vae) for name in GUIDE_VARIANTS}
+    guides = {name: _load(name) for name in GUIDE_VARIANTS}
+    return {name: bias.counterfactual(g.model, g.preprocess, vae) for name, g in guides.items()}
 
 
 def test_the_biased_guide_learned_the_shortcut_and_the_replica_did_not(checks):
