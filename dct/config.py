@@ -381,29 +381,61 @@ class RunOverrides(_Frozen):
     num_samples: PositiveInt | None = Field(default=None, description="evaluation images per class and variant")
     eval_batch_size: PositiveInt | None = Field(default=None, description="images per evaluation batch")
     sample_format: Literal["png", "jpeg", "none"] | None = Field(default=None, description="stored sample format")
+    num_vectors: PositiveInt | None = Field(
+        default=None, le=16, description="embedding vectors per class token (TokenConfig.num_vectors)"
+    )
+    initializer_token: str | None = Field(
+        default=None, min_length=1, description="existing one-token word whose embedding initialises the token"
+    )
 
     def apply(self, config: RunConfig) -> RunConfig:
         """A new, re-validated RunConfig with these overrides (the input is never mutated)."""
         data = config.model_dump()
-        sections = {
-            "training": {
-                "max_epochs": self.max_epochs,
-                "images_per_epoch": self.images_per_epoch,
-                "seed": self.seed,
-                "grad_steps": self.grad_steps,
-                "micro_batch_size": self.micro_batch_size,
-            },
-            "sampler": {"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale},
-            "optimizer": {"lr": self.lr},
-            "evaluation": {
-                "num_samples": self.num_samples,
-                "batch_size": self.eval_batch_size,
-                "sample_format": self.sample_format,
-            },
-        }
-        for section, values in sections.items():
-            data[section].update({k: v for k, v in values.items() if v is not None})
+        for field, value in self.model_dump(exclude_none=True).items():
+            section, key = OVERRIDE_PATHS[field]
+            data[section][key] = value
         return RunConfig.model_validate(data)
+
+    @classmethod
+    def between(cls, base: RunConfig, target: RunConfig) -> RunOverrides | None:
+        """The overrides that turn ``base`` into ``target`` (empty when they are equal), or None when they
+        differ in something no override sets (another model, other templates): how a command says which
+        flags reproduce a run's settings."""
+        a, b = base.model_dump(mode="json"), target.model_dump(mode="json")
+        settable = {path: field for field, path in OVERRIDE_PATHS.items()}
+        given = {}
+        for section in a:
+            if section == "storage":
+                continue
+            if not isinstance(a[section], dict):
+                if a[section] != b[section]:
+                    return None
+                continue
+            for key in a[section].keys() | b[section].keys():
+                if a[section].get(key) != b[section].get(key):
+                    if (section, key) not in settable:
+                        return None
+                    given[settable[section, key]] = b[section].get(key)
+        return cls(**given)
+
+
+# Where each override lands in the RunConfig: (section, field).
+OVERRIDE_PATHS: dict[str, tuple[str, str]] = {
+    "max_epochs": ("training", "max_epochs"),
+    "images_per_epoch": ("training", "images_per_epoch"),
+    "seed": ("training", "seed"),
+    "grad_steps": ("training", "grad_steps"),
+    "micro_batch_size": ("training", "micro_batch_size"),
+    "num_inference_steps": ("sampler", "num_inference_steps"),
+    "guidance_scale": ("sampler", "guidance_scale"),
+    "lr": ("optimizer", "lr"),
+    "num_vectors": ("token", "num_vectors"),
+    "initializer_token": ("token", "initializer_token"),
+    "num_samples": ("evaluation", "num_samples"),
+    "eval_batch_size": ("evaluation", "batch_size"),
+    "sample_format": ("evaluation", "sample_format"),
+}
+assert set(OVERRIDE_PATHS) == set(RunOverrides.model_fields), "every override names its place in RunConfig"
 
 
 # The one prompt builder: optimisation, evaluation, generation and the report all call these two.
@@ -493,6 +525,7 @@ class DatasetSpec(BaseModel):
     optimizer: OptimizerConfig = OptimizerConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    token: TokenConfig = TokenConfig()
     reference_images: str | None = Field(default=None, description="URI/dir of real images for FID, or None")
 
     @field_validator("class_names")
@@ -511,7 +544,9 @@ class DatasetSpec(BaseModel):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def run_config(self, storage: StorageConfig | None = None, token: TokenConfig | None = None) -> RunConfig:
+    def run_config(self, storage: StorageConfig | None = None) -> RunConfig:
+        """The dataset's run configuration (a dataset file's ``[token]`` section included); overrides are
+        :meth:`RunOverrides.apply`'s job."""
         evaluation = self.evaluation
         if evaluation.evaluator is None and self.evaluator is not None:
             evaluation = evaluation.model_copy(update={"evaluator": self.evaluator})
@@ -520,7 +555,7 @@ class DatasetSpec(BaseModel):
             diffusion=self.diffusion,
             sampler=self.sampler,
             classifier=self.classifier,
-            token=token or TokenConfig(),
+            token=self.token,
             optimizer=self.optimizer,
             training=self.training,
             prompts=self.prompts,

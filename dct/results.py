@@ -353,6 +353,11 @@ class RunRecord(_Record):
     report_uri: str | None = None
     bundle_uri: str | None = None
     config_json: str = Field(description="canonical JSON of the RunConfig (no credentials: it holds none)")
+    # What `--run RUN_ID` needs beyond config_json (run.json only, not table columns; None in older records).
+    dataset_source: str | None = Field(
+        default=None, description="the dataset as the run named it: registry name or the dataset file's absolute path"
+    )
+    class_ids: list[int] | None = Field(default=None, description="the classes the run selected")
     provenance: Provenance
     started_at: dt.datetime
     finished_at: dt.datetime | None = None

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from dct.config import RunOverrides
 from dct.models.datasets import dataset_label
 from dct.results import class_summary
+from dct.run.plan import RunPlan
 from flows.shard import dct_shard
 from tasks.evaluate import compute_pooled_metrics, write_report
 from tasks.plan import preflight_and_plan
@@ -47,11 +48,13 @@ def dct(
     run_id: str | None = None,
     max_in_flight: int | None = None,
     probe: bool = False,
+    plan: RunPlan | None = None,
 ) -> dict:
     """Learn and evaluate the class tokens of a dataset; resumable, sharded, published as Parquet."""
+    from dct.models.datasets import get_dataset
     from dct.models.loading import describe_device
     from dct.results import new_run_id
-    from dct.run.plan import build_config, failed_fraction
+    from dct.run.plan import failed_fraction
 
     logger = get_run_logger()
     if not 0.0 <= max_failed_fraction <= 1.0:
@@ -61,9 +64,13 @@ def dct(
     if max_in_flight is not None and max_in_flight < 1:
         raise ValueError(f"max_in_flight={max_in_flight!r} must be a positive int (None: twice the gpu pool's limit)")
     started_at = dt.datetime.now(dt.UTC)
-    run_id = run_id or new_run_id(started_at)
-    where = "cuda (the gpu pool's workers)" if mode == "deployment" else describe_device(device)
-    plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id, where)
+    if plan is None:  # a deployment run: plan here; `dct run` plans before Prefect starts and passes its plan
+        run_id = run_id or new_run_id(started_at)
+        where = "cuda (the gpu pool's workers)" if mode == "deployment" else describe_device(device)
+        plan = preflight_and_plan(dataset, classes, store, force, shard_size, max_classes, overrides, run_id, where)
+    elif run_id not in (None, plan.run_id):
+        raise ValueError(f"run_id={run_id!r} differs from the given plan's {plan.run_id!r}; pass one of them")
+    run_id = plan.run_id
     for line in plan.summary_lines():
         logger.info(line)
     if dry_run:
@@ -76,20 +83,20 @@ def dct(
             "shards": plan.shards,
         }
 
-    spec, config = build_config(dataset, overrides, plan.store_root)
-    shard_params = {
-        "dataset": dataset,
-        "store": plan.store_root,
-        "force": force,
-        "device": device,
-        "overrides": overrides.model_dump(mode="json") if overrides else None,
-    }
+    # The one run plan: its config (dataset + overrides + token settings) and keys go to every shard as they are.
+    spec, config = get_dataset(plan.source or dataset), plan.config
+    names = {c: spec.class_names[c] for c in plan.todo}
+    shard_plan = plan.shard_plan()
     missing_reasons: dict[int, str] = {}
     if mode == "deployment" and plan.shards:
-        missing_reasons = _fan_out(plan, config, shard_params, run_id, shard_timeout_minutes, max_in_flight)
+        shard_params = {"plan": shard_plan.model_dump(mode="json"), "force": force, "device": device}
+        missing_reasons = _fan_out(plan, config, shard_params, run_id, shard_timeout_minutes, max_in_flight, names)
     else:
         for shard in plan.shards:  # local: each shard is an in-process child flow run
-            dct_shard(class_ids=shard, run_id=run_id, **{**shard_params, "overrides": overrides})
+            dct_shard(
+                plan=shard_plan, class_ids=shard, class_names=[names[c] for c in shard], run_id=run_id, force=force,
+                device=device,
+            )
 
     # Evaluate: pooled FID/KID over the selection's finished classes, then the report. A failure here must
     # not lose the tables of hours of GPU work: it is logged (a failed task in the UI) and the run publishes.
@@ -144,7 +151,8 @@ def dct(
 
 
 def _fan_out(
-    plan, config, shard_params: dict, run_id: str, shard_timeout_minutes: float | None, max_in_flight: int | None
+    plan, config, shard_params: dict, run_id: str, shard_timeout_minutes: float | None, max_in_flight: int | None,
+    class_names: dict[int, str],
 ) -> dict[int, str]:
     """Deployment mode: shards as child runs of `dct-shard/gpu`; records come back through the store."""
     from dct.artifacts.store import ArtifactStore
@@ -175,6 +183,7 @@ def _fan_out(
         shard_timeout_s=timeout_s,
         unfinished=unfinished,
         max_in_flight=max_in_flight,
+        class_names=class_names,
     )
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -58,11 +58,12 @@ class ShardAttempt:
 
 def _submit(
     index: int, attempt: int, class_ids: list[int], run_id: str, params: dict, label: str,
-    deployment: str = SHARD_DEPLOYMENT,
+    deployment: str = SHARD_DEPLOYMENT, class_names: Mapping[int, str] | None = None,
 ) -> ShardAttempt:
+    names = {"class_names": [class_names[c] for c in class_ids]} if class_names is not None else {}
     flow_run = run_deployment(
         deployment,
-        parameters={**params, "class_ids": class_ids, "run_id": run_id},
+        parameters={**params, **names, "class_ids": class_ids, "run_id": run_id},
         timeout=0,  # submit only; waiting happens below for all shards together
         idempotency_key=f"{run_id}:shard-{index}:attempt-{attempt}",
         flow_run_name=f"{deployment.split('/')[0]}-{label}-{class_ids[0]:05d}-{class_ids[-1]:05d}-a{attempt}",
@@ -116,6 +117,7 @@ def run_shards_on_workers(
     max_in_flight: int | None = None,
     client: Any = None,
     deployment: str = SHARD_DEPLOYMENT,
+    class_names: Mapping[int, str] | None = None,
 ) -> dict[int, str]:
     """Submit the shards in waves, wait for all, resubmit a Crashed or timed-out shard's unfinished classes once.
 
@@ -129,6 +131,8 @@ def run_shards_on_workers(
         max_in_flight: child runs not final at once (default: twice the gpu pool's concurrency limit).
         client: a sync Prefect client to poll with (default: a new one).
         deployment: the shard deployment (``dct-shard/gpu``; synthesis uses ``dct-synthesize-shard/gpu``).
+        class_names: names by class id; each shard run gets those of its own classes (``class_names``), so
+            a worker never rebuilds the dataset to name them.
 
     Returns:
         For classes that ended without a record, a reason text (by class id) for their failed record.
@@ -145,7 +149,7 @@ def run_shards_on_workers(
                 i, attempt, ids = queue.popleft()
 
                 def submit(i: int = i, attempt: int = attempt, ids: list[int] = ids) -> ShardAttempt:
-                    return _submit(i, attempt, ids, run_id, shard_params, dataset_label, deployment)
+                    return _submit(i, attempt, ids, run_id, shard_params, dataset_label, deployment, class_names)
 
                 pending.append(_with_backoff(submit, f"submitting shard {i}", poll_s, logger))
 

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from dct.config import RunOverrides, SamplerConfig
 from dct.models.datasets import dataset_label
 from dct.synthesis.config import FilterConfig, SynthesisConfig
+from dct.synthesis.synthesize import SynthesisPlan
 from flows.synthesize_shard import SYNTH_SHARD_DEPLOYMENT, dct_synthesize_shard
 from tasks.synthesize import finalize_synthetic_set, plan_synthetic_set
 
@@ -31,7 +32,7 @@ def dct_synthesize(
     per_class: int,
     classes: str | int | list[str | int] = "all",
     store: str | None = None,
-    seed: int | None = None,
+    image_seed: int | None = None,
     templates: list[str] | None = None,
     sampler: SamplerConfig | None = None,
     filter: FilterConfig | None = None,
@@ -40,6 +41,7 @@ def dct_synthesize(
     image_format: Literal["png", "jpeg"] = "png",
     batch_size: int | None = None,
     overrides: RunOverrides | None = None,
+    run: str | None = None,
     bundle: str | None = None,
     optimize_missing: bool = False,
     shard_size: int = 16,
@@ -47,10 +49,12 @@ def dct_synthesize(
     mode: Literal["local", "deployment"] = "local",
     shard_timeout_minutes: float = 60.0,
     run_id: str | None = None,
+    plan: SynthesisPlan | None = None,
 ) -> dict:
     """Synthesize a training set per class from the dataset's learned tokens; resumable, sharded, keyed."""
+    from dct.models.datasets import get_dataset
     from dct.results import new_run_id
-    from dct.run.plan import build_config
+    from dct.run.handle import resolve_settings
     from dct.synthesis.synthesize import plan_to_json
 
     logger = get_run_logger()
@@ -59,31 +63,32 @@ def dct_synthesize(
         **{
             k: v
             for k, v in dict(
-                per_class=per_class, seed=seed, templates=tuple(templates) if templates else None, sampler=sampler,
-                filter=filter, baseline=baseline, webdataset=webdataset, image_format=image_format,
+                per_class=per_class, seed=image_seed, templates=tuple(templates) if templates else None,
+                sampler=sampler, filter=filter, baseline=baseline, webdataset=webdataset, image_format=image_format,
                 batch_size=batch_size,
             ).items()
             if v is not None
         }
     )
-    args = (dataset, synthesis, classes, store, overrides, bundle, shard_size, run_id)
-    plan = plan_synthetic_set(*args)
-    if optimize_missing and plan.missing_tokens and not bundle:
-        from flows.dct_flow import dct
+    if plan is None or optimize_missing:  # `dct synthesize` plans before Prefect starts and passes its plan
+        settings = resolve_settings(dataset=dataset, overrides=overrides, store=store, run=run)
+        args = (dataset, synthesis, classes, store, bundle, shard_size, run_id, settings)
+        plan = plan or plan_synthetic_set(*args)
+        if optimize_missing and plan.missing_tokens and not bundle:
+            from flows.dct_flow import dct
 
-        logger.info("optimising the %d classes without a token first", len(plan.missing_tokens))
-        dct(
-            dataset=dataset, classes=plan.missing_tokens, store=plan.store_root, overrides=overrides,
-            shard_size=shard_size, device=device, mode=mode, max_failed_fraction=1.0,
-        )
-        plan = plan_synthetic_set(*args)
+            logger.info("optimising the %d classes without a token first", len(plan.missing_tokens))
+            dct(
+                dataset=settings.source, classes=plan.missing_tokens, store=plan.store_root, overrides=overrides,
+                shard_size=shard_size, device=device, mode=mode, max_failed_fraction=1.0,
+            )
+            plan = plan_synthetic_set(*args)
     for line in plan.summary_lines():
         logger.info(line)
-    spec, config = build_config(dataset, overrides, plan.store_root)
-    shard_params = {
-        "dataset": dataset, "plan": plan_to_json(plan), "synthesis": synthesis.model_dump(mode="json"),
-        "overrides": overrides.model_dump(mode="json") if overrides else None, "device": device,
-    }
+    # The one plan: its run configuration goes to every shard as it is; names only for the shards' classes.
+    config, spec = plan.shard_config(), get_dataset(plan.source or dataset)
+    names = {c: spec.class_names[c] for c in plan.todo}
+    shard_params = {"plan": plan_to_json(plan), "synthesis": synthesis.model_dump(mode="json"), "device": device}
     if mode == "deployment" and plan.shards:
         from dct.artifacts.store import ArtifactStore
         from flows.fanout import run_shards_on_workers
@@ -97,12 +102,13 @@ def dct_synthesize(
         reasons = run_shards_on_workers(
             plan.shards, run_id=run_id, shard_params=shard_params, dataset_label=plan.dataset,
             shard_timeout_s=60 * shard_timeout_minutes, unfinished=unfinished, deployment=SYNTH_SHARD_DEPLOYMENT,
+            class_names=names,
         )
         for class_id, reason in sorted(reasons.items()):
             logger.error("class %d not synthesized: %s", class_id, reason)
     else:
         for shard in plan.shards:
-            dct_synthesize_shard(class_ids=shard, run_id=run_id, **shard_params)
+            dct_synthesize_shard(class_ids=shard, class_names=[names[c] for c in shard], run_id=run_id, **shard_params)
     summary = finalize_synthetic_set(plan, config, list(spec.class_names))
     unfinished_ids = sorted(set(plan.todo) - set(_finished(config, plan)))
     create_markdown_artifact(

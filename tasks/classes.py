@@ -11,7 +11,8 @@ from dct.artifacts.store import ArtifactStore
 from dct.config import RunConfig
 from dct.models.loading import Models
 from dct.results import class_summary
-from dct.run.runner import failed_record, process_class
+from dct.run.plan import ShardPlan
+from dct.run.runner import failed_record, plan_key_mismatch, process_class
 from dct.run.runner import load_shard_models as load_models_and_features
 
 
@@ -19,6 +20,12 @@ from dct.run.runner import load_shard_models as load_models_and_features
 def load_shard_models(config: RunConfig, device: str) -> Models:
     """Load the diffusion pipeline, the guide, the evaluator and the FID feature extractor once per shard."""
     return load_models_and_features(config, device, ArtifactStore.from_config(config.storage))
+
+
+@task(name="check-plan-keys", cache_policy=NO_CACHE)
+def check_plan_keys(plan: ShardPlan, models: Models) -> str | None:
+    """None if the loaded models give the plan's token_key and eval_key, else why this shard must not write."""
+    return plan_key_mismatch(plan, models)
 
 
 @task(name="optimize-and-evaluate-class", cache_policy=NO_CACHE)
@@ -40,10 +47,12 @@ def record_failed_class(
     run_id: str,
     error: str,
     started: dt.datetime,
+    keys: tuple[str, str] | None = None,
 ) -> dict:
     """Write a failed-attempt record with the error text, so the next run retries this class."""
     store = ArtifactStore.from_config(config.storage)
     record = failed_record(
-        store, config, models, class_id=class_id, class_name=class_name, run_id=run_id, error=error, started=started
+        store, config, models, class_id=class_id, class_name=class_name, run_id=run_id, error=error, started=started,
+        keys=keys,
     )
     return class_summary(record)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dct.artifacts.store import ArtifactStore
-from dct.config import RunConfig, RunOverrides
+from dct.config import RunConfig
 from dct.models.loading import Models
+from dct.run.handle import RunSettings
 from dct.synthesis.config import SynthesisConfig
 from dct.synthesis.synthesize import (
     SynthesisPlan,
@@ -23,22 +26,22 @@ def plan_synthetic_set(
     synthesis: SynthesisConfig,
     classes,
     store: str | None,
-    overrides: RunOverrides | None,
     bundle: str | None,
     shard_size: int,
     run_id: str,
+    settings: RunSettings,
 ) -> SynthesisPlan:
     """Validate settings, store and models; list the classes with a token and without a finished part."""
     return plan_synthesis(
-        dataset=dataset, synthesis=synthesis, classes=classes, store=store, overrides=overrides, bundle=bundle,
-        shard_size=shard_size, probe_name=run_id,
+        dataset=dataset, synthesis=synthesis, classes=classes, store=store, bundle=bundle, shard_size=shard_size,
+        probe_name=run_id, settings=settings,
     )
 
 
 @task(name="synthesize-classes", cache_policy=NO_CACHE)
 def synthesize_classes(
     plan: SynthesisPlan, config: RunConfig, synthesis: SynthesisConfig, models: Models, class_ids: list[int],
-    class_names: list[str],
+    class_names: Mapping[int, str],
 ) -> list[dict]:
     """Render, score and write the sets of these classes; each class's manifest part is written last."""
     store = ArtifactStore.from_config(config.storage)

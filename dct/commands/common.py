@@ -43,6 +43,99 @@ def select_one_class(spec, class_arg: str, command: str) -> int:
     return ids[0]
 
 
+# The override flags of every command that learns or uses class tokens (`dct run`, `optimize`, `synthesize`,
+# `augment-eval`): one flag, one RunOverrides field, one meaning everywhere. `token` flags change token_key,
+# so a command that reads tokens needs them to find the tokens a run learned (or `--run RUN_ID` instead).
+OVERRIDE_FLAGS: tuple[tuple[str, str, str, str], ...] = (
+    # (flag, RunOverrides field, parser name, group)
+    ("--max-epochs", "max_epochs", "positive", "token"),
+    ("--seed", "seed", "nonnegative", "token"),
+    ("--num-vectors", "num_vectors", "positive", "token"),
+    ("--initializer-token", "initializer_token", "str", "token"),
+    ("--images-per-epoch", "images_per_epoch", "positive", "token"),
+    ("--grad-steps", "grad_steps", "positive", "token"),
+    ("--lr", "lr", "float", "token"),
+    ("--num-samples", "num_samples", "positive", "evaluation"),
+    ("--micro-batch-size", "micro_batch_size", "positive", "memory"),
+)
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, groups: tuple[str, ...] = ("token",)) -> None:
+    """The override flags of ``groups`` ("token", "evaluation", "memory"), help text from RunOverrides."""
+    from dct.config import RunOverrides
+
+    parsers = {"positive": positive_int, "nonnegative": nonnegative_int, "float": float, "str": str}
+    for flag, field, kind, group in OVERRIDE_FLAGS:
+        if group in groups:
+            text = RunOverrides.model_fields[field].description
+            parser.add_argument(flag, dest=field, type=parsers[kind], help=f"override: {text}")
+
+
+def overrides_from_args(args: argparse.Namespace):
+    """The :class:`dct.config.RunOverrides` of the override flags given (None when none was)."""
+    from dct.config import RunOverrides
+
+    given = {field: getattr(args, field) for _, field, _, _ in OVERRIDE_FLAGS if getattr(args, field, None) is not None}
+    return RunOverrides(**given) if given else None
+
+
+def override_flags(overrides) -> str:
+    """The flags that give ``overrides`` back (``--max-epochs 2 --seed 7``), for hints."""
+    if overrides is None:
+        return ""
+    by_field = {field: flag for flag, field, _, _ in OVERRIDE_FLAGS}
+    given = overrides.model_dump(exclude_none=True)
+    return " ".join(f"{by_field.get(k, k)} {v}" for k, v in given.items())
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dataset`` and ``--run``: where a command's settings come from (``resolve_command_settings``)."""
+    parser.add_argument(
+        "--dataset", help="registered dataset name or dataset file (.toml/.yaml); default toy, or the run's with --run"
+    )
+    parser.add_argument(
+        "--run", metavar="RUN_ID",
+        help="take the exact settings, keys and tokens of a finished `dct run` (the id it printed last) from its "
+        "run record in --store, instead of --dataset and override flags",
+    )
+
+
+def resolve_command_settings(args: argparse.Namespace, overrides):
+    """The command's :class:`dct.run.handle.RunSettings` and class selection, from ``--run`` or ``--dataset`` +
+    override flags (one rule for every command). ``--classes`` defaults to the run's classes with ``--run``.
+
+    Raises:
+        ValueError: as :func:`dct.run.handle.resolve_settings`, or a selection the dataset does not have.
+    """
+    from dct.models.datasets import select_classes
+    from dct.run.handle import resolve_settings
+
+    settings = resolve_settings(
+        dataset=args.dataset, overrides=overrides, store=args.store, run=args.run,
+        overrides_given=override_flags(overrides),
+    )
+    classes = getattr(args, "classes", None)
+    if classes is None:
+        classes = settings.run.class_ids if settings.run is not None and settings.run.class_ids else "all"
+    select_classes(settings.spec, classes)
+    return settings, classes
+
+
+def missing_tokens_hint(store, settings, token_key: str, dataset_arg: str | None) -> str:
+    """What to give when no token is stored under ``token_key``: the run that learned them with other settings
+    (``--run RUN_ID``, or its override flags), else `dct run`."""
+    from dct.run.handle import latest_other_run
+
+    found = latest_other_run(store, settings.config, token_key) if settings.run is None else None
+    if found is None:
+        return f"run `dct run --dataset {dataset_arg or settings.source}` first, or give --bundle"
+    run_id, overrides = found
+    flags = override_flags(overrides) if overrides is not None else ""
+    if flags:
+        return f"run {run_id} learned its tokens with {flags}: pass --run {run_id} (or the same flags)"
+    return f"run {run_id} learned its tokens with other settings: pass --run {run_id}"
+
+
 def with_overrides(config, **sections):
     """``config`` with whole sections replaced (e.g. ``diffusion=...``), every validator run again."""
     if not sections:

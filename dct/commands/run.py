@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from dct.commands.common import UserError, add_device_argument, positive_int, quiet_local_prefect
+from dct.commands.common import (
+    UserError,
+    add_device_argument,
+    add_override_arguments,
+    overrides_from_args,
+    positive_int,
+    quiet_local_prefect,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,15 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of failed classes tolerated before the run is marked Failed (default 0)",
     )
     p.add_argument("--dry-run", action="store_true", help="preflight + plan only: print what would run and its cost")
-    p.add_argument("--max-epochs", type=positive_int, help="override: upper bound on updates per class")
-    p.add_argument("--num-samples", type=positive_int, help="override: evaluation images per class and variant")
-    p.add_argument("--micro-batch-size", type=positive_int, help="override: images per forward/backward")
-    p.add_argument(
-        "--seed",
-        type=int,
-        help="override: optimisation noise seed (another seed optimises another token, e.g. for the probe's "
-        "interval over runs; evaluation seeds stay)",
-    )
+    add_override_arguments(p, ("token", "evaluation", "memory"))
     p.add_argument(
         "--probe", action="store_true", help="also run the bias probe on the stored samples (see `dct probe`)"
     )
@@ -48,25 +47,25 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.max_failed_fraction <= 1.0:
         raise UserError(f"--max-failed-fraction {args.max_failed_fraction!r} must be within [0, 1]")
-    from dct.artifacts.store import ArtifactStore
-    from dct.config import RunOverrides
-    from dct.models.datasets import get_dataset, select_classes
-    from dct.models.loading import resolve_device
+    from dct.models.loading import describe_device
     from dct.results import new_run_id
-    from dct.run.plan import build_config, check_models_available, preflight_store
+    from dct.run.plan import plan_run
 
-    # The preflight before Prefect starts, cheapest first, so bad input fails in seconds with one line and
-    # nothing written (the flow repeats it: deployments start the flow without this command).
-    resolve_device(args.device)
-    spec = get_dataset(args.dataset)
-    select_classes(spec, args.classes)
-    overrides = RunOverrides(
-        max_epochs=args.max_epochs, num_samples=args.num_samples, micro_batch_size=args.micro_batch_size, seed=args.seed
-    )
-    _, config = build_config(args.dataset, overrides, args.store)  # re-validates the overridden config
+    # The preflight and the plan before Prefect starts, cheapest first, so bad input fails in seconds with one
+    # line and nothing written; the flow runs THIS plan (deployments, which start the flow without this command,
+    # plan inside the flow with the same function).
+    where = describe_device(args.device)
+    overrides = overrides_from_args(args)
     run_id = new_run_id()
-    preflight_store(ArtifactStore.from_config(config.storage), run_id)
-    check_models_available(config, args.dataset)
+    plan = plan_run(
+        dataset=args.dataset, classes=args.classes, store=args.store, force=args.force, shard_size=args.shard_size,
+        max_classes=args.max_classes, overrides=overrides, run_id=run_id, device=where,
+    )
+    if args.dry_run:
+        for line in plan.summary_lines():
+            print(line)
+        print("dry run: nothing was optimised")
+        return 0
     quiet_local_prefect()
     try:
         from flows.dct_flow import dct  # Prefect is imported only once the input is known to be good
@@ -83,20 +82,12 @@ def run(args: argparse.Namespace) -> int:
         max_classes=args.max_classes,
         max_failed_fraction=args.max_failed_fraction,
         overrides=overrides,
-        dry_run=args.dry_run,
         device=args.device,
-        run_id=run_id,
         probe=args.probe,
+        plan=plan,
         return_state=True,
     )
-    if args.dry_run:
-        if state.is_failed():
-            raise UserError(_failure_text(state))
-        for line in state.result()["plan"]:
-            print(line)
-        print("dry run: nothing was optimised")
-        return 0
-    return _print_outcome(args, spec.name, state, run_id)
+    return _print_outcome(args, plan.dataset, state, run_id)
 
 
 def _failure_text(state) -> str:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from dct.commands.common import UserError, add_device_argument, nonnegative_int, positive_int, quiet_local_prefect
+from dct.commands.common import (
+    UserError,
+    add_device_argument,
+    add_override_arguments,
+    add_run_arguments,
+    nonnegative_int,
+    overrides_from_args,
+    positive_int,
+    quiet_local_prefect,
+    resolve_command_settings,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,15 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with the dataset's finished tokens (or a run's --bundle) into synthetic/<dataset>/<synth_key>/ in the "
         "store. Resumable: a re-run renders only unfinished classes; changed settings write a new synth_key beside.",
     )
-    p.add_argument("--dataset", default="toy", help="registered dataset or dataset file (default: toy)")
+    add_run_arguments(p)
     p.add_argument("--per-class", type=positive_int, required=True, help="kept images per class")
-    p.add_argument("--classes", default="all", help='"all", ids "0,3", a range "0-99", or names (default: all)')
-    p.add_argument("--store", help="store root URI (default: $DCT_STORE, else ./dct-store)")
-    p.add_argument("--bundle", help="take the tokens from a run's bundle (runs/<dataset>/<run_id>/bundle/tokens...)")
-    p.add_argument("--optimize-missing", action="store_true", help="optimise classes without a token first")
     p.add_argument(
-        "--seed", type=nonnegative_int, help="image j of a class uses seed SEED + j (default 1000000; must miss "
-        "the optimisation and evaluation seeds)"
+        "--classes", help='"all", ids "0,3", a range "0-99", or names (default: all; with --run, the run\'s classes)'
+    )
+    p.add_argument("--store", help="store root URI (default: $DCT_STORE, else ./dct-store)")
+    p.add_argument(
+        "--bundle", help="take the tokens from a run's bundle: runs/<dataset>/<run_id>/bundle or its tokens.safetensors"
+    )
+    p.add_argument("--optimize-missing", action="store_true", help="optimise classes without a token first")
+    add_override_arguments(p)
+    p.add_argument(
+        "--image-seed", type=nonnegative_int, help="image j of a class uses seed IMAGE_SEED + j (default 1000000; "
+        "must miss the optimisation and evaluation seeds)"
     )
     p.add_argument(
         "--template", action="append", dest="templates", metavar="TEMPLATE",
@@ -45,18 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dct.artifacts.store import ArtifactStore
-    from dct.models.datasets import get_dataset, select_classes
     from dct.models.loading import resolve_device
     from dct.results import new_run_id
-    from dct.run.plan import build_config, check_models_available, preflight_store
-    from dct.synthesis.config import FilterConfig, SynthesisConfig, check_synthesis
+    from dct.synthesis.config import FilterConfig, SynthesisConfig
+    from dct.synthesis.synthesize import plan_synthesis
 
-    # Every cheap check before Prefect starts or a model loads (the flow repeats them for deployments).
+    # Every check before Prefect starts or a model loads: the settings (a dataset + flags, or --run), the classes,
+    # the store, the models, the tokens. The flow runs THIS plan (deployments plan inside the flow).
     resolve_device(args.device)
-    spec = get_dataset(args.dataset)
-    select_classes(spec, args.classes)
-    _, config = build_config(args.dataset, None, args.store)
+    overrides = overrides_from_args(args)
+    settings, classes = resolve_command_settings(args, overrides)
+    config = settings.config
     sampler = None
     if args.steps is not None or args.guidance_scale is not None:
         update = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale}
@@ -68,15 +82,18 @@ def run(args: argparse.Namespace) -> int:
         else None
     )
     fields = dict(
-        per_class=args.per_class, seed=args.seed, templates=tuple(args.templates) if args.templates else None,
+        per_class=args.per_class, seed=args.image_seed, templates=tuple(args.templates) if args.templates else None,
         sampler=sampler, filter=filt, baseline=args.baseline, webdataset=args.webdataset, image_format=args.format,
         batch_size=args.batch_size,
     )
     synthesis = SynthesisConfig(**{k: v for k, v in fields.items() if v is not None})
-    check_synthesis(synthesis, config)
     run_id = new_run_id()
-    preflight_store(ArtifactStore.from_config(config.storage), run_id)
-    check_models_available(config, args.dataset)
+    plan = plan_synthesis(
+        dataset=settings.source, synthesis=synthesis, classes=classes, store=args.store, bundle=args.bundle,
+        shard_size=args.shard_size, probe_name=run_id, settings=settings,
+    )
+    if not plan.todo and not plan.finished and plan.missing_tokens and not args.optimize_missing:
+        raise UserError(_no_tokens_text(plan, settings, args))
     quiet_local_prefect()
     try:
         from flows.synthesize_flow import dct_synthesize  # Prefect only once the input is known to be good
@@ -85,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("`dct synthesize` needs Prefect: pip install -e '.[orchestration]'") from None
         raise
     state = dct_synthesize(
-        dataset=args.dataset, per_class=args.per_class, classes=args.classes, store=args.store, seed=args.seed,
-        templates=list(args.templates) if args.templates else None, sampler=sampler, filter=filt,
-        baseline=args.baseline, webdataset=args.webdataset, image_format=args.format, batch_size=args.batch_size,
-        bundle=args.bundle, optimize_missing=args.optimize_missing, shard_size=args.shard_size, device=args.device,
-        run_id=run_id, return_state=True,
+        dataset=settings.source, per_class=args.per_class, classes=classes, store=args.store,
+        image_seed=args.image_seed, templates=list(args.templates) if args.templates else None, sampler=sampler,
+        filter=filt, baseline=args.baseline, webdataset=args.webdataset, image_format=args.format,
+        batch_size=args.batch_size, overrides=overrides, run=args.run, bundle=args.bundle,
+        optimize_missing=args.optimize_missing, shard_size=args.shard_size, device=args.device, run_id=run_id,
+        plan=plan, return_state=True,
     )
     try:
         out = state.result()
@@ -107,6 +125,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"  rows:    {out['metadata_uri']}")
     print(f"  card:    {out['card_uri']}")
     return 0
+
+
+def _no_tokens_text(plan, settings, args) -> str:
+    """Why nothing can be synthesized, and the flag or ``--run`` that finds the tokens a run learned."""
+    from dct.artifacts.store import open_store
+    from dct.commands.common import missing_tokens_hint
+
+    hint = missing_tokens_hint(open_store(plan.store_root), settings, plan.token_key, args.dataset)
+    return (
+        f"no class of {plan.dataset!r} selected here has a token under token_key {plan.token_key} in store "
+        f"{plan.store_root!r}; {hint}"
+    )
 
 
 def _ids(ids: list[int]) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict
+
 from dct.artifacts.store import ArtifactStore, StoreUnavailableError, validate_component
 from dct.config import DatasetSpec, RunConfig, RunOverrides, StorageConfig, eval_key, token_key
 from dct.models.datasets import get_dataset, select_classes
@@ -37,9 +39,28 @@ class Revisions:
     evaluator: str | None
 
 
+class ShardPlan(BaseModel):
+    """What the parent decided, carried to every shard (local or a `dct-shard/gpu` run): the exact run
+    configuration and the keys it planned under. A shard never rebuilds the configuration from the dataset
+    name; it checks that the models it loaded give these keys (docs/design.md, "One run plan")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: RunConfig
+    token_key: str
+    eval_key: str
+    revisions: Revisions
+
+
 @dataclass
 class RunPlan:
-    """The outcome of preflight + planning (small and JSON-friendly: flows pass it around)."""
+    """The outcome of preflight + planning (small and JSON-friendly: flows pass it around).
+
+    ``config`` is THE run configuration (dataset + overrides + token settings), built once here; the flow,
+    every shard and the published run record use it as it is. ``source`` is what the user named the dataset
+    by (a registry name, or a dataset file's absolute path), kept in the run record so that ``--run RUN_ID``
+    finds the class names again.
+    """
 
     dataset: str
     run_id: str
@@ -53,6 +74,15 @@ class RunPlan:
     revisions: Revisions
     estimate: dict[str, float] = field(default_factory=dict)
     device: str = "cuda"
+    config: RunConfig | None = None
+    source: str | None = None
+
+    def shard_plan(self) -> ShardPlan:
+        if self.config is None:
+            raise ValueError(f"plan of run {self.run_id!r} carries no run configuration; build it with plan_run")
+        return ShardPlan(
+            config=self.config, token_key=self.token_key, eval_key=self.eval_key, revisions=self.revisions
+        )
 
     def summary_lines(self) -> list[str]:
         e = self.estimate
@@ -76,10 +106,20 @@ def _span(ids: list[int]) -> str:
     return ",".join(map(str, ids))
 
 
+def dataset_source(dataset: str) -> str:
+    """What names a dataset for a later command: the registry name, or the dataset file's absolute path."""
+    from pathlib import Path
+
+    from dct.models.datasets import is_dataset_file
+
+    return str(Path(dataset).expanduser().resolve()) if is_dataset_file(dataset) else dataset
+
+
 def build_config(
     dataset: str, overrides: RunOverrides | None = None, store: str | None = None
 ) -> tuple[DatasetSpec, RunConfig]:
-    """The dataset's spec and its run config with overrides applied (re-validated)."""
+    """The dataset's spec and its run config with overrides applied (re-validated): the one place a run's
+    configuration is made from a dataset (registry name or file) and :class:`RunOverrides`."""
     spec = get_dataset(dataset)
     config = spec.run_config(storage=StorageConfig(root=store))
     if overrides is not None:
@@ -223,6 +263,8 @@ def plan_run(
     plan's; the scale benchmark counts them), else one is opened here.
     ``device`` is where the classes will run (``cpu``, ``cuda:0 (…)``, or the GPU workers; None = this
     machine's 'auto' device): the plan's cost estimate names it and uses that device's cost per image.
+    ``dct run`` calls this before Prefect starts and hands the plan to the flow; a deployment run calls it
+    inside the flow. Either way it runs once per run, cheapest check first.
 
     Raises:
         ValueError / FileNotFoundError: bad dataset, classes or numbers (message names the value).
@@ -238,6 +280,7 @@ def plan_run(
     selected = select_classes(spec, classes)
     artifact_store = artifact_store or ArtifactStore.from_config(config.storage)
     preflight_store(artifact_store, run_id)
+    check_models_available(config, dataset)
     revisions = resolve_revisions(config)
     tkey = token_key(config, revisions.diffusion, revisions.classifier)
     ekey = eval_key(config, tkey, revisions.evaluator)
@@ -258,6 +301,8 @@ def plan_run(
         revisions=revisions,
         estimate=estimate_work(config, len(todo)),
         device=device or _this_machine(),
+        config=config,
+        source=dataset_source(dataset),
     )
 
 

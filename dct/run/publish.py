@@ -141,6 +141,8 @@ def publish_run(
         report_uri=report_uri,
         bundle_uri=bundle_uri,
         config_json=canonical_json(config),
+        dataset_source=plan.source,
+        class_ids=list(plan.selected),
         provenance=records[0].provenance if records else _parent_provenance(config, plan),
         started_at=started_at,
         finished_at=dt.datetime.now(dt.UTC),

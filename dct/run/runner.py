@@ -30,6 +30,7 @@ from dct.method.sampling import generate
 from dct.method.tokens import TokenVector, install_token, token_widths
 from dct.models.loading import Models, load_models
 from dct.results import ClassRecord, Provenance, build_provenance, failed_class_record, write_class_record
+from dct.run.plan import ShardPlan
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +261,30 @@ def process_class(
     return record
 
 
+def plan_key_mismatch(plan: ShardPlan, models: Models) -> str | None:
+    """Why this shard must not write under the plan's keys, or None when its models give exactly those keys.
+
+    A worker whose model snapshot differs from the parent's (another hub revision, a local directory that
+    differs by one byte) would write tokens and records under other keys, and the parent would find "no
+    record" for classes that were done (docs/design.md, "One run plan").
+    """
+    tkey, ekey = models.keys(plan.config)
+    if (tkey, ekey) == (plan.token_key, plan.eval_key):
+        return None
+    loaded = {"diffusion": models.pipe_revision, "classifier": models.classifier_revision,
+              "evaluator": models.evaluator_revision}
+    differ = [
+        f"the {role} model here is revision {loaded[role]!r}, the plan's is {getattr(plan.revisions, role)!r}"
+        for role in loaded
+        if loaded[role] != getattr(plan.revisions, role)
+    ]
+    return (
+        f"the models loaded on this worker give token_key {tkey} and eval_key {ekey}, the plan's are "
+        f"{plan.token_key} and {plan.eval_key} ({'; '.join(differ) or 'same revisions, other settings'}); nothing "
+        "was written under other keys: give every worker the parent's model snapshot (`dct models pull`) and re-run"
+    )
+
+
 def load_shard_models(config: RunConfig, device: torch.device | str, store: ArtifactStore) -> Models:
     """:func:`load_models` plus the FID/KID feature extractor (on the shard's device), all loaded once.
 
@@ -299,9 +324,14 @@ def failed_record(
     run_id: str,
     error: BaseException | str,
     started: dt.datetime,
+    keys: tuple[str, str] | None = None,
 ) -> ClassRecord:
-    """Write and return a ``failed`` record with the error text; the next run retries the class."""
-    tkey, ekey = models.keys(config)
+    """Write and return a ``failed`` record with the error text; the next run retries the class.
+
+    ``keys``: ``(token_key, eval_key)`` to record it under (the plan's, where the loaded models give others);
+    default the loaded models' keys.
+    """
+    tkey, ekey = keys or models.keys(config)
     record = failed_class_record(
         config,
         run_id=run_id,

@@ -23,7 +23,8 @@ from dct.method.sampling import generate
 from dct.method.tokens import add_placeholder_token, set_token_vector
 from dct.models.datasets import select_classes
 from dct.models.loading import Models
-from dct.run.plan import Revisions, build_config, check_models_available, make_shards, preflight_store
+from dct.run.handle import RunSettings, check_run_token_key, resolve_settings
+from dct.run.plan import Revisions, check_models_available, make_shards, preflight_store
 from dct.synthesis.config import SynthesisConfig, check_synthesis, synth_key
 from dct.synthesis.layout import (
     METADATA_SCHEMA_VERSION,
@@ -55,6 +56,10 @@ class SynthesisPlan:
     revisions: Revisions
     bundle: str | None = None
     info: dict = field(default_factory=dict)
+    # THE run configuration the tokens were learned with (a dataset + overrides, or a run's own): every shard
+    # uses it as it is (docs/design.md, "One run plan").
+    config: RunConfig | None = None
+    source: str | None = None  # the dataset as named (registry name or dataset file), for its class names
 
     def summary_lines(self) -> list[str]:
         lines = [
@@ -66,6 +71,13 @@ class SynthesisPlan:
             shown = ", ".join(map(str, self.missing_tokens[:20])) + (" …" if len(self.missing_tokens) > 20 else "")
             lines.append(f"no token for classes {shown}: run `dct run` first, or pass optimize_missing")
         return lines
+
+    def shard_config(self) -> RunConfig:
+        if self.config is None:
+            raise ValueError(
+                f"synthesis plan {self.synth_key!r} carries no run configuration; build it with plan_synthesis"
+            )
+        return self.config
 
 
 def synthesis_config(spec: DatasetSpec, config: RunConfig, **fields) -> SynthesisConfig:
@@ -107,12 +119,15 @@ def plan_synthesis(
     bundle: str | None = None,
     shard_size: int = 16,
     probe_name: str | None = None,
+    settings: RunSettings | None = None,
 ) -> SynthesisPlan:
     """Preflight (cheap checks first: nothing is loaded before the settings are known good) and plan.
 
     Args:
         overrides: the method overrides the tokens were learned with (they decide ``token_key``).
         bundle: URI of a run's token bundle to take the tokens from instead of the token store.
+        settings: the dataset and run configuration, already resolved (``--run``: a run's own, whose
+            ``token_key`` the models here must reproduce); default: ``dataset`` + ``overrides``.
 
     Raises:
         ValueError: a seed block overlapping the optimisation/evaluation seeds, bad classes, a foreign bundle.
@@ -123,7 +138,8 @@ def plan_synthesis(
 
     if shard_size <= 0:
         raise ValueError(f"shard_size={shard_size!r} must be a positive integer")
-    spec, config = build_config(dataset, overrides, store)
+    settings = settings or resolve_settings(dataset=dataset, overrides=overrides, store=store)
+    spec, config = settings.spec, settings.config
     check_synthesis(synthesis, config)  # before any model is touched
     selected = select_classes(spec, classes)
     artifact_store = ArtifactStore.from_config(config.storage)
@@ -135,6 +151,7 @@ def plan_synthesis(
         have = set(by_class)
     else:
         tkey = token_key(config, revisions.diffusion, revisions.classifier)
+        check_run_token_key(settings, tkey, revisions)
         have = artifact_store.stored_token_class_ids(config.dataset, tkey)
     skey = synth_key(synthesis, config, tkey, revisions.classifier, revisions.evaluator)
     done = artifact_store.synthetic_finished_class_ids(config.dataset, skey)
@@ -165,6 +182,8 @@ def plan_synthesis(
         revisions=revisions,
         bundle=bundle,
         info=info,
+        config=config,
+        source=settings.source,
     )
 
 
@@ -421,6 +440,7 @@ def synthesize_dataset(
     overrides: RunOverrides | None = None,
     bundle: str | None = None,
     device: str = "cpu",
+    settings: RunSettings | None = None,
 ) -> tuple[SynthesisPlan, dict]:
     """Plan, synthesize every unfinished class in one process, finalise (no Prefect; notebooks, tests).
 
@@ -429,10 +449,11 @@ def synthesize_dataset(
     """
     from dct.models.loading import load_models, resolve_device
 
+    settings = settings or resolve_settings(dataset=dataset, overrides=overrides, store=store)
     plan = plan_synthesis(
-        dataset=dataset, synthesis=synthesis, classes=classes, store=store, overrides=overrides, bundle=bundle
+        dataset=dataset, synthesis=synthesis, classes=classes, store=store, bundle=bundle, settings=settings
     )
-    spec, config = build_config(dataset, overrides, plan.store_root)
+    spec, config = settings.spec, plan.shard_config()
     artifact_store = ArtifactStore.from_config(config.storage)
     if plan.todo:
         models = load_models(config, resolve_device(device))
@@ -441,11 +462,14 @@ def synthesize_dataset(
 
 
 def plan_to_json(plan: SynthesisPlan) -> dict:
-    return asdict(plan)
+    data = asdict(plan)
+    data["config"] = plan.config.model_dump(mode="json") if plan.config is not None else None
+    return data
 
 
 def plan_from_json(data: dict) -> SynthesisPlan:
-    return SynthesisPlan(**{**data, "revisions": Revisions(**data["revisions"])})
+    config = RunConfig.model_validate(data["config"]) if data.get("config") is not None else None
+    return SynthesisPlan(**{**data, "revisions": Revisions(**data["revisions"]), "config": config})
 
 
 
