@@ -16,7 +16,16 @@ from pathlib import Path
 
 import torch
 
-from dct.commands.common import UserError, add_device_argument, positive_int, quiet_loader_progress
+from dct.commands.common import (
+    UserError,
+    add_device_argument,
+    add_override_arguments,
+    add_run_arguments,
+    overrides_from_args,
+    positive_int,
+    quiet_loader_progress,
+    resolve_command_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +44,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "real images; writes augment.parquet and augment.png to --out, and with augment.html beside the report of the "
         "run whose tokens it used, whose index.html gains an augmentation section.",
     )
-    p.add_argument("--dataset", default="toy", help="registered dataset or dataset file (default: toy)")
+    add_run_arguments(p)
+    p.add_argument(
+        "--classes", help='"all", ids "0,3", a range "0-99", or names (default: all; with --run, the run\'s classes); '
+        "the downstream classifier tells the selected classes apart",
+    )
+    p.add_argument(
+        "--bundle", help="take the tokens from a run's bundle: runs/<dataset>/<run_id>/bundle or its tokens.safetensors"
+    )
+    add_override_arguments(p)
     p.add_argument("--shots", default="1,2,4,8", help="real images per class, comma-separated (default 1,2,4,8)")
     p.add_argument("--synthetic-per-class", type=positive_int, default=64, help="synthetic images per class")
     p.add_argument("--seeds", type=positive_int, default=3, help="training seeds (default 3)")
@@ -48,12 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, help="optimiser steps per training run (default 600)")
     p.add_argument("--sanity-k", type=int, default=64, help="also real-only with this many per class (0 = off)")
     p.add_argument("--out", type=Path, help="output folder (default ./augment-<dataset>/)")
-    p.add_argument(
-        "--run",
-        metavar="RUN_ID",
-        help="the run whose report gets the results; it must have learned the tokens used (default: the "
-        "dataset's latest run with them; none: --out only)",
-    )
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -70,7 +81,7 @@ def _shots(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from dct.artifacts.store import open_store
-    from dct.models.datasets import get_dataset
+    from dct.models.datasets import select_classes
     from dct.models.loading import resolve_device
     from dct.synthesis.augment import DownstreamConfig
     from dct.synthesis.config import FilterConfig, SynthesisConfig
@@ -79,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     quiet_loader_progress()
     shots = _shots(args.shots)
-    spec = get_dataset(args.dataset)
+    overrides = overrides_from_args(args)
+    settings, classes = resolve_command_settings(args, overrides)  # --run: the run's settings and classes
+    spec = settings.spec
+    class_ids = select_classes(spec, classes)
+    if len(class_ids) < 2:
+        raise UserError(f"--classes {classes!r} selects {len(class_ids)} class; a downstream classifier needs two")
     toy = spec.name == "toy"
     if not toy and not (args.real_train and args.real_test):
         raise UserError(f"dataset {spec.name!r} needs --real-train and --real-test image folders (class-id folders)")
@@ -100,32 +116,36 @@ def run(args: argparse.Namespace) -> int:
     from dct.synthesis.synthesize import plan_synthesis, synthesize_dataset
 
     # Cheap checks before any image is rendered: the tokens exist, and the run the results go to has them.
-    first = plan_synthesis(dataset=args.dataset, synthesis=plain, store=args.store)
-    if first.missing_tokens:
-        raise UserError(
-            f"classes {first.missing_tokens[:20]} of {spec.name!r} have no finished token in the store; "
-            f"run `dct run --dataset {args.dataset}` first"
-        )
+    where = {"classes": class_ids, "store": args.store, "bundle": args.bundle, "settings": settings}
+    first = plan_synthesis(dataset=settings.source, synthesis=plain, **where)
     store = open_store(first.store_root)
+    if first.missing_tokens:
+        from dct.commands.common import missing_tokens_hint
+
+        raise UserError(
+            f"classes {first.missing_tokens[:20]} of {spec.name!r} have no finished token under token_key "
+            f"{first.token_key} in store {first.store_root!r}; "
+            + missing_tokens_hint(store, settings, first.token_key, args.dataset)
+        )
     run_id = _attach_to(store, args.run, first.dataset, first.token_key)
     sets = {}
     for name, cfg in (("plain", plain), ("filtered", filtered)):
-        plan, summary = synthesize_dataset(
-            dataset=args.dataset, synthesis=cfg, store=args.store, device=str(device)
-        )
+        plan, summary = synthesize_dataset(dataset=settings.source, synthesis=cfg, device=str(device), **where)
         sets[name] = (plan, summary)
     t_synth = time.perf_counter() - t_start
-    synthetic = _synthetic_arms(store, sets, spec.num_classes)
-    size = synthetic["dct"].images.shape[-2:]
-    if toy:
-        pools, test = _toy_real(spec.num_classes, args.seeds, max([*shots, args.sanity_k or 0]), args.test_per_class)
-    else:
-        pools, test = _folder_real(args, spec.num_classes, size, max([*shots, args.sanity_k or 0]))
-    from dct.synthesis.augment import plot_png, results_table, run_experiment, summary_frame
+    from dct.synthesis.augment import plot_png, relabel, results_table, run_experiment, summary_frame
 
+    synthetic = {arm: relabel(data, class_ids) for arm, data in _synthetic_arms(store, sets).items()}
+    size = synthetic["dct"].images.shape[-2:]
+    most = max([*shots, args.sanity_k or 0])
+    if toy:
+        pools, test = _toy_real(class_ids, args.seeds, most, args.test_per_class)
+    else:
+        pools, test = _folder_real(args, spec.num_classes, size, most)
+    pools, test = [relabel(p, class_ids) for p in pools], relabel(test, class_ids)
     rows = run_experiment(
-        downstream, real_pools=pools, test=test, synthetic=synthetic, shots=shots, num_classes=spec.num_classes,
-        sanity_k=args.sanity_k or None, device=device,
+        downstream, real_pools=pools, test=test, synthetic=synthetic, shots=shots, num_classes=len(class_ids),
+        sanity_k=args.sanity_k or None, device=device, class_ids=class_ids,
     )
     import pyarrow.parquet as pq
 
@@ -169,7 +189,7 @@ def _attach_to(store, run_id: str | None, dataset: str, token_key: str) -> str |
     return find_runs(store, [run_id], dataset, token_key=token_key)[0].run_id
 
 
-def _synthetic_arms(store, sets, num_classes: int):
+def _synthetic_arms(store, sets):
     """The three synthetic arms from the two sets' manifests (images decoded from the store)."""
     from dct.artifacts.images import decode_image
     from dct.synthesis.augment import ArmData
@@ -193,14 +213,14 @@ def _synthetic_arms(store, sets, num_classes: int):
     return arms
 
 
-def _toy_real(num_classes: int, seeds: int, per_class: int, test_per_class: int):
-    """Real toy images: one pool per training seed (disjoint seed blocks) and a held-out test set."""
+def _toy_real(class_ids: list[int], seeds: int, per_class: int, test_per_class: int):
+    """Real toy images of ``class_ids``: one pool per training seed (disjoint seed blocks) and a held-out test set."""
     from dct.synthesis.augment import ArmData
     from dct.toy.shapes import render
 
     def block(start: int, n: int) -> ArmData:
         imgs, labels = [], []
-        for c in range(num_classes):
+        for c in class_ids:
             for i in range(n):
                 imgs.append(torch.from_numpy(render(c, start + i)[0]).permute(2, 0, 1))
                 labels.append(c)
@@ -265,5 +285,7 @@ def _print_tables(rows, summary, class_names, synthetic) -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.precision", 2):
         per.index = [f"{c} {class_names[c]}" for c in per.index]
         print(per)
-    counts = {a: torch.bincount(d.labels, minlength=len(class_names)).tolist() for a, d in synthetic.items()}
+    ids = sorted(set(df["class_id"]))  # the selected classes; synthetic labels are their positions
+    counts = {a: dict(zip(ids, torch.bincount(d.labels, minlength=len(ids)).tolist(), strict=True))
+              for a, d in synthetic.items()}
     print(f"synthetic images per class: {counts}")

@@ -21,9 +21,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_one_class_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dataset`` (default toy), ``--class`` (one class), ``--pipeline``/``--revision`` (diffusion override)."""
-    parser.add_argument(
-        "--dataset", default="toy", help="registered dataset name or dataset file (.toml/.yaml); default toy"
-    )
+    parser.add_argument("--dataset", help="registered dataset name or dataset file (.toml/.yaml); default toy")
     parser.add_argument(
         "--class", dest="class_", metavar="CLASS", required=True, help="class id (0-based) or exact class name"
     )

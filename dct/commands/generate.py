@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run bundle written by `dct run`: .../runs/<dataset>/<run_id>/bundle/tokens.safetensors "
         "(or its folder), local or s3://...",
     )
+    source.add_argument(
+        "--run", metavar="RUN_ID",
+        help="a finished `dct run` (the id it printed last): its token of --class and its exact settings, from --store",
+    )
+    p.add_argument("--store", help="store root URI of --run (default: $DCT_STORE, else ./dct-store)")
     p.add_argument("--n", type=positive_int, default=8, help="images per variant (default 8)")
     p.add_argument(
         "--seed", type=nonnegative_int, help="image j uses noise seed SEED + j (default: the dataset's evaluation seed)"
@@ -79,24 +84,27 @@ def run(args: argparse.Namespace) -> int:
     from dct.config import baseline_prompts, epoch_prompts
     from dct.method.sampling import generate
     from dct.method.tokens import install_token, text_encoders, token_widths
-    from dct.models.datasets import get_dataset
     from dct.models.hub import ModelNotAvailableError
     from dct.models.pipelines import load_pipeline
+    from dct.run.handle import resolve_settings
 
     # Validate everything cheap — arguments, the token itself, the output folder — before any model is loaded.
     device = resolve_device(args.device)
     quiet_loader_progress()
-    spec = get_dataset(args.dataset)
+    settings = resolve_settings(dataset=args.dataset, overrides=None, store=args.store, run=args.run)
+    spec = settings.spec
     class_id = select_one_class(spec, args.class_, "generate")
     class_name = spec.class_names[class_id]
-    config = with_pipeline(spec.run_config(), args.pipeline, args.revision)
+    config = with_pipeline(settings.config, args.pipeline, args.revision)
     seed = config.evaluation.seed if args.seed is None else args.seed
     seeds = [seed + j for j in range(args.n)]
     out = (args.out or Path("samples") / f"{spec.name}-{class_id:05d}").absolute()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder for the images")
     check_out_parent(out)
-    if args.token is not None:
+    if args.run is not None:
+        found = _token_from_run(settings, class_id)
+    elif args.token is not None:
         found = _token_from_file(args.token, spec.name, class_id)
     else:
         found = _token_from_bundle(args.bundle, spec.name, class_id)
@@ -222,6 +230,23 @@ def _token_from_file(uri: str, dataset: str, class_id: int) -> _ClassToken:
         asked = dataset if key == "dataset" else class_id
         logger.warning("--token %s has no %r in its metadata; assuming it is for %s %s", uri, key, flags[key], asked)
     return _ClassToken(token, vector, meta.get("base_model"), meta.get("base_model_revision"))
+
+
+def _token_from_run(settings, class_id: int) -> _ClassToken:
+    """The token a run learned for ``class_id``: ``tokens/<dataset>/<its token_key>/<class_id>.safetensors``.
+
+    Raises:
+        ValueError: the run has no token for the class (it failed, or was not selected).
+    """
+    from dct.artifacts.store import open_store
+
+    store, run = open_store(settings.config.storage.root), settings.run
+    if not store.has_token(run.dataset, run.token_key, class_id):
+        raise ValueError(
+            f"run {run.run_id!r} has no token for class {class_id} (token_key {run.token_key}); pick a class the "
+            f"run finished, or learn this one with `dct run --classes {class_id}` and its settings"
+        )
+    return _token_from_file(store.token_uri(run.dataset, run.token_key, class_id), run.dataset, class_id)
 
 
 def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:

@@ -9,8 +9,9 @@ from pathlib import Path
 from dct.commands.common import (
     add_device_argument,
     add_one_class_arguments,
+    add_override_arguments,
     check_out_parent,
-    positive_int,
+    overrides_from_args,
     resolve_device,
     select_one_class,
     with_overrides,
@@ -31,9 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", help="classifier model id/path (overrides the dataset's guide)")
     p.add_argument("--classifier-kind", help="loader kind of --classifier (hf, vit-mae, timm, local, toy)")
     p.add_argument("--out", type=Path, help="token file to write; default ./tokens/<dataset>-<class id>.safetensors")
-    p.add_argument("--max-epochs", type=positive_int, help="upper bound on updates (dataset default otherwise)")
-    p.add_argument("--micro-batch-size", type=positive_int, help="images per forward/backward (bounds memory)")
-    p.add_argument("--grad-steps", type=positive_int, help="final UNet evaluations with gradients")
+    add_override_arguments(p, ("token", "memory"))
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     add_device_argument(p)
     p.set_defaults(func=run)
@@ -44,16 +43,17 @@ def run(args: argparse.Namespace) -> int:
     from dct.config import token_key
     from dct.method.optimize import optimize_token
     from dct.models.classifiers import load_classifier
-    from dct.models.datasets import get_dataset
     from dct.models.hub import ModelNotAvailableError
     from dct.models.pipelines import load_pipeline
+    from dct.run.handle import resolve_settings
     from dct.run.plan import check_models_available
 
     # Validate everything cheap before any model is loaded.
     device = resolve_device(args.device)
-    spec = get_dataset(args.dataset)
+    settings = resolve_settings(dataset=args.dataset, overrides=overrides_from_args(args), store=None)
+    spec = settings.spec
     class_id = select_one_class(spec, args.class_, "optimize")
-    config = with_pipeline(spec.run_config(), args.pipeline, args.revision)
+    config = with_pipeline(settings.config, args.pipeline, args.revision)
     updates: dict = {}
     if args.classifier or args.classifier_kind:
         updates["classifier"] = config.classifier.model_copy(
@@ -63,17 +63,6 @@ def run(args: argparse.Namespace) -> int:
                 "preprocess": None,
             }
         )
-    training = {
-        k: v
-        for k, v in (
-            ("max_epochs", args.max_epochs),
-            ("micro_batch_size", args.micro_batch_size),
-            ("grad_steps", args.grad_steps),
-        )
-        if v is not None
-    }
-    if training:
-        updates["training"] = config.training.model_copy(update=training)
     config = with_overrides(config, **updates)
     out = (args.out or Path("tokens") / f"{spec.name}-{class_id:05d}.safetensors").absolute()
     if out.is_dir():

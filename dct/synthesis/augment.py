@@ -158,10 +158,13 @@ def run_experiment(
     num_classes: int,
     sanity_k: int | None = 64,
     device: torch.device | str = "cpu",
+    class_ids: Sequence[int] | None = None,
 ) -> list[dict]:
     """Every (seed, k, arm) training run; the rows of the result table.
 
     Args:
+        class_ids: the dataset's class id of each downstream label ``0..num_classes-1`` (a selection of
+            classes, relabelled by :func:`relabel`); default the labels themselves.
         real_pools: one pool of real training images per training seed (the seed's k images are its first k
             per class, shared by every arm of that seed).
         synthetic: arm name → synthetic images (``baseline``, ``dct``, ``dct_filtered``; absent arms skipped).
@@ -170,6 +173,9 @@ def run_experiment(
     Returns:
         Rows ``{arm, k, seed, class_id (None = all), accuracy, seconds}``.
     """
+    ids = list(class_ids) if class_ids is not None else list(range(num_classes))
+    if len(ids) != num_classes:
+        raise ValueError(f"class_ids has {len(ids)} ids for {num_classes} downstream classes; give one per class")
     rows = []
     for seed, pool in enumerate(real_pools):
         plan = [(k, arm) for k in shots for arm in ARMS if arm == "real" or arm in synthetic]
@@ -185,10 +191,25 @@ def run_experiment(
             logger.info("seed %d k=%d %-12s top-1 %.3f (%.1f s)", seed, k, arm, top1, seconds)
             rows.append({"arm": arm, "k": k, "seed": seed, "class_id": None, "accuracy": top1, "seconds": seconds})
             rows += [
-                {"arm": arm, "k": k, "seed": seed, "class_id": c, "accuracy": a, "seconds": None}
+                {"arm": arm, "k": k, "seed": seed, "class_id": ids[c], "accuracy": a, "seconds": None}
                 for c, a in enumerate(per_class)
             ]
     return rows
+
+
+def relabel(data: ArmData, class_ids: Sequence[int]) -> ArmData:
+    """Only the images of ``class_ids``, labelled by their position there (a downstream task over a selection).
+
+    Raises:
+        ValueError: a selected class without an image (it could not be learned or tested).
+    """
+    keep = torch.isin(data.labels, torch.tensor(list(class_ids)))
+    position = {c: j for j, c in enumerate(class_ids)}
+    labels = torch.tensor([position[int(c)] for c in data.labels[keep]], dtype=torch.long)
+    missing = sorted(set(class_ids) - {int(c) for c in data.labels[keep]})
+    if missing:
+        raise ValueError(f"no image of classes {missing[:20]} here; each selected class needs images")
+    return ArmData(data.images[keep], labels)
 
 
 def results_table(rows: Sequence[dict], info: Mapping[str, str]):
