@@ -157,6 +157,6 @@ def test_a_bad_run_fails_in_one_line_before_any_image_is_rendered(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
     assert repr(run_id) in err
-    expected = {"unknown": "no run", "other-dataset": "of dataset 'inet'", "other-tokens": "token_key 'otherkey'"}
+    expected = {"unknown": "no run", "other-dataset": "of dataset 'inet'", "other-tokens": "under token_key otherkey"}
     assert expected[case] in html.unescape(err)
     assert not store.fs.exists(store.to_path(store.uri("synthetic"))), "synthesis ran before the run was checked"

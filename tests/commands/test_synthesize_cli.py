@@ -11,8 +11,8 @@ import pytest
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--per-class", "4", "--seed", "3"], "overlap the optimisation seeds"),
-        (["--per-class", "4", "--seed", "10010"], "overlap the evaluation seeds"),
+        (["--per-class", "4", "--image-seed", "3"], "overlap the optimisation seeds"),
+        (["--per-class", "4", "--image-seed", "10010"], "overlap the evaluation seeds"),
         (["--per-class", "4", "--template", "a photo"], "exactly one '{}'"),
         (["--per-class", "4", "--filter", "guide", "--min-probability", "1.5"], "min_probability"),
         (["--per-class", "0"], "must be a positive integer"),
