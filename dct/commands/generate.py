@@ -2,7 +2,7 @@
 
 The images are made exactly as evaluation makes them: the dataset's configured sampler through the one
 denoising loop (``dct.method.sampling.generate``), image j from template ``j mod len(templates)`` and noise seed
-``seed + j``, so ``--seed`` defaults to the evaluation seed and the DCT and baseline images of one index
+``seed + j``, so ``--image-seed`` defaults to the evaluation seed and the DCT and baseline images of one index
 share their noise and template (only the word differs).
 """
 
@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", help="store root URI of --run (default: $DCT_STORE, else ./dct-store)")
     p.add_argument("--n", type=positive_int, default=8, help="images per variant (default 8)")
     p.add_argument(
-        "--seed", type=nonnegative_int, help="image j uses noise seed SEED + j (default: the dataset's evaluation seed)"
+        "--image-seed", type=nonnegative_int,
+        help="image j uses noise seed IMAGE_SEED + j (default: the dataset's evaluation seed)",
     )
     p.add_argument(
         "--baseline",
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     class_id = select_one_class(spec, args.class_, "generate")
     class_name = spec.class_names[class_id]
     config = with_pipeline(settings.config, args.pipeline, args.revision)
-    seed = config.evaluation.seed if args.seed is None else args.seed
+    seed = config.evaluation.seed if args.image_seed is None else args.image_seed
     seeds = [seed + j for j in range(args.n)]
     out = (args.out or Path("samples") / f"{spec.name}-{class_id:05d}").absolute()
     if out.exists() and not out.is_dir():

@@ -115,7 +115,7 @@ def test_same_seed_same_images_other_seed_other_images(token_file, tmp_path, cap
     for label, seed in (("first", "7"), ("again", "7"), ("other", "8")):
         out = tmp_path / label
         rc, _, err = generate(
-            capsys, "--class", "0", "--token", str(token_file), "--n", "2", "--seed", seed, "--out", str(out)
+            capsys, "--class", "0", "--token", str(token_file), "--n", "2", "--image-seed", seed, "--out", str(out)
         )
         assert rc == 0, err
         runs[label] = [p.read_bytes() for p in sorted(out.glob("dct-*.png"))]
