@@ -76,6 +76,7 @@ def show_dataset(args: argparse.Namespace) -> int:
             "evaluator": _model(evaluator),
             "diffusion": _model(spec.diffusion),
             "prompt_templates": list(spec.prompts.templates),
+            "token": spec.token.model_dump(mode="json"),
             "reference_images": spec.reference_images,
             "classes": [{"id": i, "name": spec.class_names[i]} for i in ids],
         }
@@ -88,6 +89,7 @@ def show_dataset(args: argparse.Namespace) -> int:
     if evaluator:
         print(f"  evaluator   {evaluator.kind}:{evaluator.model_id}   ({evaluator.licence})")
     print(f"  diffusion   {spec.diffusion.model_id}   ({spec.diffusion.licence})")
+    print(f"  token       {spec.token.num_vectors} vector(s), initialised from {spec.token.initializer_token!r}")
     print(f"  reference   {spec.reference_images or '(none configured: FID off)'}")
     width = len(str(spec.num_classes - 1))
     for i in ids:
