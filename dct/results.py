@@ -30,7 +30,7 @@ import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -353,7 +353,8 @@ class RunRecord(_Record):
     report_uri: str | None = None
     bundle_uri: str | None = None
     config_json: str = Field(description="canonical JSON of the RunConfig (no credentials: it holds none)")
-    # What `--run RUN_ID` needs beyond config_json (run.json only, not table columns; None in older records).
+    # What `--run RUN_ID` needs beyond config_json (run.json only, not table columns: JSON_ONLY; None in older
+    # records).
     dataset_source: str | None = Field(
         default=None, description="the dataset as the run named it: registry name or the dataset file's absolute path"
     )
@@ -361,6 +362,8 @@ class RunRecord(_Record):
     provenance: Provenance
     started_at: dt.datetime
     finished_at: dt.datetime | None = None
+
+    JSON_ONLY: ClassVar[frozenset[str]] = frozenset({"dataset_source", "class_ids"})
 
     @field_validator("run_id", "dataset", "token_key", "eval_key")
     @classmethod

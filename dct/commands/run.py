@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides,
         device=args.device,
         probe=args.probe,
+        run_id=run_id,  # a flow parameter too: the run's flow runs are found by it in Prefect
         plan=plan,
         return_state=True,
     )
