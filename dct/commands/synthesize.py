@@ -75,8 +75,13 @@ def run(args: argparse.Namespace) -> int:
     synthesis = SynthesisConfig(**{k: v for k, v in fields.items() if v is not None})
     check_synthesis(synthesis, config)
     run_id = new_run_id()
-    preflight_store(ArtifactStore.from_config(config.storage), run_id)
+    artifact_store = ArtifactStore.from_config(config.storage)
+    preflight_store(artifact_store, run_id)
     check_models_available(config, args.dataset)
+    if args.bundle:  # missing, unreadable or another dataset's: one line before Prefect starts
+        from dct.synthesis.synthesize import bundle_class_tokens
+
+        bundle_class_tokens(args.bundle, config.dataset, artifact_store)
     quiet_local_prefect()
     try:
         from flows.synthesize_flow import dct_synthesize  # Prefect only once the input is known to be good
