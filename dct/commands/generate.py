@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
     config = with_pipeline(spec.run_config(), args.pipeline, args.revision)
     seed = config.evaluation.seed if args.seed is None else args.seed
     seeds = [seed + j for j in range(args.n)]
+    if args.out is not None and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(args.out)):  # Path made s3:// s3:/
+        raise ValueError(
+            f"--out {str(args.out).replace(':/', '://', 1)!r}: `dct generate` writes its PNGs to a local folder "
+            "to look at; give a local folder (and copy it to the bucket after)"
+        )
     out = (args.out or Path("samples") / f"{spec.name}-{class_id:05d}").absolute()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder for the images")
