@@ -26,16 +26,18 @@ Tokens of a two-encoder pipeline (SDXL) are stored as ``clip_l/<tok>`` ``(n, D1)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load as st_load
 
-from dct.artifacts.store import ArtifactStore, open_store, validate_component
+from dct.artifacts.store import ArtifactStore, StoreUnavailableError, open_store, validate_component
 from dct.artifacts.token_file import canonical_safetensors, load_stored_token
 from dct.method.tokens import SDXL_ENCODER_KEYS, TokenVector, vector_shapes
 from dct.results import ClassRecord
@@ -241,6 +243,76 @@ def read_bundle(data: bytes) -> tuple[list[str], torch.Tensor | dict[str, torch.
     return tokens, torch.stack([tensors[t] for t in tokens]), manifest
 
 
+def resolve_bundle_uri(uri: str, store: ArtifactStore | None = None) -> tuple[ArtifactStore, str]:
+    """Where a bundle's tensor file is, from what a user gives as ``--bundle``: every command takes the same.
+
+    ``uri`` is the bundle's folder (``runs/<dataset>/<run_id>/bundle``) or its ``tokens.safetensors``, as a
+    local path (``~`` expanded; a relative path is looked up in the working directory, then under the root of
+    ``store`` when one is given, as the store-relative ``runs/...`` paths of the docs) or a store URI
+    (``s3://bucket/prefix/runs/...``).
+
+    Args:
+        uri: the user's value.
+        store: the command's artifact store, if it has one: relative paths may name a location under its
+            root, and S3 URIs are opened with its endpoint settings.
+
+    Returns:
+        ``(a store rooted at the bundle's folder, the URI of the tensor file)``; read it with
+        ``store.read_bytes(uri)``.
+
+    Raises:
+        FileNotFoundError: nothing at ``uri`` (the message names every place looked at).
+        ValueError: a folder without ``tokens.safetensors``; an unsupported URI scheme.
+    """
+    local = "://" not in uri
+    candidates = [os.path.abspath(os.path.expanduser(uri))] if local else [uri.rstrip("/")]
+    if local and store is not None and not os.path.isabs(os.path.expanduser(uri)):
+        inside = store.root + "/" + uri.strip("/") if "://" in store.root else os.path.join(store.root, uri)
+        candidates.append(inside if "://" in store.root else os.path.normpath(inside))
+    for candidate in candidates:
+        parent = candidate.rsplit("/", 1)[0] if "://" in candidate else os.path.dirname(candidate)
+        at = _store_like(parent, store)
+        with _reachable(at, uri):
+            if not at.exists(candidate):
+                continue
+            folder = at.fs.isdir(at.to_path(candidate))
+            inner = f"{candidate}/{BUNDLE_FILE}" if "://" in candidate else os.path.join(candidate, BUNDLE_FILE)
+            if folder and not at.exists(inner):
+                raise ValueError(
+                    f"bundle {uri!r} is a folder without {BUNDLE_FILE}; give a run's bundle folder "
+                    "(runs/<dataset>/<run_id>/bundle) or its tokens.safetensors"
+                )
+        return (_store_like(candidate, store), inner) if folder else (at, candidate)
+    raise FileNotFoundError(
+        f"bundle {uri!r} does not exist (looked at {', '.join(map(repr, candidates))}); give a run's bundle "
+        "folder runs/<dataset>/<run_id>/bundle or its tokens.safetensors, a local path or s3:// URI"
+    )
+
+
+@contextlib.contextmanager
+def _reachable(store: ArtifactStore, uri: str) -> Iterator[None]:
+    """S3 connection failures (botocore's own errors, not OSErrors) as :class:`StoreUnavailableError`."""
+    if store.protocol != "s3":
+        yield
+        return
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        yield
+    except BotoCoreError as exc:
+        raise StoreUnavailableError(
+            f"bundle {uri!r}: S3 is unreachable (endpoint {store.endpoint_url or 'AWS default'}): "
+            f"{' '.join(str(exc).split())}; check AWS_ENDPOINT_URL_S3 and the AWS credentials in the environment"
+        ) from None
+
+
+def _store_like(root: str, store: ArtifactStore | None) -> ArtifactStore:
+    """A store at ``root`` with the S3 endpoint of ``store`` (the command's), if any."""
+    if store is not None and store.endpoint_url and root.startswith("s3://"):
+        return ArtifactStore(root, endpoint_url=store.endpoint_url)
+    return open_store(root)
+
+
 def bundle_vector(vectors: torch.Tensor | Mapping[str, torch.Tensor], i: int) -> TokenVector:
     """Token i's vector (the token file's form) from :func:`read_bundle`'s ``vectors``."""
     if isinstance(vectors, Mapping):
@@ -255,15 +327,15 @@ def load_bundle_into(pipe, uri: str, store: ArtifactStore | None = None) -> Bund
     Args:
         pipe: a pipeline with ``TextualInversionLoaderMixin`` (``StableDiffusionPipeline``,
             ``StableDiffusionXLPipeline``).
-        uri: the bundle's URI (``bundle_uri(...)``; a local path or ``s3://...``).
-        store: the store the URI is in (default: opened from the URI's own root folder).
+        uri: the bundle's tensor file or its folder (``bundle_uri(...)``; a local path or ``s3://...``;
+            :func:`resolve_bundle_uri`).
+        store: a store whose S3 endpoint settings to use (default: from the environment).
 
     Returns:
         The manifest (token ↔ class id/name).
     """
-    if store is None:
-        store = open_store(uri.rsplit("/", 1)[0])
-    tokens, vectors, manifest = read_bundle(store.read_bytes(uri))
+    at, uri = resolve_bundle_uri(uri, store)
+    tokens, vectors, manifest = read_bundle(at.read_bytes(uri))
     if isinstance(vectors, Mapping):
         encoders = {"clip_l": (pipe.text_encoder, pipe.tokenizer), "clip_g": (pipe.text_encoder_2, pipe.tokenizer_2)}
         for key, (text_encoder, tokenizer) in encoders.items():

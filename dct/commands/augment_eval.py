@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -105,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         fields["model_kwargs"] = {}
     downstream = DownstreamConfig(**fields)
+    if args.out is not None and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(args.out)):  # Path made s3:// s3:/
+        raise UserError(
+            f"--out {str(args.out).replace(':/', '://', 1)!r}: `dct augment-eval` writes its table and plot to a "
+            "local folder; give a local folder (they also go beside the run's report in the store, --store s3://...)"
+        )
     out = (args.out or Path(f"augment-{spec.name}")).absolute()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; give a folder")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
     config = with_pipeline(settings.config, args.pipeline, args.revision)
     seed = config.evaluation.seed if args.image_seed is None else args.image_seed
     seeds = [seed + j for j in range(args.n)]
+    if args.out is not None and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(args.out)):  # Path made s3:// s3:/
+        raise ValueError(
+            f"--out {str(args.out).replace(':/', '://', 1)!r}: `dct generate` writes its PNGs to a local folder "
+            "to look at; give a local folder (and copy it to the bucket after)"
+        )
     out = (args.out or Path("samples") / f"{spec.name}-{class_id:05d}").absolute()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file; give a folder for the images")
@@ -179,17 +185,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_uri(uri: str, flag: str, default_name: str | None = None) -> tuple[str, bytes]:
+def _read_uri(uri: str, flag: str) -> tuple[str, bytes]:
     """Bytes of a local path or store URI (``s3://...``) through the artifact store.
-
-    A folder is accepted when it holds ``default_name`` (the bundle's file name).
 
     Returns:
         ``(the URI read, its bytes)``.
 
     Raises:
         FileNotFoundError: nothing there.
-        ValueError: a folder without ``default_name``; an unsupported URI.
+        ValueError: a folder; an unsupported URI.
     """
     from dct.artifacts.store import open_store
 
@@ -202,10 +206,7 @@ def _read_uri(uri: str, flag: str, default_name: str | None = None) -> tuple[str
     if not store.exists(uri):
         raise FileNotFoundError(f"{flag} {uri!r} does not exist")
     if store.fs.isdir(store.to_path(uri)):
-        inner = f"{uri.rstrip('/')}/{default_name}" if default_name else None
-        if inner is None or not store.exists(inner):
-            raise ValueError(f"{flag} {uri!r} is a folder; give the {default_name or 'token'} file")
-        uri = inner
+        raise ValueError(f"{flag} {uri!r} is a folder; give the token file")
     return uri, store.read_bytes(uri)
 
 
@@ -259,10 +260,11 @@ def _token_from_bundle(uri: str, dataset: str, class_id: int) -> _ClassToken:
     """
     from safetensors import SafetensorError
 
-    from dct.artifacts.bundle import BUNDLE_FILE, bundle_vector, read_bundle
+    from dct.artifacts.bundle import bundle_vector, read_bundle, resolve_bundle_uri
     from dct.artifacts.token_file import check_token
 
-    uri, data = _read_uri(uri, "--bundle", BUNDLE_FILE)
+    store, uri = resolve_bundle_uri(uri)  # the bundle's folder or its file, local or s3://
+    data = store.read_bytes(uri)
     try:
         tokens, vectors, manifest = read_bundle(data)
     except (SafetensorError, ValueError) as exc:  # pydantic's ValidationError and json errors are ValueErrors

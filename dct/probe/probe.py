@@ -426,7 +426,9 @@ def find_runs(
     """The ``RunRecord``s of ``run_ids`` (or, with none, the latest run of ``dataset``), all of one dataset.
 
     Args:
-        dataset: the runs' dataset; a given run of another dataset is refused by name.
+        dataset: the runs' dataset: its name in the store, or a dataset file (its ``name`` is looked up, as
+            every command takes a dataset file where it takes a dataset); a given run of another dataset is
+            refused by name.
         token_key: only runs that learned their tokens under this key: the latest such run when no
             ``run_ids`` are given; a given run with another key is refused (``dct augment-eval``).
 
@@ -434,10 +436,14 @@ def find_runs(
         ValueError: neither given, a run not in the store, a run of another dataset, runs of several
             datasets, a run with another ``token_key``.
     """
+    from dct.models.datasets import is_dataset_file, load_dataset_file
     from dct.results import read_results
 
     if not run_ids and not dataset:
         raise ValueError("give --run RUN_ID (repeatable) or --dataset D (its latest run)")
+    if dataset and is_dataset_file(dataset):
+        # Runs are stored under the dataset's name; a registered name (or the name of a file's runs) is one.
+        dataset = load_dataset_file(dataset).name
     # Named runs are looked up in every dataset, so a run of another one is named as such, not as missing.
     runs = read_results(
         store, "runs", dataset=None if run_ids else dataset, columns=["run_id", "dataset", "token_key", "started_at"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,7 +20,7 @@ from dct.artifacts.store import ArtifactStore
 from dct.artifacts.token_file import check_token, load_stored_token
 from dct.config import DatasetSpec, RunConfig, RunOverrides, canonical_json, fill_baseline, fill_template, token_key
 from dct.method.sampling import generate
-from dct.method.tokens import add_placeholder_token, set_token_vector
+from dct.method.tokens import TokenVector, install_token, token_widths
 from dct.models.datasets import select_classes
 from dct.models.loading import Models
 from dct.run.handle import RunSettings, check_run_token_key, resolve_settings
@@ -87,26 +87,44 @@ def synthesis_config(spec: DatasetSpec, config: RunConfig, **fields) -> Synthesi
     return synthesis
 
 
-def _bundle_tokens(
-    store: ArtifactStore, uri: str, dataset: str
-) -> tuple[str, dict[int, tuple[str, torch.Tensor]], dict]:
-    """``(token_key, {class_id: (token, vector)}, manifest)`` of a run's bundle, checked against the dataset."""
-    from dct.artifacts.bundle import read_bundle
+def bundle_class_tokens(
+    bundle: str, dataset: str, store: ArtifactStore | None = None
+) -> tuple[str, str, dict[int, tuple[str, TokenVector]]]:
+    """The tokens of a run's bundle, checked against the dataset (cheap: no model is touched).
 
+    Args:
+        bundle: the bundle's folder or its ``tokens.safetensors``, a local path or ``s3://`` URI
+            (:func:`dct.artifacts.bundle.resolve_bundle_uri`; a relative path may be under ``store``'s root).
+        dataset: the dataset's name.
+
+    Returns:
+        ``(the tensor file's URI, the bundle's token_key, {class_id: (token, vector in the token file's form)})``.
+
+    Raises:
+        FileNotFoundError: no bundle there.
+        ValueError: not a readable dct bundle, or the bundle of another dataset.
+    """
+    from safetensors import SafetensorError
+
+    from dct.artifacts.bundle import bundle_vector, read_bundle, resolve_bundle_uri
+
+    at, uri = resolve_bundle_uri(bundle, store)
     try:
-        tokens, vectors, manifest = read_bundle(store.read_bytes(uri))
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"bundle {uri!r} does not exist; give runs/<dataset>/<run_id>/bundle/tokens.safetensors"
-        ) from None
-    except ValueError as exc:
+        tokens, vectors, manifest = read_bundle(at.read_bytes(uri))
+    except (SafetensorError, ValueError) as exc:  # pydantic's ValidationError and json errors are ValueErrors
         raise ValueError(
-            f"bundle {uri!r} is not readable ({exc}); give the tokens.safetensors `dct run` wrote"
+            f"bundle {uri!r} is not readable ({exc}); give the bundle folder or tokens.safetensors `dct run` wrote"
         ) from None
     if manifest.dataset != dataset:
-        raise ValueError(f"bundle {uri!r} holds tokens of dataset {manifest.dataset!r}, not {dataset!r}")
-    by_class = {e.class_id: (t, vectors[i]) for i, (e, t) in enumerate(zip(manifest.tokens, tokens, strict=True))}
-    return manifest.token_key, by_class, manifest.model_dump(mode="json")
+        raise ValueError(
+            f"bundle {uri!r} holds tokens of dataset {manifest.dataset!r}, not {dataset!r}; "
+            f"pass --dataset {manifest.dataset} or a bundle of {dataset!r}"
+        )
+    by_class = {
+        entry.class_id: (token, bundle_vector(vectors, i))
+        for i, (entry, token) in enumerate(zip(manifest.tokens, tokens, strict=True))
+    }
+    return uri, manifest.token_key, by_class
 
 
 def plan_synthesis(
@@ -125,12 +143,16 @@ def plan_synthesis(
 
     Args:
         overrides: the method overrides the tokens were learned with (they decide ``token_key``).
-        bundle: URI of a run's token bundle to take the tokens from instead of the token store.
+        bundle: a run's token bundle to take the tokens from instead of the token store: its folder or its
+            ``tokens.safetensors``, a local path (relative: to the working directory, else to the store root)
+            or ``s3://`` URI (:func:`bundle_class_tokens`). The plan holds the resolved file's URI.
         settings: the dataset and run configuration, already resolved (``--run``: a run's own, whose
-            ``token_key`` the models here must reproduce); default: ``dataset`` + ``overrides``.
+            ``token_key`` the models here must reproduce; a notebook: any ``RunConfig``, e.g. with
+            ``token.num_vectors``); default: ``dataset`` + ``overrides``.
 
     Raises:
         ValueError: a seed block overlapping the optimisation/evaluation seeds, bad classes, a foreign bundle.
+        FileNotFoundError: no bundle at ``bundle``.
         StoreUnavailableError / OSError: the store is unreachable or not writable.
         ModelNotAvailableError: a model is not cached and the hub is unreachable.
     """
@@ -140,14 +162,16 @@ def plan_synthesis(
         raise ValueError(f"shard_size={shard_size!r} must be a positive integer")
     settings = settings or resolve_settings(dataset=dataset, overrides=overrides, store=store)
     spec, config = settings.spec, settings.config
+    dataset_arg = dataset
     check_synthesis(synthesis, config)  # before any model is touched
     selected = select_classes(spec, classes)
     artifact_store = ArtifactStore.from_config(config.storage)
     preflight_store(artifact_store, probe_name)
-    check_models_available(config, dataset)
+    check_models_available(config, dataset_arg)
     revisions = resolve_revisions(config)
     if bundle:
-        tkey, by_class, _ = _bundle_tokens(artifact_store, bundle, config.dataset)
+        # The resolved tensor file goes into the plan, so every shard reads the same file.
+        bundle, tkey, by_class = bundle_class_tokens(bundle, config.dataset, artifact_store)
         have = set(by_class)
     else:
         tkey = token_key(config, revisions.diffusion, revisions.classifier)
@@ -211,23 +235,33 @@ class ClassSynthesis:
 
 
 def class_token(
-    store: ArtifactStore, plan: SynthesisPlan, config: RunConfig, class_id: int, width: int,
-    bundle_tokens: Mapping[int, tuple[str, torch.Tensor]] | None = None,
-) -> tuple[str, torch.Tensor]:
-    """The class's token ``(token, vector (D,))`` from the bundle or the store, through THE token check.
+    store: ArtifactStore, plan: SynthesisPlan, config: RunConfig, class_id: int, widths: int | Sequence[int],
+    bundle_tokens: Mapping[int, tuple[str, TokenVector]] | None = None,
+) -> tuple[str, TokenVector]:
+    """The class's token from the bundle or the store, through THE token check.
+
+    Args:
+        widths: the pipeline's text-encoder widths (:func:`dct.method.tokens.token_widths`).
+
+    Returns:
+        ``(token, vector in the token file's form)``: ``(D,)``, ``(n, D)`` or ``{"clip_l", "clip_g"}``.
 
     Raises:
-        FileNotFoundError / ValueError: no token, or one that is not provably this class's for ``token_key``.
+        FileNotFoundError / ValueError: no token, or one that is not provably this class's for ``token_key``
+            or does not fit the pipeline's text encoders.
     """
     expected = config.token_string(class_id)
     if bundle_tokens is not None:
         if class_id not in bundle_tokens:
             raise ValueError(f"class {class_id} is not in bundle {plan.bundle!r}")
         token, vector = bundle_tokens[class_id]
-        check_token(f"bundle {plan.bundle!r}", token, vector, {}, expected_token=expected, width=width)
+        # Any number of vectors: the bundle's own token_key (the run's config) decided it, not this config.
+        check_token(f"bundle {plan.bundle!r}", token, vector, {}, expected_token=expected, width=widths)
         return token, vector
+    # The stored token for this token_key has the configured number of vectors (it is part of the key).
     token, vector, _ = load_stored_token(
-        store, plan.dataset, plan.token_key, class_id, expected, width=width, require=("token_key",)
+        store, plan.dataset, plan.token_key, class_id, expected, width=widths,
+        num_vectors=config.token.num_vectors, require=("token_key",),
     )
     return token, vector
 
@@ -259,7 +293,7 @@ def synthesize_class(
     class_id: int,
     class_name: str,
     token: str,
-    vector: torch.Tensor,
+    vector: TokenVector,
 ) -> ClassSynthesis:
     """Render one class's set in batches over seeds, write images (and shards), then its part LAST.
 
@@ -272,8 +306,8 @@ def synthesize_class(
         Counts and the part's URI.
     """
     pipe = models.pipe
-    token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, token, config.token.initializer_token)
-    set_token_vector(pipe.text_encoder, token_id, vector)
+    # Every sub-token into every text encoder (SDXL: clip_l and clip_g), as `dct run` and `dct generate` do.
+    install_token(pipe, token, vector, config.token.initializer_token)
     templates = synthesis.effective_templates(config)
     sampler = synthesis.effective_sampler(config)
     folder = class_folder(class_id, class_name)
@@ -414,14 +448,14 @@ def synthesize_shard(
     class_ids: list[int], class_names: list[str],
 ) -> list[ClassSynthesis]:
     """Every class of a shard with the models loaded once; a class already finished is skipped."""
-    width = models.pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    bundle_tokens = _bundle_tokens(store, plan.bundle, plan.dataset)[1] if plan.bundle else None
+    widths = token_widths(models.pipe)
+    bundle_tokens = bundle_class_tokens(plan.bundle, plan.dataset, store)[2] if plan.bundle else None
     done = store.synthetic_finished_class_ids(plan.dataset, plan.synth_key)
     out = []
     for class_id in class_ids:
         if class_id in done:
             continue
-        token, vector = class_token(store, plan, config, class_id, width, bundle_tokens)
+        token, vector = class_token(store, plan, config, class_id, widths, bundle_tokens)
         out.append(
             synthesize_class(
                 store, plan, config, synthesis, models, class_id=class_id, class_name=class_names[class_id],

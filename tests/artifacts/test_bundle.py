@@ -144,3 +144,21 @@ def test_sdxl_bundle_loads_with_one_call_per_text_encoder(store, make_record, tm
         for token, vec in vectors.items():
             assert torch.equal(emb[tok.convert_tokens_to_ids(token)].detach(), vec[key][0])
             assert torch.equal(emb[tok.convert_tokens_to_ids(f"{token}_1")].detach(), vec[key][1])
+
+
+def test_every_command_finds_the_bundle_by_its_folder_or_its_file(store, make_record, tmp_path, monkeypatch):
+    """`--bundle`: the folder `dct run` prints or the file in it; local, store-relative or s3://; else one error."""
+    from dct.artifacts.bundle import resolve_bundle_uri
+
+    records, _ = _store_tokens(store, make_record, 8)
+    uri, _ = export_bundle(store, records, "run-1")
+    folder = uri.rsplit("/", 1)[0]
+    monkeypatch.chdir(tmp_path)  # not the store: a relative path is looked up under the store root next
+    for given in (uri, folder, folder + "/", "runs/toy/run-1/bundle", "runs/toy/run-1/bundle/tokens.safetensors"):
+        at, found = resolve_bundle_uri(given, store)
+        assert found == uri, given
+        assert read_bundle(at.read_bytes(found))[0] == [f"<dct-toy-{c:05d}>" for c in CLASSES]
+    with pytest.raises(ValueError, match=r"is a folder without tokens\.safetensors"):
+        resolve_bundle_uri(uri.split("/runs/", 1)[0] + "/runs/toy/run-1", store)
+    with pytest.raises(FileNotFoundError, match="'runs/toy/run-2/bundle' does not exist"):
+        resolve_bundle_uri("runs/toy/run-2/bundle", store)

@@ -2,7 +2,7 @@
 
 Real processes (each with its own temporary Prefect API): tokens in the community two-encoder layout,
 samples, Parquet rows, the run's bundle (loadable into a fresh SDXL pipeline with diffusers' calls) and
-the report; then `dct generate` renders from that bundle.
+the report; then `dct generate` renders from that bundle, and `dct synthesize` makes a set from it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from tiny import save_tiny_world, tiny_sdxl_pipeline
@@ -76,3 +77,14 @@ def test_dct_run_and_generate_on_a_tiny_sdxl_dataset(tmp_path):
     assert "wrote 4 PNGs" in out
     assert sorted(p.name for p in gen.glob("*.png")) == ["baseline-00.png", "baseline-01.png", "dct-00.png",
                                                          "dct-01.png"]
+
+    # `dct synthesize` from the run's bundle folder, with the guide filter, the baseline arm and WebDataset shards.
+    out = _dct(["synthesize", "--dataset", str(world), "--classes", "0-1", "--per-class", "2", "--store", str(store),
+                "--bundle", str(run_dir / "bundle"), "--filter", "guide", "--min-probability", "0.01", "--baseline",
+                "--webdataset"], tmp_path)
+    assert "images:  4 kept" in out
+    (synth,) = (store / "synthetic" / "tiny").iterdir()
+    meta = pd.read_parquet(synth / "metadata.parquet")
+    assert sorted(meta[meta.kept & (meta.arm == "dct")].class_id) == [0, 0, 1, 1]
+    assert sorted(meta[meta.arm == "baseline"].class_id) == [0, 0, 1, 1]
+    assert len(list((synth / "train").rglob("*.png"))) == 4 and len(list((synth / "webdataset").glob("*.tar"))) == 2

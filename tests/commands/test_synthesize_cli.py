@@ -36,6 +36,26 @@ def test_bad_synthesize_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 @pytest.mark.parametrize(
+    "bundle, message",
+    [("no-such-bundle", "does not exist (looked at"), (".", "is a folder without tokens.safetensors")],
+)
+def test_bad_bundle_is_one_line_and_exit_2_before_prefect(tmp_path, bundle, message):
+    store = tmp_path / "store"
+    code = (
+        "import sys; from dct.cli import main; rc = main(sys.argv[1:]); "
+        "sys.exit(rc if 'prefect' not in sys.modules else 99)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, "synthesize", "--store", str(store), "--per-class", "2", "--bundle", bundle],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and repr(bundle) in lines[0], run.stderr
+    assert [p.name for p in store.iterdir()] == ["_dct"]  # the store's write probe only
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["--shots", "0,2"], "--shots '0,2' must be comma-separated positive integers"),

@@ -64,6 +64,6 @@ def test_the_plan_carries_overrides_and_dataset_token_settings_to_the_shard(pref
     from dct.results import read_results
 
     row = read_results(str(store_root), "classes", dataset="tiny").iloc[0]
-    token, vector, meta = load_token(row["token_uri"])
+    _, vector, _ = load_token(row["token_uri"])
     assert tuple(vector.shape) == (2, 32)  # the dataset file's [token] num_vectors
     assert row["epochs"] == 1  # the override, not the file's max_epochs = 2

@@ -157,3 +157,14 @@ def test_rank_is_by_absolute_shift_not_by_effect_size():
     rows = {r["attribute"]: r for r in probe_values(pairs, channel, num_bootstrap=200, min_shift=0.0).table.to_pylist()}
     assert rows["red"]["effect_size"] > rows["green"]["effect_size"] and rows["red"]["significant"]
     assert rows["green"]["rank"] == 1 and rows["red"]["rank"] == 2
+
+
+def test_probe_takes_a_dataset_file_where_other_commands_do(write_run, tmp_path, capsys):
+    """`--dataset FILE` names the file's dataset (its runs are stored under its `name`), as in `dct run`."""
+    root, run_id = write_run({9: 0.1})
+    dataset_file = tmp_path / "files" / "my-toy.toml"
+    dataset_file.parent.mkdir()
+    dataset_file.write_text('base = "toy"\nname = "toy"\n')
+    argv = ["probe", "--dataset", str(dataset_file), "--store", root, "--attributes", "brightness"]
+    assert main([*argv, "--bootstrap", "200"]) == 0, capsys.readouterr().err
+    assert f"probe of run {run_id}" in capsys.readouterr().out

@@ -159,6 +159,21 @@ def cli_cases(f: dict[str, str]) -> dict[str, Case]:
             ["optimize", "--dataset", tiny, "--class", "0", "--out", "notes.txt/x.safetensors"],
             ["notes.txt", "is a file"],
         ),
+        "--out names a bucket but no file": Case(
+            ["optimize", "--dataset", tiny, "--class", "0", "--out", "s3://bucket"], ["'s3://bucket'", "names no file"]
+        ),
+        "--out in a missing bucket": Case(
+            ["optimize", "--dataset", tiny, "--class", "0", "--out", "s3://{missing}/t/x.safetensors"],
+            ["{missing}", "does not exist", "create it"],
+            needs="moto",
+        ),
+        "generate --out on S3": Case(
+            ["generate", "--dataset", tiny, "--class", "0", "--token", "t.safetensors", "--out", "s3://b/samples"],
+            ["'s3://b/samples'", "local folder"],
+        ),
+        "augment-eval --out on S3": Case(
+            ["augment-eval", "--out", "s3://b/augment"], ["'s3://b/augment'", "local folder"]
+        ),
         "non-S3 store URL": Case(
             ["run", "--dataset", tiny, "--store", "ftp://host/dct"], ["'ftp://host/dct'", "s3://bucket/prefix"]
         ),
