@@ -402,13 +402,12 @@ class Matrix:
             return body, what()
         return body, self.dct(what, report=c.name in REPORT_CELLS and self.world(c.world, c.store))
 
-    def check(self, c: Cell, record_property: Callable[[str, object], None]) -> None:
+    def check(self, c: Cell) -> None:
         """Wait for the cell's command, then run the cell's checks."""
         job = self._jobs[c.id]
         if isinstance(job.exception(timeout=4 * CELL_TIMEOUT_S), PrerequisiteFailed):
             pytest.fail(str(job.exception()), pytrace=False)
         body, res = job.result()
-        record_property("command_seconds", round(res.seconds, 1))  # in --junitxml: where the matrix's time goes
         try:
             body.send(res)
         except StopIteration:
@@ -880,5 +879,5 @@ def _refuse_probe_unknown_run(w: World):
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.id) for c in CELLS])
-def test_cell(c: Cell, matrix: Matrix, record_property):
-    matrix.check(c, record_property)
+def test_cell(c: Cell, matrix: Matrix):
+    matrix.check(c)
