@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also render the baseline prompt (the baseline word, 'a', in place of the token) on the same seeds",
     )
-    p.add_argument("--out", type=Path, help="output folder; default ./samples/<dataset>-<class id>/")
+    p.add_argument(
+        "--out", help="output folder, local or s3://bucket/prefix; default ./samples/<dataset>-<class id>/"
+    )
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -100,15 +101,7 @@ def run(args: argparse.Namespace) -> int:
     config = with_pipeline(settings.config, args.pipeline, args.revision)
     seed = config.evaluation.seed if args.image_seed is None else args.image_seed
     seeds = [seed + j for j in range(args.n)]
-    if args.out is not None and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(args.out)):  # Path made s3:// s3:/
-        raise ValueError(
-            f"--out {str(args.out).replace(':/', '://', 1)!r}: `dct generate` writes its PNGs to a local folder "
-            "to look at; give a local folder (and copy it to the bucket after)"
-        )
-    out = (args.out or Path("samples") / f"{spec.name}-{class_id:05d}").absolute()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file; give a folder for the images")
-    check_out_parent(out)
+    out = _out_folder(args.out or str(Path("samples") / f"{spec.name}-{class_id:05d}"))
     if args.run is not None:
         found = _token_from_run(settings, class_id)
     elif args.token is not None:
@@ -164,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
         )
         rendered[variant] = (prompts[0], images)
 
-    # A local artifact store rooted at --out: its writes are atomic (a reader never sees half an image).
-    store = open_store(str(out))
+    # An artifact store rooted at --out (a folder or s3://): its writes are atomic (a reader never sees half an image).
+    store = open_store(out)
     digits = max(2, len(str(args.n - 1)))
     written = []
     for variant, (_, images) in rendered.items():
@@ -181,8 +174,30 @@ def run(args: argparse.Namespace) -> int:
     )
     for variant, (first_prompt, _) in rendered.items():
         print(f'  {variant}: e.g. "{first_prompt}"')
-    print(f"  wrote {len(written)} PNGs to {out}{os.sep}: {written[0]} .. {written[-1]}")
+    print(f"  wrote {len(written)} PNGs to {out.rstrip('/')}/: {written[0]} .. {written[-1]}")
     return 0
+
+
+def _out_folder(out: str) -> str:
+    """``--out`` as a store root: an ``s3://`` URI as given, a local folder made absolute and checked.
+
+    Raises:
+        ValueError: a local path that is a file (or under one); an unsupported URI scheme.
+        FileNotFoundError: the S3 bucket does not exist.
+    """
+    if "://" in out:
+        from dct.artifacts.store import open_store
+
+        store = open_store(out)  # an unsupported scheme is refused here, naming the supported ones
+        bucket = store.to_path(store.root).split("/", 1)[0]
+        if store.protocol == "s3" and not store.fs.exists(bucket):
+            raise FileNotFoundError(f"--out {out!r}: bucket {bucket!r} does not exist; create it first")
+        return out
+    path = Path(out).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a file; give a folder for the images")
+    check_out_parent(path)
+    return str(path)
 
 
 def _read_uri(uri: str, flag: str) -> tuple[str, bytes]:

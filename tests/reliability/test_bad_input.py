@@ -167,9 +167,10 @@ def cli_cases(f: dict[str, str]) -> dict[str, Case]:
             ["{missing}", "does not exist", "create it"],
             needs="moto",
         ),
-        "generate --out on S3": Case(
-            ["generate", "--dataset", tiny, "--class", "0", "--token", "t.safetensors", "--out", "s3://b/samples"],
-            ["'s3://b/samples'", "local folder"],
+        "generate --out in a missing bucket": Case(
+            ["generate", "--dataset", tiny, "--class", "0", "--token", "t.safetensors", "--out", "s3://{missing}/s"],
+            ["{missing}", "does not exist", "create it"],
+            needs="moto",
         ),
         "augment-eval --out on S3": Case(
             ["augment-eval", "--out", "s3://b/augment"], ["'s3://b/augment'", "local folder"]
