@@ -13,6 +13,7 @@ import sys
 from dct.artifacts.store import StoreUnavailableError
 from dct.commands import augment_eval, datasets, generate, models, optimize, probe, run, synthesize
 from dct.commands.common import UserError
+from dct.commands.stopping import Stopped, signals_raise_stopped, stop_line
 
 # Subcommand modules, in help order.
 COMMANDS = (optimize, run, synthesize, augment_eval, probe, datasets, models, generate)
@@ -46,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.func(args) or 0)
+        with signals_raise_stopped():  # during the flow itself, dct.commands.stopping.run_until_stopped
+            return int(args.func(args) or 0)
+    except Stopped as stop:  # SIGTERM/SIGINT outside the flow: one line, no traceback, 128 + signal number
+        print(stop_line(f"dct {args.command}", stop.signum), file=sys.stderr)
+        return 128 + stop.signum
     except Exception as exc:
         if not _is_user_error(exc):
             raise

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dct.artifacts.store import ArtifactStore
+from dct.commands.stopping import note_finished
 from dct.config import RunConfig
 from dct.models.loading import Models
 from dct.results import class_summary
@@ -35,6 +36,7 @@ def optimize_and_evaluate_class(
     """Optimise one class token, sample and score both variants, write token, samples and record."""
     store = ArtifactStore.from_config(config.storage)
     record = process_class(store, config, models, class_id=class_id, class_name=class_name, run_id=run_id, force=force)
+    note_finished("run", class_id)  # its record is written: named in the line of a stopped `dct run`
     return class_summary(record)
 
 

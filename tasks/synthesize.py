@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from dct.artifacts.store import ArtifactStore
+from dct.commands.stopping import note_finished
 from dct.config import RunConfig
 from dct.models.loading import Models
 from dct.run.handle import RunSettings
@@ -45,7 +47,10 @@ def synthesize_classes(
 ) -> list[dict]:
     """Render, score and write the sets of these classes; each class's manifest part is written last."""
     store = ArtifactStore.from_config(config.storage)
-    done = synthesize_shard(store, plan, config, synthesis, models, class_ids, class_names)
+    done = synthesize_shard(
+        store, plan, config, synthesis, models, class_ids, class_names,
+        on_class_done=partial(note_finished, "synthesize"),
+    )
     return [{"class_id": d.class_id, "generated": d.generated, "kept": d.kept, "baseline": d.baseline} for d in done]
 
 

@@ -13,6 +13,7 @@ from dct.commands.common import (
     positive_int,
     quiet_local_prefect,
 )
+from dct.commands.stopping import run_until_stopped
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         if exc.name and exc.name.startswith("prefect"):
             raise UserError("`dct run` needs Prefect: pip install -e '.[orchestration]'") from None
         raise
-    state = dct(
+    state = run_until_stopped(
+        "dct run",
+        dct,
         dataset=args.dataset,
         classes=args.classes,
         force=args.force,

@@ -15,6 +15,7 @@ from dct.commands.common import (
     quiet_local_prefect,
     resolve_command_settings,
 )
+from dct.commands.stopping import run_until_stopped
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         if exc.name and exc.name.startswith("prefect"):
             raise UserError("`dct synthesize` needs Prefect: pip install -e '.[orchestration]'") from None
         raise
-    state = dct_synthesize(
+    state = run_until_stopped(
+        "dct synthesize", dct_synthesize,
         dataset=settings.source, per_class=args.per_class, classes=classes, store=args.store,
         image_seed=args.image_seed, templates=list(args.templates) if args.templates else None, sampler=sampler,
         filter=filt, baseline=args.baseline, webdataset=args.webdataset, image_format=args.format,

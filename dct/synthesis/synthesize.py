@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -445,9 +445,12 @@ def finalize_synthesis(store: ArtifactStore, plan: SynthesisPlan, class_names: l
 
 def synthesize_shard(
     store: ArtifactStore, plan: SynthesisPlan, config: RunConfig, synthesis: SynthesisConfig, models: Models,
-    class_ids: list[int], class_names: list[str],
+    class_ids: list[int], class_names: list[str], on_class_done: Callable[[int], None] | None = None,
 ) -> list[ClassSynthesis]:
-    """Every class of a shard with the models loaded once; a class already finished is skipped."""
+    """Every class of a shard with the models loaded once; a class already finished is skipped.
+
+    ``on_class_done(class_id)`` is called after each class's part is written (a stopped command names them).
+    """
     widths = token_widths(models.pipe)
     bundle_tokens = bundle_class_tokens(plan.bundle, plan.dataset, store)[2] if plan.bundle else None
     done = store.synthetic_finished_class_ids(plan.dataset, plan.synth_key)
@@ -462,6 +465,8 @@ def synthesize_shard(
                 token=token, vector=vector,
             )
         )
+        if on_class_done is not None:
+            on_class_done(class_id)
     return out
 
 
