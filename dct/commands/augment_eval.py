@@ -15,8 +15,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
 from dct.commands.common import (
     UserError,
     add_device_argument,
@@ -197,6 +195,8 @@ def _attach_to(store, run_id: str | None, dataset: str, token_key: str) -> str |
 
 def _synthetic_arms(store, sets):
     """The three synthetic arms from the two sets' manifests (images decoded from the store)."""
+    import torch
+
     from dct.artifacts.images import decode_image
     from dct.synthesis.augment import ArmData
     from dct.synthesis.layout import read_table
@@ -221,6 +221,8 @@ def _synthetic_arms(store, sets):
 
 def _toy_real(class_ids: list[int], seeds: int, per_class: int, test_per_class: int):
     """Real toy images of ``class_ids``: one pool per training seed (disjoint seed blocks) and a held-out test set."""
+    import torch
+
     from dct.synthesis.augment import ArmData
     from dct.toy.shapes import render
 
@@ -238,6 +240,7 @@ def _toy_real(class_ids: list[int], seeds: int, per_class: int, test_per_class: 
 
 def _folder_real(args, num_classes: int, size, per_class: int):
     """Real images from class-id image folders; each seed's pool is a seeded permutation of the train folder."""
+    import torch
     import torch.nn.functional as F
 
     from dct.artifacts.images import decode_image
@@ -284,6 +287,7 @@ def _print_tables(rows, summary, class_names, synthetic) -> None:
             cells.append(text.rjust(16))
         print(f"{k:>4} " + " ".join(cells))
     import pandas as pd
+    import torch
 
     df = pd.DataFrame([r for r in rows if r["class_id"] is not None])
     per = df.groupby(["class_id", "k", "arm"])["accuracy"].mean().unstack(["k", "arm"])

@@ -6,7 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
-from dct.models.loading import resolve_device  # noqa: F401 - re-exported for the subcommands
+
+def resolve_device(name: str):
+    """:func:`dct.models.loading.resolve_device`, imported on use: `dct --help` and a signal during start-up
+    should not wait for torch to import."""
+    from dct.models.loading import resolve_device as resolve
+
+    return resolve(name)
 
 
 class UserError(Exception):
