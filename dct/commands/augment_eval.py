@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from dct.commands.common import (
     add_device_argument,
     add_override_arguments,
     add_run_arguments,
+    out_folder,
     overrides_from_args,
     positive_int,
     quiet_loader_progress,
@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(p)
     p.add_argument(
-        "--classes", help='"all", ids "0,3", a range "0-99", or names (default: all; with --run, the run\'s classes); '
-        "the downstream classifier tells the selected classes apart",
+        "--classes", help='"all", ids "0,3", a range "0-99", or names (default: all; with --run or --bundle, its '
+        "classes); the downstream classifier tells the selected classes apart",
     )
     p.add_argument(
         "--bundle", help="take the tokens from a run's bundle: runs/<dataset>/<run_id>/bundle or its tokens.safetensors"
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="timm model of the downstream classifier (default test_efficientnet)")
     p.add_argument("--steps", type=positive_int, help="optimiser steps per training run (default 600)")
     p.add_argument("--sanity-k", type=int, default=64, help="also real-only with this many per class (0 = off)")
-    p.add_argument("--out", type=Path, help="output folder (default ./augment-<dataset>/)")
+    p.add_argument("--out", help="output folder, local or s3://bucket/prefix (default ./augment-<dataset>/)")
     add_device_argument(p)
     p.set_defaults(func=run)
 
@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     settings, classes = resolve_command_settings(args, overrides)  # --run: the run's settings and classes
     spec = settings.spec
+    if args.classes is None and args.bundle:  # a bundle's own classes, as --run takes the run's
+        from dct.synthesis.synthesize import bundle_class_tokens
+
+        classes = sorted(bundle_class_tokens(args.bundle, spec.name, open_store(args.store))[2])
     class_ids = select_classes(spec, classes)
     if len(class_ids) < 2:
         raise UserError(f"--classes {classes!r} selects {len(class_ids)} class; a downstream classifier needs two")
@@ -104,14 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is not None:
         fields["model_kwargs"] = {}
     downstream = DownstreamConfig(**fields)
-    if args.out is not None and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(args.out)):  # Path made s3:// s3:/
-        raise UserError(
-            f"--out {str(args.out).replace(':/', '://', 1)!r}: `dct augment-eval` writes its table and plot to a "
-            "local folder; give a local folder (they also go beside the run's report in the store, --store s3://...)"
-        )
-    out = (args.out or Path(f"augment-{spec.name}")).absolute()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; give a folder")
+    out = out_folder(args.out or f"augment-{spec.name}")
     n = args.synthetic_per_class
     plain = SynthesisConfig(per_class=n, baseline=True, batch_size=64)
     filtered = SynthesisConfig(
@@ -151,21 +148,24 @@ def run(args: argparse.Namespace) -> int:
         downstream, real_pools=pools, test=test, synthetic=synthetic, shots=shots, num_classes=len(class_ids),
         sanity_k=args.sanity_k or None, device=device, class_ids=class_ids,
     )
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out.mkdir(parents=True, exist_ok=True)
     info = {
         "downstream_model": downstream.model, "dataset": spec.name, "synth_key": sets["plain"][0].synth_key,
         "filtered_synth_key": sets["filtered"][0].synth_key, "token_key": first.token_key, "run_id": run_id,
     }
     table = results_table(rows, info)
     png = plot_png(rows, f"{spec.name}: downstream {downstream.model} from scratch")
-    pq.write_table(table, out / "augment.parquet")
-    (out / "augment.png").write_bytes(png)
+    out_store = open_store(out)
+    parquet = pa.BufferOutputStream()
+    pq.write_table(table, parquet)
+    written = [out_store.write_bytes(out_store.uri(name), data)
+               for name, data in (("augment.parquet", parquet.getvalue().to_pybytes()), ("augment.png", png))]
     total = time.perf_counter() - t_start
     _print_tables(rows, summary_frame(rows), spec.class_names, synthetic)
     print(f"synthetic sets: {info['synth_key']} (+ baseline), {info['filtered_synth_key']} (guide filter)")
-    print(f"wrote {out / 'augment.parquet'} and {out / 'augment.png'}")
+    print(f"wrote {written[0]} and {written[1]}")
     if run_id is not None:
         from dct.synthesis.augment_page import write_augment_results
 

@@ -163,6 +163,29 @@ def check_out_parent(out: Path) -> None:
         raise ValueError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a directory")
 
 
+def out_folder(out: str) -> str:
+    """An output folder (``--out``) as a store root: an ``s3://`` URI as given (its bucket must exist), a local
+    folder made absolute and checked; the command writes through ``open_store`` (atomic writes) either way.
+
+    Raises:
+        ValueError: a local path that is a file (or under one); an unsupported URI scheme.
+        FileNotFoundError: the S3 bucket does not exist.
+    """
+    if "://" in out:
+        from dct.artifacts.store import open_store
+
+        store = open_store(out)  # an unsupported scheme is refused here, naming the supported ones
+        bucket = store.to_path(store.root).split("/", 1)[0]
+        if store.protocol == "s3" and not store.fs.exists(bucket):
+            raise FileNotFoundError(f"--out {out!r}: bucket {bucket!r} does not exist; create it first")
+        return out
+    path = Path(out).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a file; give a folder")
+    check_out_parent(path)
+    return str(path)
+
+
 def _int_at_least(minimum: int, what: str):
     def parse(text: str) -> int:
         try:

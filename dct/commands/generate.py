@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from dct.commands.common import (
     add_device_argument,
     add_one_class_arguments,
-    check_out_parent,
     nonnegative_int,
+    out_folder,
     positive_int,
     quiet_loader_progress,
     resolve_device,
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     config = with_pipeline(settings.config, args.pipeline, args.revision)
     seed = config.evaluation.seed if args.image_seed is None else args.image_seed
     seeds = [seed + j for j in range(args.n)]
-    out = _out_folder(args.out or str(Path("samples") / f"{spec.name}-{class_id:05d}"))
+    out = out_folder(args.out or str(Path("samples") / f"{spec.name}-{class_id:05d}"))
     if args.run is not None:
         found = _token_from_run(settings, class_id)
     elif args.token is not None:
@@ -176,28 +176,6 @@ def run(args: argparse.Namespace) -> int:
         print(f'  {variant}: e.g. "{first_prompt}"')
     print(f"  wrote {len(written)} PNGs to {out.rstrip('/')}/: {written[0]} .. {written[-1]}")
     return 0
-
-
-def _out_folder(out: str) -> str:
-    """``--out`` as a store root: an ``s3://`` URI as given, a local folder made absolute and checked.
-
-    Raises:
-        ValueError: a local path that is a file (or under one); an unsupported URI scheme.
-        FileNotFoundError: the S3 bucket does not exist.
-    """
-    if "://" in out:
-        from dct.artifacts.store import open_store
-
-        store = open_store(out)  # an unsupported scheme is refused here, naming the supported ones
-        bucket = store.to_path(store.root).split("/", 1)[0]
-        if store.protocol == "s3" and not store.fs.exists(bucket):
-            raise FileNotFoundError(f"--out {out!r}: bucket {bucket!r} does not exist; create it first")
-        return out
-    path = Path(out).expanduser().absolute()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {str(path)!r} is a file; give a folder for the images")
-    check_out_parent(path)
-    return str(path)
 
 
 def _read_uri(uri: str, flag: str) -> tuple[str, bytes]:

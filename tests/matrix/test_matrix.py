@@ -733,7 +733,7 @@ def _generate_run(w: World):
 def _synthesize(w: World):
     w.run_id()  # the store's tokens are the run's
     res = yield ["synthesize", "--dataset", w.dataset, "--per-class", "2", "--classes", "0-1", "--store", w.store,
-                 "--seed", "2000000"]
+                 "--image-seed", "2000000"]
     expect_ok(res)
     with explained(res):
         check_synthetic_set(res, w)
@@ -755,7 +755,7 @@ cell("synthesize-bundle-file", COMBOS)(lambda w: _synthesize_bundle(w, file=True
 
 @cell("synthesize-run", COMBOS)
 def _synthesize_run(w: World):
-    res = yield ["synthesize", "--run", w.run_id(), "--per-class", "2", "--store", w.store, "--seed", "3000000"]
+    res = yield ["synthesize", "--run", w.run_id(), "--per-class", "2", "--store", w.store, "--image-seed", "3000000"]
     expect_ok(res)
     with explained(res):
         check_synthetic_set(res, w)
@@ -764,7 +764,7 @@ def _synthesize_run(w: World):
 @cell("synthesize-baseline-filter-webdataset", COMBOS)
 def _synthesize_filtered(w: World):
     res = yield ["synthesize", "--dataset", w.dataset, "--per-class", "2", "--classes", "0-1", "--store", w.store,
-                 "--seed", "4000000", "--baseline", "--filter", "guide", "--webdataset"]
+                 "--image-seed", "4000000", "--baseline", "--filter", "guide", "--webdataset"]
     expect_ok(res)
     with explained(res):
         rows = check_synthetic_set(res, w, arms=("dct", "baseline"), filtered=True)

@@ -172,8 +172,9 @@ def cli_cases(f: dict[str, str]) -> dict[str, Case]:
             ["{missing}", "does not exist", "create it"],
             needs="moto",
         ),
-        "augment-eval --out on S3": Case(
-            ["augment-eval", "--out", "s3://b/augment"], ["'s3://b/augment'", "local folder"]
+        "augment-eval --out in a missing bucket": Case(
+            ["augment-eval", "--out", "s3://{missing}/augment"], ["{missing}", "does not exist", "create it"],
+            needs="moto",
         ),
         "non-S3 store URL": Case(
             ["run", "--dataset", tiny, "--store", "ftp://host/dct"], ["'ftp://host/dct'", "s3://bucket/prefix"]
