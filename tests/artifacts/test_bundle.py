@@ -144,3 +144,18 @@ def test_sdxl_bundle_loads_with_one_call_per_text_encoder(store, make_record, tm
         for token, vec in vectors.items():
             assert torch.equal(emb[tok.convert_tokens_to_ids(token)].detach(), vec[key][0])
             assert torch.equal(emb[tok.convert_tokens_to_ids(f"{token}_1")].detach(), vec[key][1])
+
+
+def test_the_manifest_is_written_after_the_tensors(local_store, make_record, monkeypatch):
+    """docs/storage.md: "an existing manifest means a complete bundle" — the write order is what makes it so."""
+    records, _ = _store_tokens(local_store, make_record, 8)
+    writes: list[str] = []
+    real = local_store.write_bytes
+
+    def recording(uri, data):
+        writes.append(uri)
+        return real(uri, data)
+
+    monkeypatch.setattr(local_store, "write_bytes", recording)
+    export_bundle(local_store, records, "run-1")
+    assert writes == [bundle_uri(local_store, "toy", "run-1"), manifest_uri(local_store, "toy", "run-1")]

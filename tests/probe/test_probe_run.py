@@ -210,3 +210,17 @@ def test_runs_evaluated_on_different_seeds_are_refused(write_run):
             store, [run_records(store, "toy", r) for r in (first, second)], resolve_attributes(["border_brightness"]),
             num_bootstrap=200,
         )
+
+
+def test_baseline_and_dct_samples_are_paired_by_seed(write_run):
+    """Each seed's baseline image is compared with the same seed's DCT image: with no planted shift the two
+    images of every pair are the same image (and each seed's image differs from the others')."""
+    from dct.probe.probe import load_paired_samples
+
+    root, run_id = write_run({9: 0.0}, seeds=range(6))
+    store = ArtifactStore(root)
+    (record,) = run_records(store, "toy", run_id)
+    pairs = load_paired_samples(store, record)
+    assert pairs.seeds == tuple(range(6))
+    assert torch.equal(pairs.baseline, pairs.dct)
+    assert len({round(float(img.mean()), 4) for img in pairs.baseline}) == 6

@@ -359,3 +359,21 @@ def test_a_shard_refuses_models_whose_revisions_differ_from_the_plan(synth_world
     other = dataclasses.replace(plan, revisions=dataclasses.replace(plan.revisions, classifier="sha256:other"))
     with pytest.raises(ValueError, match=r"the classifier model loaded here is revision .* plan keyed 'sha256:other'"):
         check_loaded_revisions(other, models)
+
+
+def test_a_stored_token_that_is_not_the_classs_own_is_refused(synth_world, tmp_path):
+    """Every token goes through load_stored_token → check_token: another class's token file copied into class 0's
+    place is refused, not rendered as class 0."""
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    tkey = plant_tokens(store, synth_world, [0, 1])
+    store.write_token("tiny", tkey, 0, store.read_token("tiny", tkey, 1))
+    with pytest.raises(ValueError, match="holds '<dct-tiny-00001>', expected '<dct-tiny-00000>'"):
+        synthesize_dataset(dataset=str(synth_world), synthesis=SynthesisConfig(per_class=1), classes=[0],
+                           store=store.root)
+    assert store.synthetic_finished_class_ids("tiny", store_plan_key(store, synth_world)) == set()
+
+
+def store_plan_key(store, world) -> str:
+    from dct.synthesis.synthesize import plan_synthesis
+
+    return plan_synthesis(dataset=str(world), synthesis=SynthesisConfig(per_class=1), store=store.root).synth_key
