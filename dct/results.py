@@ -719,8 +719,9 @@ def result_files(
     ds_part = f"dataset={validate_component(dataset, 'dataset')}" if dataset is not None else "dataset=*"
     pattern = posixpath.join(base.replace(os.sep, "/"), ds_part, "run_date=*", "*.parquet")
     name_re = re.compile(rf"part-{re.escape(validate_component(run_id, 'run_id')) if run_id else '.+'}-\d+\.parquet")
-    paths = sorted(p for p in st.fs.glob(pattern) if name_re.fullmatch(posixpath.basename(p)))
+    paths = sorted(p for p in st.glob(pattern) if name_re.fullmatch(posixpath.basename(p)))
     good: list[str] = []
+    st.count_reads(paths)  # each file's footer is read below
     for p in paths:
         try:
             with st.fs.open(p, "rb") as f:
@@ -755,6 +756,7 @@ def results_dataset(
     st = _as_store(store)
     schema = SCHEMAS[table]
     files = [st.to_path(u) for u in result_files(st, table, dataset=dataset, run_id=run_id, skip_invalid=skip_invalid)]
+    st.count_reads(files)  # pyarrow reads them through the store's filesystem
     return pads.dataset(
         files,
         schema=schema,
@@ -815,6 +817,7 @@ def results_relation(
     files = result_files(st, table, dataset=dataset, run_id=run_id, skip_invalid=skip_invalid)
     if not files:
         return con.from_arrow(SCHEMAS[table].empty_table())
+    st.count_reads([st.to_path(u) for u in files])  # DuckDB reads them through the store's filesystem
     if st.protocol != "file":
         # Register THIS store's filesystem (its endpoint); replace another one registered under the name.
         name = st.fs.protocol[0] if isinstance(st.fs.protocol, tuple) else st.fs.protocol

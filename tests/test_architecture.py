@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import grimp
-import pytest
+from needs import need
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +71,8 @@ def test_cycle_finder_sees_a_cycle():
     assert import_cycles(graph) == [["a", "b", "c"]]
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter not installed")
 def test_import_contracts_hold():
+    need(shutil.which("lint-imports") is not None, "lint-imports is not on PATH: pip install -e '.[test]'")
     out = subprocess.run(["lint-imports"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "BROKEN" not in out.stdout

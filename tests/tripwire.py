@@ -21,12 +21,22 @@ def arm(monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise ModelLoaded("a model was loaded where none may be")
 
-    for owner, name in (
+    for owner, name in loaders(diffusers, transformers, timm, torch):
+        monkeypatch.setattr(owner, name, boom)
+
+
+def loaders(diffusers, transformers, timm, torch) -> tuple[tuple[object, str], ...]:
+    """The entry points: pipelines, single diffusers models (``AutoencoderKL``, ``UNet2DConditionModel``: the
+    ``ModelMixin`` base), transformers models and tokenizers, timm, and any state dict or pickle read."""
+    return (
         (diffusers.DiffusionPipeline, "from_pretrained"),
         (diffusers.StableDiffusionPipeline, "from_pretrained"),
+        (diffusers.StableDiffusionXLPipeline, "from_pretrained"),
+        (diffusers.ModelMixin, "from_pretrained"),
         (transformers.PreTrainedModel, "from_pretrained"),
         (transformers.AutoModelForImageClassification, "from_pretrained"),
+        (transformers.PreTrainedTokenizerBase, "from_pretrained"),
         (timm, "create_model"),
         (torch.nn.Module, "load_state_dict"),
-    ):
-        monkeypatch.setattr(owner, name, boom)
+        (torch, "load"),
+    )

@@ -577,6 +577,28 @@ class ArtifactStore:
             self._uri(p["name"].rstrip("/")) for p in names if not posixpath.basename(p["name"]).startswith(".")
         )
 
+    def list_folders(self, uri: str) -> list[str]:
+        """URIs of the folders directly in folder ``uri`` (sorted; hidden ones excluded; [] if absent)."""
+        path = self.to_path(uri)
+        self._count("list", path)
+        try:
+            listed = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        names = [p["name"].rstrip("/") for p in listed if p["type"] == "directory"]
+        return sorted(self._uri(n) for n in names if not posixpath.basename(n).startswith("."))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Paths (not URIs) matching an fsspec glob ``pattern`` of paths under the root: one listing request."""
+        self._count("list", pattern.split("*", 1)[0])
+        return self.fs.glob(pattern)
+
+    def count_reads(self, paths: Sequence[str]) -> None:
+        """Count a read of each path that a library handed this store's filesystem makes itself (pyarrow's
+        Parquet footers and datasets, DuckDB), so :attr:`requests` sees every object read."""
+        for p in paths:
+            self._count("get", p)
+
     # -- typed artifacts ------------------------------------------------------------------------------------
 
     def write_token(self, dataset: str, token_key: str, class_id: int, data: bytes) -> str:

@@ -251,14 +251,12 @@ def _folder_real(args, num_classes: int, size, per_class: int):
     def read(root: str) -> ArmData:
         st = open_store(root if "://" in root else str(Path(root).absolute()))
         imgs, labels = [], []
-        for folder in sorted(st.fs.ls(st.to_path(st.root), detail=False)):
+        for folder in st.list_folders(st.root):
             name = folder.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("."):
-                continue
             c = class_id_of_folder(name)
             if c >= num_classes:
                 raise ValueError(f"folder {name!r} names class {c}, but the dataset has {num_classes} classes")
-            for uri in st.list_files(st._uri(folder.rstrip("/"))):
+            for uri in st.list_files(folder):
                 img = decode_image(st.read_bytes(uri))
                 imgs.append(F.interpolate(img[None], size=tuple(size), mode="bilinear", antialias=True)[0])
                 labels.append(c)

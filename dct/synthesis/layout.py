@@ -5,7 +5,7 @@ Under ``synthetic/{dataset}/{synth_key}/``::
     train/{class_id:05d}-{slug}/{seed}.png     kept DCT images (torchvision ImageFolder / HF "imagefolder")
     baseline/{class_id:05d}-{slug}/{seed}.png  the baseline arm (same prompts and seeds, baseline word)
     filtered/{class_id:05d}-{slug}/{seed}.png  DCT images the filter rejected (for inspection, never trained on)
-    webdataset/{class_id:05d}-{k:03d}.tar      optional WebDataset shards of train/ (__key__, png|jpg, cls, json)
+    webdataset/{class_id:05d}-{k:03d}.tar      optional WebDataset shards of train/ (__key__, png|jpeg, cls, json)
     parts/{class_id:05d}.parquet               one class's manifest rows, written LAST = "class finished"
     metadata.parquet                           every row of every finished class (:data:`METADATA_SCHEMA`)
     README.md                                  the dataset card

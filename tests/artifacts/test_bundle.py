@@ -162,3 +162,18 @@ def test_every_command_finds_the_bundle_by_its_folder_or_its_file(store, make_re
         resolve_bundle_uri(uri.split("/runs/", 1)[0] + "/runs/toy/run-1", store)
     with pytest.raises(FileNotFoundError, match="'runs/toy/run-2/bundle' does not exist"):
         resolve_bundle_uri("runs/toy/run-2/bundle", store)
+
+
+def test_the_manifest_is_written_after_the_tensors(local_store, make_record, monkeypatch):
+    """docs/storage.md: "an existing manifest means a complete bundle" — the write order is what makes it so."""
+    records, _ = _store_tokens(local_store, make_record, 8)
+    writes: list[str] = []
+    real = local_store.write_bytes
+
+    def recording(uri, data):
+        writes.append(uri)
+        return real(uri, data)
+
+    monkeypatch.setattr(local_store, "write_bytes", recording)
+    export_bundle(local_store, records, "run-1")
+    assert writes == [bundle_uri(local_store, "toy", "run-1"), manifest_uri(local_store, "toy", "run-1")]

@@ -211,3 +211,34 @@ def test_duckdb_connection_can_be_reused(s3_store, make_record, make_run):
     a = results_relation(s3_store, "classes", con=con)
     b = results_relation(s3_store, "runs", con=con)
     assert a.aggregate("count(*)").fetchall() == [(3,)] and b.aggregate("count(*)").fetchall() == [(1,)]
+
+
+def test_only_part_files_are_read(local_store, make_record, make_run):
+    """docs/reliability.md: files whose names are not part-{run_id}-{i}.parquet are never read — here a valid
+    Parquet copy under another name (a hand-made backup), whose rows would otherwise count twice."""
+    import shutil
+
+    _publish(local_store, make_record, make_run, "run-a")
+    (part,) = [local_store.to_path(u) for u in result_files(local_store, "classes")]
+    shutil.copy(part, Path(part).with_name("backup-of-run-a.parquet"))
+    assert [Path(local_store.to_path(u)).name for u in result_files(local_store, "classes")] == ["part-run-a-0.parquet"]
+    assert len(read_results(local_store, "classes")) == 3
+
+
+def test_a_file_of_an_older_schema_reads_with_nulls_in_the_newer_columns(local_store, make_record, make_run):
+    """docs/storage.md, "Schema evolution": readers impose the current schema."""
+    import pyarrow.parquet as pq
+
+    _publish(local_store, make_record, make_run, "run-a")
+    (part,) = [local_store.to_path(u) for u in result_files(local_store, "classes")]
+    import pyarrow as pa
+
+    newer = ["guide_top1_dct", "guide_top5_dct", "sample_format"]
+    old = pq.read_table(part).drop_columns(newer)  # as a file written before those columns existed
+    old = old.set_column(old.schema.get_field_index("run_id"), "run_id", pa.array(["run-0old"] * old.num_rows))
+    pq.write_table(old, Path(part).with_name("part-run-0old-0.parquet"))  # listed first: no schema to copy
+    df = read_results(local_store, "classes")
+    assert list(df.columns) == CLASS_SCHEMA.names and len(df) == 6
+    older = df[df.run_id == "run-0old"]
+    assert len(older) == 3 and older[newer].isna().all().all()
+    assert df[df.run_id == "run-a"][newer].notna().all().all()

@@ -184,3 +184,48 @@ def test_preflight_fails_fast_when_endpoint_is_down(aws_env, monkeypatch):
     backoff = tries * sum(2 ** (k - 1) for k in range(1, attempts)) + sum(0.1 * 1.7**i for i in range(tries - 1))
     assert elapsed <= backoff + 0.5 * attempts * tries, f"{elapsed:.1f}s > {backoff:.1f}s of backoff"
     assert "testing-secret-key" not in str(exc.value)
+
+
+def test_concurrent_writers_of_different_content_leave_one_complete_version(local_store):
+    """Two runs writing DIFFERENT bytes to one key at the same time (docs/storage.md, "Concurrent runs"): a
+    reader only ever sees one writer's complete version, and the last writer's version stays."""
+    import threading
+
+    uri = local_store.token_uri("toy", "tk0001", 3)
+    versions = [bytes([i]) * (4_000_000 + i) for i in (1, 2, 3)]  # distinct sizes and bytes
+    local_store.write_bytes(uri, versions[0])
+    errors: list[BaseException] = []
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def write(data: bytes) -> None:
+        try:
+            for _ in range(6):
+                local_store.write_bytes(uri, data)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                data = local_store.read_bytes(uri)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+            seen.add(data[:1] + len(data).to_bytes(8, "big") if data in versions else b"torn" + data[:16])
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write, args=(v,)) for v in versions[1:]]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert not any(s.startswith(b"torn") for s in seen), "a reader saw a partial or mixed object"
+    last = local_store.read_bytes(uri)
+    assert last in versions[1:]  # one writer's complete version: the one that replaced last
+    folder = os.path.dirname(local_store.to_path(uri))
+    assert os.listdir(folder) == ["00003.safetensors"]  # no temporary left behind

@@ -112,3 +112,19 @@ def test_repr_has_no_credentials(s3_store):
 def test_local_flag(local_store, s3_store):
     assert local_store.is_local and not s3_store.is_local
     assert ArtifactStore("memory://x").is_local is False
+
+
+def test_the_layout_names_classes_by_zero_padded_id_and_samples_by_seed(local_store):
+    """docs/storage.md, "Layout": ids, not names, zero-padded to 5 digits; a sample is named by its noise seed, so
+    the baseline and DCT image of one seed share a name."""
+    st = local_store
+
+    def rel(uri: str) -> str:
+        return os.path.relpath(st.to_path(uri), st.to_path(st.root))
+
+    assert rel(st.token_uri("toy", "tk1", 3)) == "tokens/toy/tk1/00003.safetensors"
+    assert rel(st.record_uri("toy", "ek1", 3)) == "records/toy/ek1/00003.json"
+    assert rel(st.attempt_uri("toy", "ek1", 3, "run-1")) == "attempts/toy/ek1/00003/run-1.json"
+    assert rel(st.sample_uri("toy", "ek1", 123456, "dct", 10_000)) == "samples/toy/ek1/123456/dct/010000.png"
+    base, dct = (os.path.basename(st.sample_uri("toy", "ek1", 3, v, 10_007)) for v in ("baseline", "dct"))
+    assert base == dct == "010007.png"

@@ -32,6 +32,7 @@ def test_store_uses_endpoint_from_env_and_config(s3_bucket, aws_env, monkeypatch
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     st = ArtifactStore.from_config(StorageConfig(endpoint_url=aws_env), store=f"s3://{s3_bucket}/p")
     assert st.endpoint_url == aws_env
+    assert st.fs.endpoint_url == aws_env  # passed to s3fs explicitly, not left to botocore's own lookup
     st.preflight()
 
 

@@ -160,3 +160,40 @@ def test_a_bad_run_fails_in_one_line_before_any_image_is_rendered(tmp_path, caps
     expected = {"unknown": "no run", "other-dataset": "of dataset 'inet'", "other-tokens": "under token_key otherkey"}
     assert expected[case] in html.unescape(err)
     assert not store.fs.exists(store.to_path(store.uri("synthetic"))), "synthesis ran before the run was checked"
+
+
+def test_each_synthetic_arm_is_its_own_set_of_images(tmp_path):
+    """The arms the experiment trains on: baseline = the baseline arm's images, dct = the unfiltered DCT images,
+    dct_filtered = the kept images of the guide-filtered set, each decoded from its own files."""
+    from tiny import save_tiny_world
+
+    from dct.artifacts.images import decode_image
+    from dct.commands.augment_eval import _synthetic_arms
+    from dct.synthesis.config import FilterConfig, SynthesisConfig
+    from dct.synthesis.layout import read_table
+    from dct.synthesis.synthesize import synthesize_dataset
+
+    world = save_tiny_world(tmp_path / "world")
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    plant_tokens(store, world, range(4))
+    sets = {
+        name: synthesize_dataset(dataset=str(world), synthesis=cfg, store=store.root)
+        for name, cfg in (
+            ("plain", SynthesisConfig(per_class=2, baseline=True, batch_size=8)),
+            ("filtered", SynthesisConfig(per_class=2, batch_size=8, filter=FilterConfig(min_probability=0.2))),
+        )
+    }
+    arms = _synthetic_arms(store, sets, 4)
+
+    def files(name: str, arm: str) -> list:
+        summary = sets[name][1]
+        rows = [r for r in read_table(store.read_bytes(summary["metadata_uri"])).to_pylist() if r["arm"] == arm]
+        return [decode_image(store.read_bytes(f"{summary['root_uri']}/{r['path']}")) for r in rows if r["kept"]]
+
+    import torch
+
+    for arm, name, source in (("baseline", "plain", "baseline"), ("dct", "plain", "dct"),
+                              ("dct_filtered", "filtered", "dct")):
+        expected = files(name, source)
+        assert len(expected) > 0 and torch.equal(arms[arm].images, torch.stack(expected)), arm
+    assert not torch.equal(arms["baseline"].images, arms["dct"].images)

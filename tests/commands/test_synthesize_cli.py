@@ -13,6 +13,10 @@ import pytest
     [
         (["--per-class", "4", "--image-seed", "3"], "overlap the optimisation seeds"),
         (["--per-class", "4", "--image-seed", "10010"], "overlap the evaluation seeds"),
+        # The toy restarts twice: seeds 16..47 belong to its restarts, not to its first attempt.
+        (["--per-class", "4", "--image-seed", "20"], "overlap the optimisation seeds"),
+        # 9990..9993 miss the evaluation seeds (10000..), the filter's cap of 3 x 4 (9990..10001) does not.
+        (["--per-class", "4", "--image-seed", "9990", "--filter", "guide"], "overlap the evaluation seeds"),
         (["--per-class", "4", "--template", "a photo"], "exactly one '{}'"),
         (["--per-class", "4", "--filter", "guide", "--min-probability", "1.5"], "min_probability"),
         (["--per-class", "0"], "must be a positive integer"),

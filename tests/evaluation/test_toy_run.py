@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from needs import need
 
 TOY_CLASSES = [0, 1, 5]
 TOY_SAMPLES = 48  # 3 classes × 48 = 144 images per variant ≥ 129 for the evaluator's 128-d features
@@ -20,8 +21,8 @@ def _toy_weights_present() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _toy_weights_present(), reason="the toy world's weights are not shipped in this checkout yet")
 def test_toy_run_tables_hold_accuracies_and_pooled_metrics(tmp_path):
+    need(_toy_weights_present(), "the toy world's weights (dct/toy/weights/) are not in this checkout")
     from prefect.logging import disable_run_logger
 
     from dct.artifacts.store import ArtifactStore

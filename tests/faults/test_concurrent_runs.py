@@ -27,7 +27,7 @@ import torch
 from dct.artifacts.bundle import read_bundle
 from dct.artifacts.store import ArtifactStore
 from dct.artifacts.token_file import load_token
-from dct.results import read_class_record, read_results
+from dct.results import read_class_record, read_results, write_class_record
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +102,10 @@ def test_two_runs_started_together_stay_consistent(tiny_world, tmp_path):
     runs = read_results(str(store), table="runs", dataset="tiny")
     assert len(runs) == 2 and runs["run_id"].is_unique
     assert set(rows["run_id"]) <= set(runs["run_id"])
+    # Nothing failed: every row is done, every run is done, and each run accounts for all three classes.
+    assert (rows["status"] == "done").all(), rows[["run_id", "class_id", "status", "error"]]
+    assert (runs["status"] == "done").all() and (runs["classes_failed"] == 0).all()
+    assert ((runs["classes_done"] + runs["classes_skipped"]) == 3).all(), runs
 
     tokens = sorted(Path(store, "tokens", "tiny").rglob("*.safetensors"))
     assert len(tokens) == 3
@@ -147,3 +151,48 @@ def _optimised_alone(tiny_world: Path, root: Path) -> dict[int, torch.Tensor]:
         record = process_class(st, config, models, class_id=c, class_name=spec.class_names[c], run_id="alone")
         out[c] = read_token_bytes(st.read_bytes(record.token_uri))[1]
     return out
+
+
+def test_a_class_finished_by_the_other_run_counts_as_skipped_not_failed(tiny_world, tmp_path):
+    """The bookkeeping of the overlap above when one run does not process a class at all (in deployments a shard
+    resubmitted after the other run finished its class is planned without it): the run publishes that class as
+    skipped — no failed record, no row of its own, the class's token in its bundle — and ends done."""
+    import datetime as dt_
+
+    from synth_world import plant_tokens
+
+    from dct.results import ClassRecord
+    from dct.run.plan import build_config, plan_run
+    from dct.run.publish import publish_run
+
+    root = str(tmp_path / "store")
+    store = ArtifactStore.from_config(store=root)
+    plan = plan_run(dataset=str(tiny_world), classes="0-1", store=root, run_id="run-manual")
+    assert plan.todo == [0, 1]
+    spec, config = build_config(str(tiny_world), None, root)
+    assert plant_tokens(store, tiny_world, [0, 1]) == plan.token_key
+    now = dt_.datetime.now(dt_.UTC)
+    prov = _provenance()
+    for class_id, run_id in ((0, "run-manual"), (1, "run-nightly")):  # the nightly run finished class 1
+        write_class_record(store, ClassRecord(
+            run_id=run_id, dataset="tiny", class_id=class_id, class_name=spec.class_names[class_id],
+            token=config.token_string(class_id), token_key=plan.token_key, eval_key=plan.eval_key, status="done",
+            provenance=prov, started_at=now, finished_at=now,
+        ))
+    outcome = publish_run(store, config, plan, class_names=spec.class_names, started_at=now)
+    run = outcome.run
+    assert (run.status, run.classes_done, run.classes_skipped, run.classes_failed) == ("done", 1, 1, 0)
+    assert outcome.missing == [] and [r.class_id for r in outcome.records] == [0]
+    assert read_class_record(store, "tiny", plan.eval_key, 1).run_id == "run-nightly"  # not overwritten
+    assert not list(Path(root).rglob("attempts/**/*.json"))  # no failed attempt recorded for anyone
+    rows = read_results(root, table="classes", dataset="tiny")
+    assert rows[["run_id", "class_id", "status"]].values.tolist() == [["run-manual", 0, "done"]]
+    tokens, _, _ = read_bundle(store.read_bytes(run.bundle_uri))
+    assert tokens == [config.token_string(0), config.token_string(1)]
+
+
+def _provenance():
+    from dct.results import Provenance
+
+    return Provenance(diffusion_model_id="tiny", diffusion_revision="r", classifier_model_id="tiny",
+                      classifier_revision="r", device="cpu", dtype="float32")

@@ -92,3 +92,11 @@ def test_plan_keys_equal_the_keys_of_loaded_models(tiny_world):
     rev = resolve_revisions(config)
     models = load_models(config, "cpu")
     assert (rev.diffusion, rev.classifier) == (models.pipe_revision, models.classifier_revision)
+
+
+def test_deployment_mode_refuses_a_worker_local_store(prefect_harness, tiny_world, tmp_path):
+    """docs/deployments.md: a worker-local directory is refused in deployment mode (the parent reads every record
+    back from the store the GPU workers write), before any shard run is submitted."""
+    state = _run(tiny_world, tmp_path / "store", classes="0", mode="deployment")
+    assert state.is_failed()
+    assert "is a local directory; in deployment mode" in str(state.result(raise_on_failure=False))

@@ -168,3 +168,70 @@ def test_probe_takes_a_dataset_file_where_other_commands_do(write_run, tmp_path,
     argv = ["probe", "--dataset", str(dataset_file), "--store", root, "--attributes", "brightness"]
     assert main([*argv, "--bootstrap", "200"]) == 0, capsys.readouterr().err
     assert f"probe of run {run_id}" in capsys.readouterr().out
+
+
+def _channel_probe(per_run_shifts: dict[str, list[float]], seeds: int = 32, **options) -> dict[str, dict]:
+    """probe_values of one class whose DCT images move each named channel by ``per_run_shifts[name][r]`` in run r
+    (plus a little per-seed noise): rows by attribute."""
+    from dct.probe.attributes import AttributeExtractor
+    from dct.results import ClassRecord, Provenance
+
+    now = dt.datetime.now(dt.UTC)
+    prov = Provenance(diffusion_model_id="t", diffusion_revision="r", classifier_model_id="t", classifier_revision="r",
+                      device="cpu", dtype="float32")
+    names = list(per_run_shifts)
+    runs = len(next(iter(per_run_shifts.values())))
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(seeds, 3, 1, 1, generator=gen).mul(0.5).expand(seeds, 3, 8, 8).clone()
+    pairs = []
+    for r in range(runs):
+        rec = ClassRecord(run_id=f"r{r}", dataset="tiny", class_id=0, class_name="c0", token="<c>", token_key="t",
+                          eval_key=f"e{r}", status="done", provenance=prov, started_at=now, finished_at=now)
+        dct = base.clone()
+        for i, name in enumerate(names):
+            dct[:, i] += per_run_shifts[name][r] + 0.002 * torch.randn(seeds, 1, 1, generator=gen)
+        pairs.append(PairedSamples(rec, tuple(range(seeds)), base, dct))
+    channel = [AttributeExtractor(n, (n,), "channel mean, 0-1", lambda x, i=i: x[:, i].mean((1, 2))) for i, n in
+               enumerate(names)]
+    table = probe_values({0: pairs}, channel, num_bootstrap=400, **options).table.to_pylist()
+    return {r["attribute"]: r for r in table}
+
+
+def test_significant_needs_the_interval_beyond_the_margin_and_significant_rows_rank_first():
+    """docs/probe.md, "Statistics": significant = q <= fdr AND the interval wholly beyond ±min_shift; rank puts
+    significant rows first. "red" moves by 0.2, 0.2 and 0 in three runs: every seed agrees on the mean 0.13, so
+    its p (which does not see the runs) is tiny, but the interval over runs reaches inside the margin. "green"
+    moves by 0.08 in every run: smaller, and beyond the margin."""
+    rows = _channel_probe({"red": [0.2, 0.2, 0.0], "green": [0.08, 0.08, 0.08]}, min_shift=0.05)
+    red, green = rows["red"], rows["green"]
+    assert red["q_value"] <= 0.05 and red["ci_low"] < 0.05 < red["shift"]  # q passes, the interval does not
+    assert not red["significant"]
+    assert green["significant"] and green["ci_low"] > 0.05
+    assert abs(red["shift"]) > abs(green["shift"])
+    assert (green["rank"], red["rank"]) == (1, 2)  # significant first, although red shifted more
+
+
+def test_runs_evaluated_on_different_seeds_are_refused(write_run):
+    """Several runs are pooled seed by seed: runs whose stored seeds differ are refused, naming the class."""
+    root, first = write_run({9: 0.1}, seeds=range(8))
+    _, second = write_run({9: 0.1}, seeds=range(4, 12))  # overlaps only in 4..7
+    store = ArtifactStore(root)
+    with pytest.raises(ValueError, match="class 9: the runs were evaluated on different seeds"):
+        probe_records(
+            store, [run_records(store, "toy", r) for r in (first, second)], resolve_attributes(["border_brightness"]),
+            num_bootstrap=200,
+        )
+
+
+def test_baseline_and_dct_samples_are_paired_by_seed(write_run):
+    """Each seed's baseline image is compared with the same seed's DCT image: with no planted shift the two
+    images of every pair are the same image (and each seed's image differs from the others')."""
+    from dct.probe.probe import load_paired_samples
+
+    root, run_id = write_run({9: 0.0}, seeds=range(6))
+    store = ArtifactStore(root)
+    (record,) = run_records(store, "toy", run_id)
+    pairs = load_paired_samples(store, record)
+    assert pairs.seeds == tuple(range(6))
+    assert torch.equal(pairs.baseline, pairs.dct)
+    assert len({round(float(img.mean()), 4) for img in pairs.baseline}) == 6

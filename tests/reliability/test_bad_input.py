@@ -11,6 +11,7 @@ console script where the process environment is the point. docs/reliability.md h
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -266,7 +267,7 @@ def _prepare(name: str, files, workspace, request, monkeypatch) -> tuple[Case, l
     """The case's argv (moto bucket names filled in, the workspace's store) and environment; S3 object lister."""
     case = cli_cases(files)[name]
     if case.needs == "no-cuda" and torch.cuda.is_available():
-        pytest.skip("CUDA is available here")
+        pytest.skip("CUDA is available here")  # skip-ok: the case needs a machine without CUDA; CI has none
     argv, s3_objects = list(case.argv), None
     if case.needs.startswith("moto"):
         import s3fs
@@ -445,3 +446,29 @@ def test_bad_flow_parameters_fail_the_run_before_any_shard(
     assert snapshot(workspace) == before  # failed in preflight: no probe, nothing written
     shards = [r.name for r in flow_runs_of(params["run_id"]) if r.name.startswith("dct-shard")]
     assert shards == []  # and no shard child run of THIS run was created
+
+
+def _pipe() -> str:
+    from dct.toy.models import PIPELINE_DIR
+
+    return str(PIPELINE_DIR)
+
+
+LOADS = {
+    "vae": lambda: __import__("diffusers").AutoencoderKL.from_pretrained(_pipe(), subfolder="vae"),
+    "unet": lambda: __import__("diffusers").UNet2DConditionModel.from_pretrained(_pipe(), subfolder="unet"),
+    "sd-pipeline": lambda: __import__("diffusers").StableDiffusionPipeline.from_pretrained(_pipe()),
+    "text-encoder": lambda: __import__("transformers").CLIPTextModel.from_pretrained(_pipe(), subfolder="text_encoder"),
+    "tokenizer": lambda: __import__("transformers").CLIPTokenizer.from_pretrained(_pipe(), subfolder="tokenizer"),
+    "timm": lambda: __import__("timm").create_model("resnet18"),
+    "state-dict": lambda: torch.nn.Linear(2, 2).load_state_dict({}),
+    "torch-load": lambda: torch.load(io.BytesIO(b"")),
+}
+
+
+@pytest.mark.parametrize("load", list(LOADS))
+def test_the_tripwire_fires_on_every_way_weights_are_read(tripwire, load):
+    """The tripwire's own coverage: each loader a code path could reach, single diffusers models included (on
+    the shipped toy pipeline's folders, which would load without it)."""
+    with pytest.raises(ModelLoaded):
+        LOADS[load]()

@@ -209,3 +209,49 @@ def test_corrupt_parquet_from_elsewhere_does_not_hide_valid_rows(faulty_run, cap
         assert len(read_results(str(store), table="classes")) == n_before
         assert results_relation(str(store), "classes").aggregate("count(*)").fetchall()[0][0] == n_before
     assert "part-copied-0" in caplog.text and "part-empty-0" in caplog.text
+
+
+def test_cached_blocks_are_released_before_the_one_retry_with_micro_batch_1(tiny_world, tmp_path, monkeypatch):
+    """docs/reliability.md: on CUDA out of memory the class is retried once with micro_batch_size=1, and the
+    failed attempt's cached blocks are released first (``torch.cuda.empty_cache()`` where CUDA is available).
+    The guide runs out of memory on any forward with gradients over more than one image; CUDA "is available"
+    from that failure until the next forward (torch's optimiser asks too, and this machine has no CUDA), and its
+    cache release is observed: the order of events is what is checked."""
+    from dct.models.loading import load_models
+    from dct.run.plan import build_config
+    from dct.run.runner import process_class
+
+    spec, config = build_config(str(tiny_world), FAST, str(tmp_path / "store"))
+    assert config.training.images_per_epoch > 1 and config.training.micro_batch_size is None
+    models = load_models(config, "cpu")
+    events: list[tuple] = []
+
+    class OutOfMemoryOverOneImage(ImageClassifier):
+        def __init__(self, inner: ImageClassifier) -> None:
+            super().__init__(inner.model, inner.preprocess, inner.labels)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            failing["now"] = False
+            if torch.is_grad_enabled():
+                events.append(("forward", images.shape[0]))
+                if images.shape[0] > 1:
+                    failing["now"] = True
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+            return super().forward(images)
+
+    failing = {"now": False}
+    models.classifier = OutOfMemoryOverOneImage(models.classifier)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: failing["now"])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append(("empty_cache",)))
+    record = process_class(store_of(config), config, models, class_id=0, class_name=spec.class_names[0], run_id="r")
+    assert record.status == "done"
+    assert events[0] == ("forward", config.training.images_per_epoch)  # the first attempt, all images at once
+    retry = events.index(("forward", 1))
+    assert ("empty_cache",) in events[1:retry], events  # released between the failure and the retry
+    assert {e for e in events[retry:] if e[0] == "forward"} == {("forward", 1)}  # the retry: one image at a time
+
+
+def store_of(config):
+    from dct.artifacts.store import ArtifactStore
+
+    return ArtifactStore.from_config(config.storage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+import timm
 import torch
 
 from dct.synthesis.augment import (
@@ -69,3 +70,29 @@ def test_experiment_rows_table_and_plot():
     assert table.schema.metadata[b"dct.schema_version"] == str(AUGMENT_SCHEMA_VERSION).encode()
     with Image.open(io.BytesIO(plot_png(rows, "t"))) as im:
         assert im.format == "PNG" and im.size[0] > 300
+
+
+
+@timm.models.register_model
+def dct_test_linear(pretrained: bool = False, num_classes: int = 3, **kwargs) -> torch.nn.Module:
+    """A downstream model whose every prediction moves with its initial weights and with each training image
+    (the default EfficientNet predicts one class for everything after a few steps: too coarse to compare arms)."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, num_classes))
+
+
+def test_arms_of_a_seed_are_paired_and_each_trains_on_its_own_images():
+    """Within a seed every arm starts from the same weights on the same real images and differs only in its
+    synthetic images: two arms given the same images give the same per-class results; another arm's images
+    give other results (docs/synthesis.md, "The augmentation experiment")."""
+    own, other = _data(6, 5), _data(6, 6)
+    rows = run_experiment(
+        DownstreamConfig(model="dct_test_linear", steps=3, batch_size=8), real_pools=[_data(2, 0)],
+        test=_data(40, 9), synthetic={"baseline": own, "dct_filtered": own, "dct": other}, shots=[2],
+        num_classes=3, sanity_k=None,
+    )
+
+    def results(arm: str) -> list[float]:
+        return [r["accuracy"] for r in sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["class_id"] or -1)]
+
+    assert results("baseline") == results("dct_filtered")  # same start, same real images, same synthetic images
+    assert results("baseline") != results("dct")  # the synthetic images decide the difference

@@ -52,3 +52,16 @@ def test_the_section_is_in_the_index_with_relative_links_and_escaped_names(store
     again = render_report_html(config=config, plan=plan, sections=[], pooled=None, plot_href=None,
                                extra_sections=sections)
     assert "0.600 ± 0.141" in again and again.count("<!-- dct:section augment -->") == 1
+
+
+def test_a_section_is_replaced_in_place_and_added_to_an_index_written_before_sections():
+    """docs/synthesis.md: a second run replaces the section; an index written before sections existed gets it."""
+    from dct.evaluation.report import splice_section
+
+    old_index = "<html><body><h1>run</h1>\n<h2>Summary</h2><p>numbers</p></body></html>"
+    once = splice_section(old_index, "augment", "<p>first</p>")
+    assert once.index("<p>first</p>") < once.index("<h2>Summary</h2>")
+    twice = splice_section(once, "augment", "<p>second</p>")
+    assert twice.count("<!-- dct:section augment -->") == 1 and "<p>first</p>" not in twice
+    assert "<p>second</p>" in twice and twice.index("<p>second</p>") < twice.index("<h2>Summary</h2>")
+    assert twice.replace("<p>second</p>", "<p>first</p>") == once  # nothing else moved

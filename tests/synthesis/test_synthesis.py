@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 
@@ -189,3 +190,190 @@ def test_s3_store_holds_the_folder_and_manifest(synth_world, s3_store):
         "endpoint_url": os.environ["AWS_ENDPOINT_URL_S3"]}})
     assert sorted(set(df.class_id)) == [1, 2] and len(df) == 6
     assert s3_store.synthetic_finished_class_ids(plan.dataset, plan.synth_key) == {1, 2}
+
+
+# ---- the seed block, the key, the judges, the formats (docs/synthesis.md, "Settings", "Keys", "Layout")
+
+
+def _toy_config():
+    from dct.run.plan import build_config
+
+    return build_config("toy", None, "memory://unused")[1]  # 2 restarts: optimisation seeds 0..47; evaluation 10000..
+
+
+@pytest.mark.parametrize(
+    "fields, what",
+    [
+        ({"seed": 20, "per_class": 4}, "optimisation"),  # misses attempt 0's seeds 0..15, not the restarts' 16..47
+        ({"seed": 9990, "per_class": 4, "filter": FilterConfig(max_factor=3.0)}, "evaluation"),  # 9990..10001: the cap
+    ],
+)
+def test_the_seed_block_up_to_the_cap_misses_every_optimisation_and_evaluation_seed(fields, what):
+    from dct.synthesis.config import check_synthesis
+
+    config = _toy_config()
+    assert config.training.restarts == 2 and config.evaluation.seeds[0] == 10_000
+    with pytest.raises(ValueError, match=f"overlap the {what} seeds"):
+        check_synthesis(SynthesisConfig(**fields), config)
+    check_synthesis(SynthesisConfig(per_class=4, seed=48), config)  # right after the last restart's seeds: fine
+
+
+def test_synth_key_covers_the_judges_revisions_and_the_effective_templates_and_sampler():
+    from dct.synthesis.config import synth_key
+
+    config = _toy_config()
+    assert config.evaluation.evaluator is not None
+    plain = SynthesisConfig(per_class=4)
+    key = synth_key(plain, config, "tk", "guide-rev", "eval-rev")
+    named = SynthesisConfig(per_class=4, templates=config.prompts.templates, sampler=config.sampler)
+    assert synth_key(named, config, "tk", "guide-rev", "eval-rev") == key  # the dataset's own settings, named
+    assert synth_key(plain, config, "tk", "other-guide-rev", "eval-rev") != key  # the guide scores every image
+    assert synth_key(plain, config, "tk", "guide-rev", "other-eval-rev") != key  # so does the evaluator
+    other = SynthesisConfig(per_class=4, templates=("a {} photo",))
+    assert synth_key(other, config, "tk", "guide-rev", "eval-rev") != key
+    assert synth_key(plain.model_copy(update={"batch_size": 3}), config, "tk", "guide-rev", "eval-rev") == key
+
+
+def test_a_filter_by_the_evaluator_needs_one(synth_world):
+    from dct.run.plan import build_config
+    from dct.synthesis.config import check_synthesis
+
+    _, config = build_config(str(synth_world), None, "memory://unused")
+    assert config.evaluation.evaluator is None
+    for by in ("evaluator", "both"):
+        with pytest.raises(ValueError, match=f"filter by '{by}' needs an evaluator, but dataset 'tiny' has none"):
+            check_synthesis(SynthesisConfig(per_class=2, filter=FilterConfig(by=by)), config)
+    check_synthesis(SynthesisConfig(per_class=2, filter=FilterConfig(by="guide")), config)
+
+
+@pytest.fixture(scope="module")
+def judged_world(synth_world, tmp_path_factory):
+    """The tiny world with a held-out evaluator: another tiny classifier, so guide and evaluator disagree."""
+    import timm
+    import torch
+    from timm.models._hub import save_for_hf
+    from tiny import TINY_CLASSES
+
+    root = tmp_path_factory.mktemp("judged")
+    for name in ("pipeline", "guide"):
+        shutil.copytree(synth_world.parent / name, root / name)
+    torch.manual_seed(7)
+    evaluator = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=len(TINY_CLASSES), img_size=16, patch_size=8,
+        embed_dim=32, depth=1, num_heads=2,
+    ).eval()
+    save_for_hf(evaluator, str(root / "evaluator"), model_config={"label_names": list(TINY_CLASSES)},
+                safe_serialization=True)
+    text = synth_world.read_text() + (
+        '[evaluator]\nkind = "local"\nmodel_id = "./evaluator"\nlicence = "test-only"\n'
+        "[evaluator.preprocess]\nresize = 16\ncrop = 16\nmean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\n"
+    )
+    path = root / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("by", ["evaluator", "both"])
+def test_filter_by_the_evaluator_or_both_keeps_what_that_judge_accepts(judged_world, tmp_path, by):
+    import pandas as pd
+
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    plant_tokens(store, judged_world, [0, 1])
+    threshold = 0.22  # the tiny random judges give these images 0.21-0.25: some pass one judge and not the other
+    cfg = SynthesisConfig(per_class=4, batch_size=4, filter=FilterConfig(by=by, min_probability=threshold,
+                                                                          max_factor=2.0))
+    _, summary = synthesize_dataset(dataset=str(judged_world), synthesis=cfg, classes=[0, 1], store=store.root)
+    df = pd.read_parquet(summary["metadata_uri"])
+    df = df[df.filter_status != "over_quota"]
+    guide_ok, eval_ok = df.guide_probability >= threshold, df.evaluator_probability >= threshold
+    assert (guide_ok != eval_ok).any(), "the judges agree on every image: the test could not tell them apart"
+    passes = eval_ok if by == "evaluator" else guide_ok & eval_ok
+    assert (df.kept == passes).all()
+    assert (df.filter_status == passes.map({True: "kept", False: "below_threshold"})).all()
+
+
+def test_jpeg_sets_store_jpeg_quality_95_in_the_folder_and_the_shards(synth_world, tmp_path):
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    plant_tokens(store, synth_world, [0])
+    cfg = SynthesisConfig(per_class=2, batch_size=2, image_format="jpeg", webdataset=True)
+    plan, _ = synthesize_dataset(dataset=str(synth_world), synthesis=cfg, classes=[0], store=store.root)
+    files = sorted((tmp_path / "store").glob(f"synthetic/tiny/{plan.synth_key}/train/00000-*/*"))
+    assert [f.name for f in files] == ["1000000.jpeg", "1000001.jpeg"]
+    for f in files:
+        with Image.open(f) as im:
+            assert im.format == "JPEG"
+            again = io.BytesIO()
+            im.convert("RGB").save(again, format="JPEG", quality=95)
+            assert im.quantization == Image.open(again).quantization  # the tables of quality 95
+    shards = store.list_files(store.synthetic_uri(plan.dataset, plan.synth_key, "webdataset"))
+    samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil"))
+    assert [s["__key__"] for s in samples] == ["00000-1000000", "00000-1000001"]
+    assert all(s["jpeg"].size == (16, 16) for s in samples)
+
+
+def test_a_class_the_filter_cannot_fill_is_finished_with_a_warning(synth_world, tmp_path, caplog):
+    import logging
+
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    plant_tokens(store, synth_world, [0])
+    cfg = SynthesisConfig(per_class=2, batch_size=2, filter=FilterConfig(min_probability=1.0, max_factor=1.0))
+    with caplog.at_level(logging.WARNING, logger="dct.synthesis.synthesize"):
+        plan, summary = synthesize_dataset(dataset=str(synth_world), synthesis=cfg, classes=[0], store=store.root)
+    assert store.synthetic_finished_class_ids(plan.dataset, plan.synth_key) == {0}
+    assert (summary["kept"], summary["generated"]) == (0, 2)
+    assert any("class 0" in r.getMessage() and "only 0 of 2 images passed the filter" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_webdataset_shards_stay_within_shard_max_bytes_and_keep_every_sample_in_order():
+    import tarfile
+
+    from dct.synthesis.layout import webdataset_shards
+
+    samples = [(f"00003-{s}", bytes([s]) * 5000, 3, {"seed": s}) for s in range(12)]
+    max_bytes = 40_960
+    shards = webdataset_shards(samples, "png", max_bytes)
+    assert len(shards) > 1 and all(len(s) <= max_bytes for s in shards), [len(s) for s in shards]
+    names = []
+    for data in shards:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            names += [m.name for m in tar.getmembers()]
+    assert names == [f"00003-{s}.{e}" for s in range(12) for e in ("png", "cls", "json")]
+
+
+def test_a_shard_refuses_models_whose_revisions_differ_from_the_plan(synth_world, tmp_path):
+    import dataclasses
+
+    from dct.models.loading import load_models
+    from dct.run.plan import build_config
+    from dct.synthesis.synthesize import check_loaded_revisions, plan_synthesis
+
+    plan = plan_synthesis(dataset=str(synth_world), synthesis=SynthesisConfig(per_class=1), store=str(tmp_path / "s"))
+    models = load_models(build_config(str(synth_world), None, str(tmp_path / "s"))[1], "cpu")
+    check_loaded_revisions(plan, models)  # the models the plan keyed
+    other = dataclasses.replace(plan, revisions=dataclasses.replace(plan.revisions, classifier="sha256:other"))
+    with pytest.raises(ValueError, match=r"the classifier model loaded here is revision .* plan keyed 'sha256:other'"):
+        check_loaded_revisions(other, models)
+
+
+def test_a_stored_token_that_is_not_the_classs_own_is_refused(synth_world, tmp_path):
+    """Every token goes through load_stored_token → check_token: another class's token file copied into class 0's
+    place is refused, not rendered as class 0."""
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    tkey = plant_tokens(store, synth_world, [0, 1])
+    store.write_token("tiny", tkey, 0, store.read_token("tiny", tkey, 1))
+    with pytest.raises(ValueError, match="holds '<dct-tiny-00001>', expected '<dct-tiny-00000>'"):
+        synthesize_dataset(dataset=str(synth_world), synthesis=SynthesisConfig(per_class=1), classes=[0],
+                           store=store.root)
+    assert store.synthetic_finished_class_ids("tiny", store_plan_key(store, synth_world)) == set()
+
+
+def store_plan_key(store, world) -> str:
+    from dct.synthesis.synthesize import plan_synthesis
+
+    return plan_synthesis(dataset=str(world), synthesis=SynthesisConfig(per_class=1), store=store.root).synth_key
