@@ -2,7 +2,8 @@
 before any model is loaded, and with nothing previously written changed.
 
 Each case runs ``dct.cli.main`` in-process (the exit code it returns is the process's exit code), with a
-tripwire on every third-party weight loader (diffusers, transformers, timm, ``Module.load_state_dict``)
+tripwire on every third-party weight loader (diffusers pipelines and models, transformers models and tokenizers,
+timm, ``Module.load_state_dict``, ``torch.load``: tests/tripwire.py)
 and a snapshot (path, size, mtime, bytes) of a pre-populated store and working directory before and after.
 Flow-parameter cases call the `dct` flow under the Prefect test harness; two cases run the real `dct`
 console script where the process environment is the point. docs/reliability.md holds the table.
