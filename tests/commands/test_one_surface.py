@@ -103,6 +103,15 @@ def test_a_run_is_a_handle_to_its_exact_settings(tmp_path):
     settings = resolve_settings(dataset=None, overrides=None, store=store.root, run=run_id)
     assert settings.config == config and settings.token_key == "tk" and settings.run.class_ids == [1, 2]
     assert settings.spec.name == "tiny" and settings.source == str(world)
+    # A command given only --run takes the run's classes (and --classes, when given, wins).
+    import argparse
+
+    from dct.commands.common import resolve_command_settings
+
+    args = argparse.Namespace(dataset=None, run=run_id, store=store.root, classes=None)
+    assert resolve_command_settings(args, None)[1] == [1, 2]
+    args.classes = "3"
+    assert resolve_command_settings(args, None)[1] == "3"
 
     with pytest.raises(ValueError, match="takes the run's own settings; drop --seed 3"):
         resolve_settings(dataset=None, overrides=RunOverrides(seed=3), store=store.root, run=run_id,
