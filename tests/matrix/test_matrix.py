@@ -758,7 +758,24 @@ def _synthesize_run(w: World):
     res = yield ["synthesize", "--run", w.run_id(), "--per-class", "2", "--store", w.store, "--image-seed", "3000000"]
     expect_ok(res)
     with explained(res):
-        check_synthetic_set(res, w)
+        rows = check_synthetic_set(res, w)
+        check_same_as_generate(res, w, rows, class_id=1, seed=3000000)
+
+
+def check_same_as_generate(res: Result, w: World, rows: list, *, class_id: int, seed: int) -> None:
+    """A synthetic image is what `dct generate --run` renders for the same class, template and seed, pixel for
+    pixel: synthesis installs the token as the method does (every text encoder, every vector), not otherwise."""
+    import numpy as np
+
+    out = w.loc(f"generate-for-synthesis-{seed}")
+    gen = w.matrix.dct(["generate", "--run", w.run_id(), "--class", str(class_id), "--store", w.store, "--n", "2",
+                        "--image-seed", str(seed), "--out", out])
+    expect_ok(gen)
+    root = res.line_after("rows:").rsplit("/", 1)[0]
+    for j in range(2):
+        (row,) = [r for r in rows if r["arm"] == "dct" and r["class_id"] == class_id and r["seed"] == seed + j]
+        ours, generated = image(join(root, row["path"])), image(join(out, f"dct-{j:02d}.png"))
+        assert np.array_equal(ours, generated), f"{row['path']} differs from `dct generate`'s dct-{j:02d}.png"
 
 
 @cell("synthesize-baseline-filter-webdataset", COMBOS)
