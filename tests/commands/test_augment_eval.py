@@ -183,7 +183,7 @@ def test_each_synthetic_arm_is_its_own_set_of_images(tmp_path):
             ("filtered", SynthesisConfig(per_class=2, batch_size=8, filter=FilterConfig(min_probability=0.2))),
         )
     }
-    arms = _synthetic_arms(store, sets, 4)
+    arms = _synthetic_arms(store, sets)
 
     def files(name: str, arm: str) -> list:
         summary = sets[name][1]
