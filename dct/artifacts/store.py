@@ -566,26 +566,21 @@ class ArtifactStore:
 
     def list_files(self, uri: str) -> list[str]:
         """URIs of the files directly in folder ``uri`` (sorted; hidden temporaries excluded; [] if absent)."""
-        path = self.to_path(uri)
-        self._count("list", path)
-        try:
-            listed = self.fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return []
-        names = [p for p in listed if p["type"] == "file"]
-        return sorted(
-            self._uri(p["name"].rstrip("/")) for p in names if not posixpath.basename(p["name"]).startswith(".")
-        )
+        return self._list(uri, "file")
 
     def list_folders(self, uri: str) -> list[str]:
         """URIs of the folders directly in folder ``uri`` (sorted; hidden ones excluded; [] if absent)."""
+        return self._list(uri, "directory")
+
+    def _list(self, uri: str, kind: str) -> list[str]:
+        """One counted listing of folder ``uri``: the URIs of its entries of ``kind`` ("file" or "directory")."""
         path = self.to_path(uri)
         self._count("list", path)
         try:
             listed = self.fs.ls(path, detail=True)
         except FileNotFoundError:
             return []
-        names = [p["name"].rstrip("/") for p in listed if p["type"] == "directory"]
+        names = [p["name"].rstrip("/") for p in listed if p["type"] == kind]
         return sorted(self._uri(n) for n in names if not posixpath.basename(n).startswith("."))
 
     def glob(self, pattern: str) -> list[str]:
