@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 CLASS_SCHEMA_VERSION = 1
 RUN_SCHEMA_VERSION = 1
-PROBE_SCHEMA_VERSION = 2  # 2: min_shift
+PROBE_SCHEMA_VERSION = 3  # 2: min_shift; 3: the intervention test, baseline_spread
 
 ClassStatus = Literal["done", "diverged", "failed"]
 # Statuses whose record is a "finished" marker. "diverged" (NaN loss) is deterministic for the same
@@ -499,6 +499,7 @@ PROBE_SCHEMA = pa.schema(
         pa.field("num_seeds", pa.int32(), nullable=False),
         pa.field("baseline_mean", pa.float64(), nullable=False),
         pa.field("dct_mean", pa.float64(), nullable=False),
+        pa.field("baseline_spread", pa.float64()),  # null before version 3
         pa.field("shift", pa.float64(), nullable=False),
         pa.field("ci_low", pa.float64(), nullable=False),
         pa.field("ci_high", pa.float64(), nullable=False),
@@ -507,9 +508,18 @@ PROBE_SCHEMA = pa.schema(
         pa.field("q_value", pa.float64(), nullable=False),
         pa.field("significant", pa.bool_(), nullable=False),
         pa.field("rank", pa.int32(), nullable=False),
+        # The intervention test (version 3; null on rows not tested): verdict, effect on the guide's P(class).
+        pa.field("intervention", pa.string()),
+        pa.field("intervention_effect", pa.float64()),
+        pa.field("intervention_ci_low", pa.float64()),
+        pa.field("intervention_ci_high", pa.float64()),
+        pa.field("intervention_forward", pa.float64()),
+        pa.field("intervention_backward", pa.float64()),
+        pa.field("edit_reached", pa.float64()),
         pa.field("confidence", pa.float64(), nullable=False),
         pa.field("fdr", pa.float64(), nullable=False),
         pa.field("min_shift", pa.float64()),  # null in version-1 files (their margin was 0)
+        pa.field("min_effect", pa.float64()),  # null before version 3, or when no intervention ran
         pa.field("num_bootstrap", pa.int32(), nullable=False),
         pa.field("created_at", _UTC_TS, nullable=False),
     ],

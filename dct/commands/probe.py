@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.05,
         help="smallest shift of interest in the attributes' 0-1 units (default 0.05; 0 = any shift)",
     )
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        default=0.05,
+        help="intervention margin: a significant shift is confirmed when moving the attribute alone moves the "
+        "guide's probability of the class by more than this (0-1, default 0.05)",
+    )
     p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--top-labels", type=positive_int, default=5, help="labels tested per class and classifier")
     add_device_argument(p)
@@ -45,6 +52,8 @@ def probe(args: argparse.Namespace) -> int:
         build_extractors,
         check_samples_stored,
         find_runs,
+        guide_probabilities,
+        load_guide,
         parse_attribute_names,
         probe_records,
         run_records,
@@ -58,6 +67,8 @@ def probe(args: argparse.Namespace) -> int:
         raise ValueError(f"--fdr {args.fdr!r} must be within (0, 1), e.g. 0.05")
     if not 0.0 <= args.min_shift < 1.0:
         raise ValueError(f"--min-shift {args.min_shift!r} must be within [0, 1), e.g. 0.05 (0 = any shift)")
+    if not 0.0 <= args.min_effect < 1.0:
+        raise ValueError(f"--min-effect {args.min_effect!r} must be within [0, 1), e.g. 0.05 (a change in probability)")
     if args.bootstrap < 100:
         raise ValueError(f"--bootstrap {args.bootstrap!r} must be at least 100 resamples")
     device = resolve_device(args.device)
@@ -68,7 +79,8 @@ def probe(args: argparse.Namespace) -> int:
     for records in records_by_run:
         check_samples_stored(records)
     config = RunConfig.model_validate_json(runs[0].config_json)
-    extractors = build_extractors(names, config, device)
+    guide = load_guide(config, device)
+    extractors = build_extractors(names, config, device, guide=guide)
     result = probe_records(
         store,
         records_by_run,
@@ -78,6 +90,8 @@ def probe(args: argparse.Namespace) -> int:
         num_bootstrap=args.bootstrap,
         top_labels=args.top_labels,
         run_ids=[r.run_id for r in runs],
+        guide=guide_probabilities(guide),
+        min_effect=args.min_effect,
     )
     uris, page = write_probe(store, result)
     for line in summary_lines(result.table):

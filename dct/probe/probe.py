@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,15 @@ from dct.artifacts.images import decode_image
 from dct.artifacts.store import PROBE_PAGE, VARIANTS, ArtifactStore
 from dct.evaluation.report import add_report_section
 from dct.probe.attributes import AttributeExtractor
+from dct.probe.editors import ATTRIBUTE_EDITORS, AttributeEditor
+from dct.probe.intervention import (
+    CONFIRMED,
+    DEFAULT_MIN_EFFECT,
+    NOT_CONFIRMED,
+    NOT_TESTABLE,
+    check_min_effect,
+    intervene,
+)
 from dct.probe.page import render_probe_page
 from dct.probe.samples import PairedSamples, ProbeResult
 from dct.probe.stats import (
@@ -88,7 +97,9 @@ def probe_eval_key(
     names = parse_attribute_names(attributes)
     records = eval_key_records(store, config.dataset, eval_key, class_ids)
     check_samples_stored(records)
-    result = probe_records(store, [records], build_extractors(names, config, device), run_ids=[run_id])
+    guide = load_guide(config, device)
+    extractors = build_extractors(names, config, device, guide=guide)
+    result = probe_records(store, [records], extractors, run_ids=[run_id], guide=guide_probabilities(guide))
     return write_probe(store, result)
 
 
@@ -140,8 +151,12 @@ def probe_values(
     min_shift: float = DEFAULT_MIN_SHIFT,
     run_ids: Sequence[str] | None = None,
     created_at: dt.datetime | None = None,
+    guide: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    editors: Mapping[str, AttributeEditor] | None = None,
 ) -> ProbeResult:
-    """The probe table of some classes: one row per class × attribute, q-values over ALL rows.
+    """The probe table of some classes: one row per class × attribute, q-values over ALL rows; every
+    significant shift tested by intervention on the guide (:mod:`dct.probe.intervention`).
 
     Args:
         samples: class id → its paired samples, one per optimisation run (all on the same seeds).
@@ -156,6 +171,11 @@ def probe_values(
             p-values test |shift| ≤ min_shift (0: the classic test against no shift).
         run_ids: the probed runs, the first one naming the probe (its table file and page); default: the
             records' runs. A run that skipped finished classes probes records that earlier runs wrote.
+        guide: images ``(B, 3, H, W)`` → ``(B, C)`` the run's guide's class probabilities; None: no
+            intervention test (its columns stay null).
+        min_effect: the intervention's margin on the guide's probability (:data:`DEFAULT_MIN_EFFECT`).
+        editors: attribute → editor (default :data:`dct.probe.editors.ATTRIBUTE_EDITORS`); a significant
+            shift of an attribute without one is ``not testable``.
 
     Returns:
         A :class:`ProbeResult`.
@@ -173,6 +193,8 @@ def probe_values(
         raise ValueError(f"top_labels {top_labels!r} must be a positive integer")
     if not 0.0 <= min_shift < 1.0:
         raise ValueError(f"min_shift {min_shift!r} must be within [0, 1), e.g. 0.05 (0 tests against no shift)")
+    check_min_effect(min_effect)
+    editors = ATTRIBUTE_EDITORS if editors is None else editors
     created_at = created_at or dt.datetime.now(dt.UTC)
     first = next(iter(samples.values()))[0].record
     run_ids = list(run_ids or sorted({p.record.run_id for runs in samples.values() for p in runs}))
@@ -209,6 +231,7 @@ def probe_values(
                     "num_runs": st.num_runs,
                     "num_seeds": st.num_seeds,
                     "baseline_mean": float(st.baseline_mean[k]),
+                    "baseline_spread": float(base[:, :, k].std()),
                     "dct_mean": float(st.dct_mean[k]),
                     "shift": float(st.shift[k]),
                     "ci_low": float(st.ci_low[k]),
@@ -218,6 +241,7 @@ def probe_values(
                     "confidence": confidence,
                     "fdr": fdr,
                     "min_shift": min_shift,
+                    "min_effect": min_effect if guide is not None else None,
                     "num_bootstrap": num_bootstrap,
                     "created_at": created_at,
                 }
@@ -226,15 +250,65 @@ def probe_values(
     for r, qv in zip(rows, q, strict=True):
         r["q_value"] = float(qv)
         r["significant"] = bool(qv <= fdr and (r["ci_low"] > min_shift or r["ci_high"] < -min_shift))
-    # Rank within a class: significant shifts first, then by absolute shift (NOT by d: see dct.probe.stats).
+    if guide is not None:
+        _test_by_intervention(rows, samples, guide, editors, min_effect, num_bootstrap, confidence)
+    # Rank within a class: significant shifts first — confirmed by intervention, then not testable, then not
+    # confirmed — each by absolute shift (NOT by d: see dct.probe.stats).
     by_class: dict[int, list[dict]] = {}
     for r in rows:
         by_class.setdefault(r["class_id"], []).append(r)
     for cls_rows in by_class.values():
-        for i, r in enumerate(sorted(cls_rows, key=lambda r: (not r["significant"], -abs(r["shift"])))):
+        for i, r in enumerate(sorted(cls_rows, key=_rank_key)):
             r["rank"] = i + 1
     rows.sort(key=lambda r: (r["class_id"], r["rank"]))
     return ProbeResult(pa.Table.from_pylist(rows, schema=PROBE_SCHEMA), samples, diffs)
+
+
+_VERDICT_ORDER = {CONFIRMED: 0, None: 1, NOT_TESTABLE: 1, NOT_CONFIRMED: 2}
+
+
+def _rank_key(row: dict) -> tuple:
+    return (not row["significant"], _VERDICT_ORDER[row.get("intervention")], -abs(row["shift"]))
+
+
+def _test_by_intervention(rows, samples, guide, editors, min_effect, num_bootstrap, confidence) -> None:
+    """Fill the intervention columns of every significant row (in place); other rows stay null."""
+    unedited: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for r in rows:
+        if not r["significant"]:
+            continue
+        editor = editors.get(r["attribute"]) if r["source"] == r["attribute"] else None
+        if editor is None:
+            r["intervention"] = NOT_TESTABLE
+            continue
+        cid, runs = r["class_id"], samples[r["class_id"]]
+
+        def probability(images: torch.Tensor, cid: int = cid) -> torch.Tensor:
+            return guide(images)[:, cid].float().cpu()
+
+        if cid not in unedited:
+            unedited[cid] = ([probability(p.baseline) for p in runs], [probability(p.dct) for p in runs])
+        res = intervene(
+            [p.baseline for p in runs],
+            [p.dct for p in runs],
+            editor,
+            r["shift"],
+            probability,
+            unedited=unedited[cid],
+            min_effect=min_effect,
+            num_bootstrap=num_bootstrap,
+            confidence=confidence,
+            seed=cid,
+        )
+        r.update(
+            intervention=res.verdict,
+            intervention_effect=res.effect,
+            intervention_ci_low=res.ci_low,
+            intervention_ci_high=res.ci_high,
+            intervention_forward=res.forward,
+            intervention_backward=res.backward,
+            edit_reached=res.reached,
+        )
 
 
 def _kept_attributes(extractors, per_run, top_labels: int, class_id: int) -> list[str]:
@@ -336,35 +410,67 @@ def probe_section_html(table: pa.Table) -> str:
     )
 
 
+def backing_line(num_runs: int, num_seeds: int) -> str:
+    """What backs the probe's findings; with one run, that run-to-run variation is not covered and how to add it."""
+    if num_runs == 1:
+        return (
+            f"backed by 1 optimisation run x {num_seeds} seeds: the intervals cover the seeds, not run-to-run "
+            "variation of the token; add runs (`dct run ... --seed N`, another N each) and pass each with --run"
+        )
+    return f"backed by {num_runs} optimisation runs x {num_seeds} seeds (intervals over runs and seeds)"
+
+
+def _finding(r: dict) -> str:
+    text = f"{r['attribute']} {r['shift']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+    if r.get("intervention_effect") is not None:
+        text += (
+            f" -> guide P(class) {r['intervention_effect']:+.3f} "
+            f"[{r['intervention_ci_low']:+.3f}, {r['intervention_ci_high']:+.3f}]"
+        )
+    return text
+
+
 def summary_lines(table: pa.Table, *, per_class: int = 3, max_classes: int = 20) -> list[str]:
-    """A short text summary: counts, then each class's top significant shifts (absolute units, CI, d, q)."""
+    """A short text summary: counts and what backs them, then per class its significant shifts — confirmed by
+    intervention first, then not confirmed, then not testable — each in absolute units with its interval."""
     rows = table.to_pylist()
     if not rows:
         return ["probe: no rows"]
     sig = [r for r in rows if r["significant"]]
     classes = sorted({r["class_id"] for r in rows})
     r0 = rows[0]
+    verdicts = {v: [r for r in sig if r.get("intervention") == v] for v in (CONFIRMED, NOT_CONFIRMED, NOT_TESTABLE)}
+    tested = r0.get("min_effect") is not None
+    counts = (
+        f"{len(verdicts[CONFIRMED])} confirmed by intervention on the guide (|change in P(class)| > "
+        f"{r0['min_effect']:g}), {len(verdicts[NOT_CONFIRMED])} not confirmed, {len(verdicts[NOT_TESTABLE])} not "
+        "testable"
+        if tested
+        else "no intervention test (no guide given)"
+    )
     out = [
-        f"probe of run {r0['run_id']} ({r0['dataset']}, {r0['num_runs']} run(s), {r0['num_seeds']} seeds): "
-        f"{len(classes)} classes x {len(rows) // len(classes)} attributes, {len(sig)} significant shifts "
-        f"(|shift| > {r0['min_shift']:g}, BH FDR {r0['fdr']:.0%}, {r0['confidence']:.0%} bootstrap CI beyond it)"
+        f"probe of run {r0['run_id']} ({r0['dataset']}): {len(classes)} classes x {len(rows) // len(classes)} "
+        f"attributes, {len(sig)} significant shifts (|shift| > {r0['min_shift']:g}, BH FDR {r0['fdr']:.0%}, "
+        f"{r0['confidence']:.0%} bootstrap CI beyond it); {counts}",
+        f"  {backing_line(r0['num_runs'], r0['num_seeds'])}",
     ]
     shown = 0
     for cid in classes:
-        top = [r for r in rows if r["class_id"] == cid and r["significant"]][:per_class]
-        if not top:
+        mine = [r for r in rows if r["class_id"] == cid and r["significant"]]
+        if not mine:
             continue
         if shown == max_classes:
             out.append("  ... more classes in the probe table")
             break
         shown += 1
-        name = top[0]["class_name"]
-        parts = [
-            f"{r['attribute']} {r['shift']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] d={r['effect_size']:.1f} "
-            f"q={r['q_value']:.1g}"
-            for r in top
-        ]
-        out.append(f"  class {cid} {name}: " + "; ".join(parts))
+        out.append(f"  class {cid} {mine[0]['class_name']}:")
+        groups = [(v, [r for r in mine if r.get("intervention") == v]) for v in verdicts]
+        if not tested:
+            groups = [("significant", mine)]
+        for label, group in groups:
+            if group:
+                more = f" (+{len(group) - per_class} more)" if len(group) > per_class else ""
+                out.append(f"    {label}: " + "; ".join(_finding(r) for r in group[:per_class]) + more)
     if not sig:
         out.append("  no attribute shifted significantly")
     return out
@@ -394,13 +500,34 @@ def parse_attribute_names(text: str | None) -> list[str]:
     return list(dict.fromkeys(expanded))
 
 
-def build_extractors(names: Sequence[str], config, device: torch.device | str = "cpu") -> list[AttributeExtractor]:
+def load_guide(config, device: torch.device | str = "cpu"):
+    """The run config's guiding classifier (an ``ImageClassifier``), loaded once for the probe."""
+    from dct.models.classifiers import load_classifier
+
+    return load_classifier(config.classifier, device).classifier
+
+
+def guide_probabilities(classifier, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images ``(B, 3, H, W)`` in [0, 1] → ``(B, C)`` softmax probabilities of ``classifier`` (on the CPU)."""
+
+    @torch.no_grad()
+    def probs(images: torch.Tensor) -> torch.Tensor:
+        device = next(classifier.parameters()).device
+        return torch.cat([classifier(x.to(device)).softmax(-1).float().cpu() for x in images.split(batch_size)])
+
+    return probs
+
+
+def build_extractors(
+    names: Sequence[str], config, device: torch.device | str = "cpu", *, guide=None
+) -> list[AttributeExtractor]:
     """The extractors ``names`` ask for; ``guide`` / ``evaluator`` load the run config's classifiers.
 
     Args:
         names: from :func:`parse_attribute_names`.
         config: the probed run's ``RunConfig`` (its classifier and evaluator).
         device: where the classifiers run.
+        guide: the guide, if already loaded (:func:`load_guide`): not loaded twice.
 
     Returns:
         The extractors; ``evaluator`` is left out (with a log line) when the run has none.
@@ -411,6 +538,9 @@ def build_extractors(names: Sequence[str], config, device: torch.device | str = 
     builtins = [n for n in names if n not in CLASSIFIER_SOURCES]
     out = resolve_attributes(builtins) if builtins else []
     for source in (n for n in names if n in CLASSIFIER_SOURCES):
+        if source == "guide" and guide is not None:
+            out.append(classifier_attributes(guide, source, labels_are_classes=True))
+            continue
         clf_config = config.classifier if source == "guide" else config.evaluation.evaluator
         if clf_config is None:
             logger.info("the run has no evaluator: attribute source 'evaluator' skipped")

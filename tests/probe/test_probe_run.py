@@ -39,7 +39,7 @@ def test_probe_table_has_the_schema_and_reads_back(write_run, capsys):
     argv = ["probe", "--run", run_id, "--store", root, "--attributes", ",".join(BUILTINS), "--bootstrap", "200"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f"probe of run {run_id}" in out and "class 9 class 9: border_brightness +0.1" in out
+    assert f"probe of run {run_id}" in out and "class 9 class 9:\n" in out and ": border_brightness +0.1" in out
     df = read_results(root, "probe", run_id=run_id)
     assert list(df.columns) == PROBE_SCHEMA.names
     assert len(df) == 2 * len(BUILTINS) and set(df["schema_version"]) == {PROBE_SCHEMA_VERSION}
