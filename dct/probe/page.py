@@ -1,7 +1,9 @@
 """The probe's static HTML page (``runs/{dataset}/{run_id}/report/probe.html``), linked from the run report.
 
-Dataset-wide: the attributes that shift significantly in the most classes. Per class: the top shifts, each
-with the seeds that moved most in the shift's direction, baseline and DCT side by side. Images link to the
+First the findings, apart by what the intervention test said (confirmed first, then not confirmed, then not
+testable), with what backs them. Dataset-wide: the attributes that shift significantly in the most classes.
+Per class: the top shifts, each with the seeds that moved most in the shift's direction, baseline and DCT side
+by side. Images link to the
 stored samples by RELATIVE paths into the store layout, as the report's full-size links do, so the page
 works from the store or a downloaded copy of it.
 """
@@ -14,6 +16,7 @@ import posixpath
 import numpy as np
 
 from dct.artifacts.store import ArtifactStore
+from dct.probe.intervention import CONFIRMED, NOT_CONFIRMED, NOT_TESTABLE
 from dct.probe.samples import ProbeResult
 
 IMAGES_PER_SHIFT = 4
@@ -32,6 +35,69 @@ def _rel(store: ArtifactStore, target_uri: str, page_uri: str) -> str:
     )
 
 
+def backing_line(num_runs: int, num_seeds: int) -> str:
+    """What backs the probe's findings; with one run, that run-to-run variation is not covered and how to add it."""
+    if num_runs == 1:
+        return (
+            f"backed by 1 optimisation run x {num_seeds} seeds: the intervals cover the seeds, not run-to-run "
+            "variation of the token; add runs (`dct run ... --seed N`, another N each) and pass each with --run"
+        )
+    return f"backed by {num_runs} optimisation runs x {num_seeds} seeds (intervals over runs and seeds)"
+
+
+def _num(value, fmt: str = ".3f") -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+_HEADINGS = {
+    CONFIRMED: "Confirmed by intervention: moving the attribute alone moves the guide's probability of the class",
+    NOT_CONFIRMED: "Not confirmed: moving the attribute alone does not move the guide's probability enough",
+    NOT_TESTABLE: "Not testable by intervention (no editor for the attribute, e.g. a classifier's label)",
+}
+
+
+def _findings(rows: list[dict]) -> list[str]:
+    """The significant shifts, grouped by the intervention's verdict (confirmed first), with what backs them."""
+    e = html.escape
+    r0 = rows[0]
+    out = ["<h2>Findings</h2>", f"<p>{e(backing_line(r0['num_runs'], r0['num_seeds']))}.</p>"]
+    if r0.get("min_effect") is None:
+        return [*out, "<p>No intervention test ran (no guide given): the shifts below are untested.</p>"]
+    out.append(
+        "<p>Each significant shift with an attribute editor was tested on the run's guide: the baseline images "
+        "moved by the shift (forward) and the DCT images moved back (backward), scored by the guide, paired by "
+        f"seed; confirmed = the interval of the change in P(class) lies above {r0['min_effect']:g}. "
+        "'reached' = the share of the requested move the edits achieved; 'room' = the attribute's spread over "
+        "the baseline images (how much the generator varies it).</p>"
+    )
+    for verdict, heading in _HEADINGS.items():
+        group = [r for r in rows if r["significant"] and r.get("intervention") == verdict]
+        if not group:
+            continue
+        out.append(f"<h3>{e(heading)} ({len(group)})</h3>")
+        out.append(
+            "<table><tr><th>class</th><th>attribute</th><th>shift [CI]</th><th>Δ P(class) [CI]</th>"
+            "<th>forward</th><th>backward</th><th>reached</th><th>room</th></tr>"
+        )
+        for r in group:
+            ci = (
+                f"{r['intervention_effect']:+.3f} [{r['intervention_ci_low']:+.3f}, {r['intervention_ci_high']:+.3f}]"
+                if r.get("intervention_effect") is not None
+                else "—"
+            )
+            out.append(
+                f"<tr><td><a href='#c{r['class_id']}'>{r['class_id']} · {e(r['class_name'])}</a></td>"
+                f"<td>{e(r['attribute'])}</td>"
+                f"<td class='num'>{r['shift']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]</td>"
+                f"<td class='num'>{ci}</td><td class='num'>{_num(r.get('intervention_forward'), '+.3f')}</td>"
+                f"<td class='num'>{_num(r.get('intervention_backward'), '+.3f')}</td>"
+                f"<td class='num'>{_num(r.get('edit_reached'), '.0%')}</td>"
+                f"<td class='num'>{_num(r.get('baseline_spread'))}</td></tr>"
+            )
+        out.append("</table>")
+    return out
+
+
 def render_probe_page(store: ArtifactStore, result: ProbeResult, page_uri: str, *, max_classes: int = 200) -> str:
     """The page's HTML. Args: ``page_uri`` is where it will be written (links are relative to it)."""
     e = html.escape
@@ -48,6 +114,7 @@ def render_probe_page(store: ArtifactStore, result: ProbeResult, page_uri: str, 
         f"q ≤ {r0['fdr']:g} over all {len(rows)} tests and the interval wholly beyond ±{r0['min_shift'] or 0:g}. "
         "Ranked by absolute shift, not by effect size d (the seed fixes much of an image, so "
         "small shifts can have large d). <a href='index.html'>Run report</a>.</p>",
+        *_findings(rows),
         "<h2>Dataset-wide: attributes that shift most often</h2>",
         "<table><tr><th>attribute</th><th>unit</th><th>classes shifted</th><th>up</th><th>down</th>"
         "<th>median |shift| when significant</th></tr>",
@@ -70,7 +137,7 @@ def render_probe_page(store: ArtifactStore, result: ProbeResult, page_uri: str, 
         out.append(f"<h3 id='c{cid}'>{cid} · {e(crs[0]['class_name'])}</h3>")
         out.append(
             "<table><tr><th>rank</th><th>attribute</th><th>baseline</th><th>DCT</th><th>shift [CI]</th><th>d</th>"
-            "<th>q</th></tr>"
+            "<th>q</th><th>intervention</th><th>room (baseline sd)</th></tr>"
         )
         for r in crs[: max(SHIFTS_PER_CLASS, 5)]:
             cls = "" if r["significant"] else " class='ns'"
@@ -78,7 +145,8 @@ def render_probe_page(store: ArtifactStore, result: ProbeResult, page_uri: str, 
                 f"<tr{cls}><td class='num'>{r['rank']}</td><td>{e(r['attribute'])}</td>"
                 f"<td class='num'>{r['baseline_mean']:.3f}</td><td class='num'>{r['dct_mean']:.3f}</td>"
                 f"<td class='num'>{r['shift']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]</td>"
-                f"<td class='num'>{r['effect_size']:.2f}</td><td class='num'>{r['q_value']:.2g}</td></tr>"
+                f"<td class='num'>{r['effect_size']:.2f}</td><td class='num'>{r['q_value']:.2g}</td>"
+                f"<td>{e(r.get('intervention') or '—')}</td><td class='num'>{_num(r.get('baseline_spread'))}</td></tr>"
             )
         out.append("</table>")
         first = result.samples[cid][0]

@@ -29,7 +29,7 @@ from dct.probe.intervention import (
     check_min_effect,
     intervene,
 )
-from dct.probe.page import render_probe_page
+from dct.probe.page import backing_line, render_probe_page
 from dct.probe.samples import PairedSamples, ProbeResult
 from dct.probe.stats import (
     DEFAULT_BOOTSTRAP,
@@ -408,16 +408,6 @@ def probe_section_html(table: pa.Table) -> str:
         f'<p><a href="{PROBE_PAGE}">Bias probe: attributes the tokens shifted</a> '
         f"({significant} significant shifts over {classes} classes)</p>"
     )
-
-
-def backing_line(num_runs: int, num_seeds: int) -> str:
-    """What backs the probe's findings; with one run, that run-to-run variation is not covered and how to add it."""
-    if num_runs == 1:
-        return (
-            f"backed by 1 optimisation run x {num_seeds} seeds: the intervals cover the seeds, not run-to-run "
-            "variation of the token; add runs (`dct run ... --seed N`, another N each) and pass each with --run"
-        )
-    return f"backed by {num_runs} optimisation runs x {num_seeds} seeds (intervals over runs and seeds)"
 
 
 def _finding(r: dict) -> str:

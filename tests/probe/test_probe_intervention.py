@@ -118,3 +118,18 @@ def test_version_2_probe_files_still_read(write_run, tmp_path):
     df = read_results(store.root, "probe")
     assert list(df.columns) == PROBE_SCHEMA.names and len(df) == len(old)
     assert df["intervention"].isna().all() and df["min_effect"].isna().all() and set(df["schema_version"]) == {2}
+
+
+def test_page_shows_confirmed_findings_first_and_apart(write_run):
+    from dct.probe.probe import write_probe
+
+    result = _probe(write_run, object_guide)
+    root = result.samples[SHIFTED][0].record.samples_uri.split("/samples/")[0]
+    store = ArtifactStore(root)
+    _, page_uri = write_probe(store, result)
+    page = store.read_bytes(page_uri).decode()
+    confirmed, unconfirmed = page.index("<h3>Confirmed by intervention"), page.index("<h3>Not confirmed")
+    assert confirmed < unconfirmed < page.index("Dataset-wide")
+    assert "backed by 1 optimisation run x 32 seeds" in page
+    between = page[confirmed:unconfirmed]
+    assert "<td>brightness</td>" in between and "border_brightness" not in between
