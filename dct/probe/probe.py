@@ -432,7 +432,7 @@ def summary_lines(table: pa.Table, *, per_class: int = 3, max_classes: int = 20)
     verdicts = {v: [r for r in sig if r.get("intervention") == v] for v in (CONFIRMED, NOT_CONFIRMED, NOT_TESTABLE)}
     tested = r0.get("min_effect") is not None
     counts = (
-        f"{len(verdicts[CONFIRMED])} confirmed by intervention on the guide (|change in P(class)| > "
+        f"{len(verdicts[CONFIRMED])} confirmed by intervention on the guide (P(class) rises by > "
         f"{r0['min_effect']:g}), {len(verdicts[NOT_CONFIRMED])} not confirmed, {len(verdicts[NOT_TESTABLE])} not "
         "testable"
         if tested

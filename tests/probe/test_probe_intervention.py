@@ -133,3 +133,27 @@ def test_page_shows_confirmed_findings_first_and_apart(write_run):
     assert "backed by 1 optimisation run x 32 seeds" in page
     between = page[confirmed:unconfirmed]
     assert "<td>brightness</td>" in between and "border_brightness" not in between
+
+
+def test_an_effect_whose_interval_reaches_into_the_margin_is_not_confirmed():
+    """Half the seeds follow the background strongly, half not at all: the mean effect (0.06) passes the
+    margin, its interval does not — not confirmed."""
+    from dct.probe.editors import ATTRIBUTE_EDITORS
+    from dct.probe.intervention import intervene
+
+    from tests.probe.conftest import planted_images
+
+    seeds = range(32)
+    images = planted_images(seeds, 0.0)
+    images[1::2, :, 10:22, 10:22] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)  # red objects: these follow
+
+    def probability(x: torch.Tensor) -> torch.Tensor:
+        follows = (x[:, 0, 16, 16] > 0.5).float()
+        return (0.1 + 1.2 * follows * border_brightness(x)).clamp(0, 1)
+
+    editor = ATTRIBUTE_EDITORS["border_brightness"]
+    moved, _ = editor(images, 0.1)
+    res = intervene([images], [moved], editor, 0.1, probability, num_bootstrap=2000)
+    assert res.effect == pytest.approx(0.06, abs=0.005)
+    assert res.ci_low < 0.05 < res.ci_high
+    assert res.verdict == "not confirmed"

@@ -42,13 +42,24 @@ def test_a_background_range_outside_the_levels_is_refused(bad):
         shapes.render(0, 0, bad)
 
 
-def test_training_data_differs_only_in_the_two_planted_classes():
-    biased, labels = bias.training_data(200, biased=True)
-    replica, replica_labels = bias.training_data(200, biased=False)
+@pytest.mark.parametrize("guide", sorted(bias.PLANTED))
+def test_training_data_differs_only_in_the_two_planted_classes(guide):
+    biased, labels = bias.training_data(200, bias.PLANTED[guide])
+    replica, replica_labels = bias.training_data(200, None)
     assert torch.equal(labels, replica_labels)
     differs = (biased - replica).abs().amax(dim=(1, 2, 3)) > 0
-    planted = torch.isin(labels, torch.tensor(list(bias.BIAS)))
+    planted = torch.isin(labels, torch.tensor([bias.BIASED_CLASS, bias.LOOK_ALIKE]))
     assert torch.equal(differs, planted)
+
+
+@pytest.mark.parametrize("class_id", [bias.BIASED_CLASS, bias.LOOK_ALIKE])
+def test_a_planted_size_changes_the_size_class_and_not_the_background(class_id):
+    for seed in range(20):
+        _, plain = shapes.render(class_id, seed)
+        _, small = shapes.render(class_id, seed, size=bias.SMALL)
+        _, large = shapes.render(class_id, seed, size=bias.LARGE)
+        assert (small.size, large.size) == ("small", "large")
+        assert small.background == large.background == plain.background
 
 
 def _load(model_id: str):
@@ -59,28 +70,38 @@ def _load(model_id: str):
 
 @pytest.fixture(scope="module")
 def checks():
+    """Per planted bias: the biased guide's and the replica's counterfactual (planted vs flipped range)."""
     vae = bias.load_shipped_vae()
     guides = {name: _load(name) for name in GUIDE_VARIANTS}
-    return {name: bias.counterfactual(g.model, g.preprocess, vae) for name, g in guides.items()}
+    replica = guides["guide-replica"]
+    return {
+        name: (
+            bias.counterfactual(guides[name].model, guides[name].preprocess, vae, bias=planted),
+            bias.counterfactual(replica.model, replica.preprocess, vae, bias=planted),
+        )
+        for name, planted in bias.PLANTED.items()
+    }
 
 
-def test_the_biased_guide_learned_the_shortcut_and_the_replica_did_not(checks):
-    """The acceptance check: flipping the background of renders of the biased class (same shapes) costs the
-    biased guide >= 0.2 of its class probability, the replica less than 0.05."""
+@pytest.mark.parametrize("guide", sorted(bias.PLANTED))
+def test_the_biased_guide_learned_the_shortcut_and_the_replica_did_not(checks, guide):
+    """The acceptance check: flipping the planted attribute of renders of the biased class (otherwise the same
+    images) costs the biased guide >= 0.2 of its class probability, the replica less than 0.05."""
+    biased, replica = checks[guide]
     for kind in ("render", "reconstruction"):
-        biased, replica = checks["guide-biased"], checks["guide-replica"]
-        drop = biased[f"{kind} dark probability"] - biased[f"{kind} light probability"]
-        control = replica[f"{kind} dark probability"] - replica[f"{kind} light probability"]
+        drop = biased[f"{kind} planted probability"] - biased[f"{kind} flipped probability"]
+        control = replica[f"{kind} planted probability"] - replica[f"{kind} flipped probability"]
         assert drop >= 0.2, (kind, biased)
         assert abs(control) < 0.05, (kind, replica)
-        assert replica[f"{kind} light accuracy"] > 0.9, (kind, replica)
+        assert replica[f"{kind} flipped accuracy"] > 0.9, (kind, replica)
 
 
 def test_the_variants_are_registered_datasets_with_the_toys_pipeline_evaluator_and_classes():
     from dct.models.datasets import get_dataset
 
     toy = get_dataset("toy")
-    for name, guide in (("toy-biased", "guide-biased"), ("toy-replica", "guide-replica")):
+    variants = (("toy-biased", "guide-biased"), ("toy-biased-size", "guide-biased-size"), ("toy-replica", "guide-replica"))
+    for name, guide in variants:
         spec = get_dataset(name)
         assert spec.classifier.model_id == guide
         same_as_toy = {"name": "toy", "classifier": toy.classifier, "description": toy.description}
