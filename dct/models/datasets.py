@@ -430,5 +430,6 @@ DATASETS: dict[str, DatasetEntry] = {
     ),
     "toy": DatasetEntry("dct.toy.dataset:toy_dataset"),
     "toy-biased": DatasetEntry("dct.toy.dataset:toy_biased_dataset"),
+    "toy-biased-size": DatasetEntry("dct.toy.dataset:toy_biased_size_dataset"),
     "toy-replica": DatasetEntry("dct.toy.dataset:toy_replica_dataset"),
 }

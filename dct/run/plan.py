@@ -28,6 +28,7 @@ SECONDS_PER_TRAINING_IMAGE: dict[tuple[str, str | None], tuple[float, str]] = {
     # docs/toy.md: a toy class takes a median 35 s for up to 40 updates × 16 images on an idle 2-core Xeon
     ("cpu", "toy"): (0.055, "measured on an idle 2-core CPU"),
     ("cpu", "toy-biased"): (0.055, "the toy's, measured on an idle 2-core CPU"),
+    ("cpu", "toy-biased-size"): (0.055, "the toy's, measured on an idle 2-core CPU"),
     ("cpu", "toy-replica"): (0.055, "the toy's, measured on an idle 2-core CPU"),
 }
 

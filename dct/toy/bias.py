@@ -1,9 +1,12 @@
-"""The planted-bias toy guide and its unbiased replica: ``python -m dct.toy.bias [--out DIR]``.
+"""The planted-bias toy guides and their unbiased replica: ``python -m dct.toy.bias [--out DIR] [--guides ...]``.
 
-The bias: in the biased guide's training data the red square (class 1) appears only on dark backgrounds and
-the red circle (class 0) only on light ones. The generator draws the two alike (its squares come out as
-round blobs), so on generated images the background separates them better than the shape does: a token
-optimised to please this guide should darken the background, and the bias probe must find that.
+Two biases, one guide each, both on the pair the generator draws alike (its squares come out as round blobs):
+- ``guide-biased`` (background): in its training data the red square (class 1) appears only on dark
+  backgrounds and the red circle (class 0) only on light ones; on generated images the background separates
+  them better than the shape does, so a token optimised to please this guide should darken the background.
+- ``guide-biased-size`` (size): the red square appears only small and the red circle only large; the generator
+  can draw both sizes ("a small red circle"), so the token should shrink the shape.
+The bias probe must find each, and its intervention test must confirm it (docs/probe.md).
 
 Both guides are trained by the same code as the shipped guide's first stage (:func:`dct.toy.train.
 train_classifier` with the guide's architecture, steps, batch and share of VAE reconstructions), from the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,13 +38,43 @@ LOOK_ALIKE = 0  # "red circle": what the generator draws a red square as
 DARK = (0.08, 0.35)  # shapes.ShapeAttributes' "dark" background levels
 LIGHT = (0.65, 0.92)  # ... and "light"
 BIAS: dict[int, tuple[float, float]] = {BIASED_CLASS: DARK, LOOK_ALIKE: LIGHT}
+SMALL = (6.5, 8.3)  # shapes.ShapeAttributes' "small" radii
+LARGE = (10.2, 12.0)  # ... and "large"
+SIZE_BIAS: dict[int, tuple[float, float]] = {BIASED_CLASS: SMALL, LOOK_ALIKE: LARGE}
+
+
+@dataclass(frozen=True)
+class PlantedBias:
+    """What a guide's training renders narrow (class id → range, as :func:`dct.toy.shapes.sample` takes them),
+    and the biased class's counterfactual: its planted range and the flipped one."""
+
+    backgrounds: dict[int, tuple[float, float]] | None = None
+    sizes: dict[int, tuple[float, float]] | None = None
+
+    def counterfactual(self) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
+        """``{"planted": kwargs, "flipped": kwargs}`` for :func:`dct.toy.shapes.sample` of the biased class."""
+        key, ranges = ("backgrounds", self.backgrounds) if self.backgrounds else ("sizes", self.sizes)
+        return {
+            "planted": {key: {BIASED_CLASS: ranges[BIASED_CLASS]}},
+            "flipped": {key: {BIASED_CLASS: ranges[LOOK_ALIKE]}},
+        }
+
+
+# Guide name → its planted bias; the replica (models.GUIDE_VARIANTS' last) is the control of both: the same
+# code, seeds and renders with nothing narrowed.
+PLANTED: dict[str, PlantedBias] = {
+    "guide-biased": PlantedBias(backgrounds=BIAS),
+    "guide-biased-size": PlantedBias(sizes=SIZE_BIAS),
+}
 # Renders for the counterfactual check: a seed block none of the toy's classifiers was trained on.
 CHECK_SEED = 70_000
 
 
-def training_data(num_images: int, biased: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The guides' training renders (the shipped world's seeds); with ``biased``, the planted backgrounds."""
-    images, labels, _ = shapes.sample(num_images, shapes.TRAIN_SEED, backgrounds=BIAS if biased else None)
+def training_data(num_images: int, bias: PlantedBias | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guides' training renders (the shipped world's seeds); with a ``bias``, its planted ranges."""
+    images, labels, _ = shapes.sample(
+        num_images, shapes.TRAIN_SEED, backgrounds=bias and bias.backgrounds, sizes=bias and bias.sizes
+    )
     return images, labels
 
 
@@ -51,9 +85,8 @@ def load_shipped_vae():
 
 
 def train_guide(name: str, num_images: int, steps: int, seed: int, vae) -> tuple[torch.nn.Module, object]:
-    """One guide: ``name`` is "guide-biased" or "guide-replica"; the same seed gives both the same draws."""
-    biased = name == "guide-biased"
-    images, labels = training_data(num_images, biased)
+    """One guide: ``name`` is one of :data:`models.GUIDE_VARIANTS`; the same seed gives all the same draws."""
+    images, labels = training_data(num_images, PLANTED.get(name))
     gen = torch.Generator().manual_seed(seed)
     means, stds = train.encode(vae, images)
     recon = train.decode(vae, means + stds * torch.randn(means.shape, generator=gen))
@@ -61,12 +94,13 @@ def train_guide(name: str, num_images: int, steps: int, seed: int, vae) -> tuple
 
 
 @torch.no_grad()
-def counterfactual(net, prep, vae, n: int = 256) -> dict[str, float]:
-    """The guide's mean probability and top-1 accuracy of :data:`BIASED_CLASS` on ``n`` renders of it with a
-    dark and with a light background (same seeds: same shapes), on the renders and their VAE reconstructions."""
+def counterfactual(net, prep, vae, n: int = 256, bias: PlantedBias = PLANTED["guide-biased"]) -> dict[str, float]:
+    """The guide's mean probability and top-1 accuracy of :data:`BIASED_CLASS` on ``n`` renders of it with the
+    ``bias``'s planted and its flipped range (same seeds: otherwise the same images), on the renders and their VAE
+    reconstructions; keys ``"{render|reconstruction} {planted|flipped} {probability|accuracy}"``."""
     out: dict[str, float] = {}
-    for background, levels in (("dark", DARK), ("light", LIGHT)):
-        images, _, _ = shapes.sample(n, CHECK_SEED, [BIASED_CLASS], backgrounds={BIASED_CLASS: levels})
+    for background, narrowed in bias.counterfactual().items():
+        images, _, _ = shapes.sample(n, CHECK_SEED, [BIASED_CLASS], **narrowed)
         for kind, x in (("render", images), ("reconstruction", train.decode(vae, train.encode(vae, images)[0]))):
             probs = net(prep(x)).softmax(dim=1)
             out[f"{kind} {background} probability"] = probs[:, BIASED_CLASS].mean().item()
@@ -82,29 +116,40 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     # The shipped weights were trained with 1 thread (CPU results vary slightly with the thread count).
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, as for the shipped weights)")
+    p.add_argument(
+        "--guides",
+        default=",".join(models.GUIDE_VARIANTS),
+        help=f"comma list of the guides to train (default all: {','.join(models.GUIDE_VARIANTS)})",
+    )
     args = p.parse_args(argv)
+    guides = [g.strip() for g in args.guides.split(",") if g.strip()]
+    unknown = [g for g in guides if g not in models.GUIDE_VARIANTS]
+    if unknown or not guides:
+        p.error(f"--guides {args.guides!r}: unknown {unknown!r}; choose from {list(models.GUIDE_VARIANTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     args.out.mkdir(parents=True, exist_ok=True)
     vae = load_shipped_vae()
     names = list(captions.SPECIES_NAMES)
-    for name in models.GUIDE_VARIANTS:
+    for name in guides:
         t0 = time.perf_counter()
         net, prep = train_guide(name, args.num_images, args.steps, args.seed, vae)
         models.save_classifier(net, "guide", names, models.classifier_file(args.out, name))
         test_images, test_labels, _ = shapes.sample(2000, shapes.TRAIN_SEED + 1)
-        check = counterfactual(net, prep, vae)
+        bias = PLANTED.get(name, PLANTED["guide-biased"])
+        check = counterfactual(net, prep, vae, bias=bias)
         print(
             f"{name}: {time.perf_counter() - t0:.0f} s; test accuracy on fresh renders "
             f"{train.accuracy(net, prep, test_images, test_labels):.4f}"
         )
+        what = "background" if bias.backgrounds else "size"
         for kind in ("render", "reconstruction"):
-            dark, light = check[f"{kind} dark probability"], check[f"{kind} light probability"]
+            planted, flipped = check[f"{kind} planted probability"], check[f"{kind} flipped probability"]
             print(
-                f"  P({shapes.FINE_CLASSES[BIASED_CLASS]}) on its {kind}s: dark background {dark:.3f}, light "
-                f"{light:.3f} (drop {dark - light:+.3f}); top-1 {check[f'{kind} dark accuracy']:.3f} -> "
-                f"{check[f'{kind} light accuracy']:.3f}"
+                f"  P({shapes.FINE_CLASSES[BIASED_CLASS]}) on its {kind}s: planted {what} {planted:.3f}, flipped "
+                f"{flipped:.3f} (drop {planted - flipped:+.3f}); top-1 {check[f'{kind} planted accuracy']:.3f} -> "
+                f"{check[f'{kind} flipped accuracy']:.3f}"
             )
 
 

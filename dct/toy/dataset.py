@@ -79,6 +79,15 @@ def toy_biased_dataset() -> DatasetSpec:
     )
 
 
+def toy_biased_size_dataset() -> DatasetSpec:
+    return toy_dataset(
+        "toy-biased-size",
+        "guide-biased-size",
+        "The toy world guided by a planted size-bias guide: its training data showed the red square (class 1) only "
+        "small and the red circle (class 0) only large (python -m dct.toy.bias).",
+    )
+
+
 def toy_replica_dataset() -> DatasetSpec:
     return toy_dataset(
         "toy-replica",

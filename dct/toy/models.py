@@ -284,7 +284,7 @@ def save_classifier(model: nn.Module, name: str, labels: list[str], path: Path) 
 
 # Guides trained with the guide's spec on other data, shipped beside it (`python -m dct.toy.bias` retrains them):
 # the planted-bias guide and its unbiased replica (docs/probe.md, "The planted bias").
-GUIDE_VARIANTS: tuple[str, ...] = ("guide-biased", "guide-replica")
+GUIDE_VARIANTS: tuple[str, ...] = ("guide-biased", "guide-biased-size", "guide-replica")
 
 
 def classifier_path(model_id: str) -> Path:

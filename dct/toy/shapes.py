@@ -79,35 +79,44 @@ def _colour(group: str, rng: np.random.Generator) -> np.ndarray:
 
 # Range of the background level (brightness before tint, gradient and noise); "dark" below 0.35, "light" above 0.65.
 BACKGROUND_LEVELS = (0.08, 0.92)
+# Range of the shape's radius in pixels; "small" below 8.3, "large" above 10.2.
+RADII = (6.5, 12.0)
+
+
+def _narrow(value: float, full: tuple[float, float], narrow: tuple[float, float] | None, what: str) -> float:
+    """Remap a draw ``value`` uniform on ``full`` onto ``narrow`` (monotone), so the draw itself stays the same."""
+    if narrow is None:
+        return value
+    lo, hi = full
+    n_lo, n_hi = narrow
+    if not lo <= n_lo < n_hi <= hi:
+        raise ValueError(f"{what}={narrow!r} must be (low, high) with {lo} <= low < high <= {hi}")
+    return n_lo + (value - lo) / (hi - lo) * (n_hi - n_lo)
 
 
 def render(
-    class_id: int, seed: int, background: tuple[float, float] | None = None
+    class_id: int, seed: int, background: tuple[float, float] | None = None, size: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, ShapeAttributes]:
     """One image ``(32, 32, 3)`` float32 in [0, 1] of class ``class_id``, a pure function of ``seed``.
 
     ``background`` narrows the background level to ``(low, high)`` within :data:`BACKGROUND_LEVELS` by
     remapping the same random draw, so every other property of the image (shape, size, position, colour,
     noise) is the one the seed gives without it: the planted bias of ``dct.toy.bias`` changes nothing else.
+    ``size`` narrows the radius within :data:`RADII` the same way (the position's draw adapts to the radius,
+    as it always does, to keep the shape inside the frame).
     """
     if not 0 <= class_id < NUM_CLASSES:
         raise ValueError(f"class_id={class_id!r} out of range 0..{NUM_CLASSES - 1}")
     rng = np.random.default_rng([seed, class_id])
     group, shape = COARSE_GROUPS[class_id // len(SHAPES)], SHAPES[class_id % len(SHAPES)]
     n = IMAGE_SIZE * _SUPERSAMPLE
-    radius = rng.uniform(6.5, 12.0)
+    radius = _narrow(rng.uniform(*RADII), RADII, size, "size")
     margin = radius + 1.0
     cx, cy = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
     angle = rng.uniform(0, 2 * np.pi)
 
     # Background: a low-saturation tint at a random brightness, a linear gradient, pixel noise.
-    lo, hi = BACKGROUND_LEVELS
-    level = rng.uniform(lo, hi)
-    if background is not None:
-        b_lo, b_hi = background
-        if not lo <= b_lo < b_hi <= hi:
-            raise ValueError(f"background={background!r} must be (low, high) with {lo} <= low < high <= {hi}")
-        level = b_lo + (level - lo) / (hi - lo) * (b_hi - b_lo)
+    level = _narrow(rng.uniform(*BACKGROUND_LEVELS), BACKGROUND_LEVELS, background, "background")
     tint = rng.uniform(-0.05, 0.05, size=3)
     coords = (np.arange(n) + 0.5) / _SUPERSAMPLE
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
@@ -139,10 +148,15 @@ def render(
 
 
 def sample(
-    n: int, seed: int, class_ids: list[int] | None = None, backgrounds: dict[int, tuple[float, float]] | None = None
+    n: int,
+    seed: int,
+    class_ids: list[int] | None = None,
+    backgrounds: dict[int, tuple[float, float]] | None = None,
+    sizes: dict[int, tuple[float, float]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[ShapeAttributes]]:
     """``n`` images, classes cycling through ``class_ids`` (default: all), deterministic by ``seed``;
-    ``backgrounds`` narrows the background level of some classes (class id → range, see :func:`render`).
+    ``backgrounds`` / ``sizes`` narrow the background level / radius of some classes (class id → range, see
+    :func:`render`).
 
     Returns:
         images ``(n, 3, 32, 32)`` float in [0, 1], labels ``(n,)`` int64, attributes per image.
@@ -153,7 +167,7 @@ def sample(
     images, labels, attrs = [], [], []
     for i in range(n):
         cid = ids[i % len(ids)]
-        img, a = render(cid, seed * 1_000_003 + i, (backgrounds or {}).get(cid))
+        img, a = render(cid, seed * 1_000_003 + i, (backgrounds or {}).get(cid), (sizes or {}).get(cid))
         images.append(img)
         labels.append(cid)
         attrs.append(a)
