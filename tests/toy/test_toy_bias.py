@@ -107,3 +107,13 @@ def test_the_variants_are_registered_datasets_with_the_toys_pipeline_evaluator_a
         same_as_toy = {"name": "toy", "classifier": toy.classifier, "description": toy.description}
         assert spec.model_copy(update=same_as_toy) == toy
         assert _load(guide).labels == list(toy.class_names)
+
+
+def test_room_to_move_the_generator_draws_backgrounds_and_sizes_but_cannot_place_shapes():
+    """docs/probe.md "Limits": the words move the background and the size, not the position."""
+    from dct.toy.room import room
+
+    moved = room(bias.BIASED_CLASS, num_seeds=8)
+    assert moved["background"]["border_brightness"] > 0.3
+    assert moved["size"]["salient_spread"] > 0.05 and moved["size"]["hue_red"] > 0.1
+    assert abs(moved["vertical position"]["salient_y"]) < 0.05
