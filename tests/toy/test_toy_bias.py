@@ -111,7 +111,7 @@ def test_the_variants_are_registered_datasets_with_the_toys_pipeline_evaluator_a
 
 def test_room_to_move_the_generator_draws_backgrounds_and_sizes_but_cannot_place_shapes():
     """docs/probe.md "Limits": the words move the background and the size, not the position."""
-    from dct.toy.room import room
+    from benchmarks.room import room
 
     moved = room(bias.BIASED_CLASS, num_seeds=8)
     assert moved["background"]["border_brightness"] > 0.3

@@ -1,6 +1,6 @@
 """Room to move: how far the toy generator moves each probe attribute when plain words ask it to.
 
-``python -m dct.toy.room [--class 1] [--seeds 32]`` renders a class with descriptive prompts that vary one
+``python -m benchmarks.room [--class 1] [--seeds 32]`` renders a class with descriptive prompts that vary one
 property at a time (size, position, background: the words of the toy's captions, :mod:`dct.toy.captions`) on the
 same noise seeds, and prints per attribute the change between the two ends of each property. An attribute
 the words hardly move is one the generator can hardly express — a token cannot move it either, so a bias in
@@ -15,7 +15,6 @@ import torch
 
 from dct.method.sampling import generate
 from dct.probe.attributes import ATTRIBUTE_EXTRACTORS
-from dct.run.plan import build_config
 from dct.toy import captions
 from dct.toy.evaluate import load_world, world_spec
 
@@ -34,15 +33,15 @@ def prompt(noun: str, prop: str, end: str) -> str:
 
 def room(class_id: int, num_seeds: int, first_seed: int = 30_000) -> dict[str, dict[str, float]]:
     """property → attribute → mean(attribute | second end) − mean(attribute | first end), same seeds."""
-    pipe = load_world(world_spec())[0]
-    _, config = build_config("toy", None, "memory://room")
+    spec = world_spec()
+    pipe = load_world(spec)[0]
     seeds = list(range(first_seed, first_seed + num_seeds))
     noun = captions.descriptive_name(class_id)
     out: dict[str, dict[str, float]] = {}
     for prop, ends in PROPERTIES.items():
         means = []
         for end in ends:
-            images = generate(pipe, [prompt(noun, prop, end)] * num_seeds, seeds, config.sampler, batch_size=32)
+            images = generate(pipe, [prompt(noun, prop, end)] * num_seeds, seeds, spec.sampler, batch_size=32)
             means.append({n: ex(images)[:, 0].mean().item() for n, ex in ATTRIBUTE_EXTRACTORS.items()})
         out[prop] = {n: means[1][n] - means[0][n] for n in ATTRIBUTE_EXTRACTORS}
     return out
