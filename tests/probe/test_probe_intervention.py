@@ -77,7 +77,8 @@ def test_attribute_without_an_editor_is_not_testable(write_run):
     source = AttributeExtractor("detector", ("detector:background",), "a label's probability, 0-1", border_brightness)
     root, run_id = write_run({SHIFTED: 0.1})
     store = ArtifactStore(root)
-    result = probe_records(store, [run_records(store, "toy", run_id)], [source], num_bootstrap=300, guide=background_guide)
+    records = [run_records(store, "toy", run_id)]
+    result = probe_records(store, records, [source], num_bootstrap=300, guide=background_guide)
     (row,) = result.table.to_pylist()
     assert row["significant"] and row["intervention"] == "not testable" and row["intervention_effect"] is None
 
@@ -140,7 +141,6 @@ def test_an_effect_whose_interval_reaches_into_the_margin_is_not_confirmed():
     margin, its interval does not — not confirmed."""
     from dct.probe.editors import ATTRIBUTE_EDITORS
     from dct.probe.intervention import intervene
-
     from tests.probe.conftest import planted_images
 
     seeds = range(32)
