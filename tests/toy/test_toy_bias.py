@@ -100,7 +100,11 @@ def test_the_variants_are_registered_datasets_with_the_toys_pipeline_evaluator_a
     from dct.models.datasets import get_dataset
 
     toy = get_dataset("toy")
-    variants = (("toy-biased", "guide-biased"), ("toy-biased-size", "guide-biased-size"), ("toy-replica", "guide-replica"))
+    variants = (
+        ("toy-biased", "guide-biased"),
+        ("toy-biased-size", "guide-biased-size"),
+        ("toy-replica", "guide-replica"),
+    )
     for name, guide in variants:
         spec = get_dataset(name)
         assert spec.classifier.model_id == guide
