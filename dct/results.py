@@ -510,6 +510,7 @@ PROBE_SCHEMA = pa.schema(
         pa.field("rank", pa.int32(), nullable=False),
         # The intervention test (version 3; null on rows not tested): verdict, effect on the guide's P(class).
         pa.field("intervention", pa.string()),
+        pa.field("intervention_amount", pa.float64()),  # the edit's size: the shift, or what --edit asked
         pa.field("intervention_effect", pa.float64()),
         pa.field("intervention_ci_low", pa.float64()),
         pa.field("intervention_ci_high", pa.float64()),

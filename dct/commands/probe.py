@@ -38,6 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="intervention margin: a significant shift is confirmed when moving the attribute alone moves the "
         "guide's probability of the class by more than this (0-1, default 0.05)",
     )
+    p.add_argument(
+        "--edit",
+        dest="edits",
+        action="append",
+        default=[],
+        metavar="[CLASS:]ATTRIBUTE=AMOUNT",
+        help="also test this edit on the guide, significant or not (repeatable), e.g. 1:border_brightness=-0.3: "
+        "does this run's guide follow the edit another guide's tokens made?",
+    )
     p.add_argument("--bootstrap", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--top-labels", type=positive_int, default=5, help="labels tested per class and classifier")
     add_device_argument(p)
@@ -69,6 +78,10 @@ def probe(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-shift {args.min_shift!r} must be within [0, 1), e.g. 0.05 (0 = any shift)")
     if not 0.0 <= args.min_effect < 1.0:
         raise ValueError(f"--min-effect {args.min_effect!r} must be within [0, 1), e.g. 0.05 (a change in probability)")
+    from dct.probe.editors import ATTRIBUTE_EDITORS
+    from dct.probe.intervention import parse_edit
+
+    edits = [parse_edit(text, ATTRIBUTE_EDITORS) for text in args.edits]
     if args.bootstrap < 100:
         raise ValueError(f"--bootstrap {args.bootstrap!r} must be at least 100 resamples")
     device = resolve_device(args.device)
@@ -78,6 +91,10 @@ def probe(args: argparse.Namespace) -> int:
     records_by_run = [run_records(store, r.dataset, r.run_id) for r in runs]
     for records in records_by_run:
         check_samples_stored(records)
+    probed = set.intersection(*({r.class_id for r in recs} for recs in records_by_run))
+    foreign = [e.class_id for e in edits if e.class_id is not None and e.class_id not in probed]
+    if foreign:
+        raise ValueError(f"--edit class(es) {foreign!r} are not among the probed classes {sorted(probed)}")
     config = RunConfig.model_validate_json(runs[0].config_json)
     guide = load_guide(config, device)
     extractors = build_extractors(names, config, device, guide=guide)
@@ -92,6 +109,7 @@ def probe(args: argparse.Namespace) -> int:
         run_ids=[r.run_id for r in runs],
         guide=guide_probabilities(guide),
         min_effect=args.min_effect,
+        edits=edits,
     )
     uris, page = write_probe(store, result)
     for line in summary_lines(result.table):

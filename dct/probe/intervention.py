@@ -15,6 +15,7 @@ end exceeds ``min_effect`` (the token raised P(class), so the attribute must pus
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,41 @@ class InterventionResult:
     forward: float
     backward: float
     reached: float
+
+
+@dataclass(frozen=True)
+class RequestedEdit:
+    """An intervention asked for by name (``dct probe --edit [CLASS:]ATTRIBUTE=AMOUNT``): move ``attribute`` by
+    ``amount`` on the classes ``class_id`` (None = every probed class), whether or not it shifted significantly —
+    e.g. to ask another guide whether it follows the edit a biased guide's tokens made."""
+
+    attribute: str
+    amount: float
+    class_id: int | None = None
+
+
+def parse_edit(text: str, editors) -> RequestedEdit:
+    """``"[CLASS:]ATTRIBUTE=AMOUNT"`` → a :class:`RequestedEdit`.
+
+    Raises:
+        ValueError: bad syntax, an attribute without an editor, an amount that is 0 or not a number.
+    """
+    head, sep, amount_text = text.partition("=")
+    prefix, colon, rest = head.partition(":")
+    # A class id is a leading integer; a classifier label's attribute ("guide:red circle") has a colon too.
+    class_id, attribute = (int(prefix), rest.strip()) if colon and prefix.strip().isdigit() else (None, head.strip())
+    try:
+        amount = float(amount_text)
+    except ValueError:
+        amount = float("nan")
+    if not sep or not attribute or not math.isfinite(amount) or amount == 0:
+        raise ValueError(
+            f"--edit {text!r}: write [CLASS:]ATTRIBUTE=AMOUNT with a non-zero amount in the attribute's units, "
+            "e.g. 1:border_brightness=-0.3"
+        )
+    if attribute not in editors:
+        raise ValueError(f"--edit {text!r}: attribute {attribute!r} has no editor; choose from {sorted(editors)}")
+    return RequestedEdit(attribute, amount, class_id)
 
 
 def check_min_effect(min_effect: float) -> float:

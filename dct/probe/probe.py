@@ -26,6 +26,7 @@ from dct.probe.intervention import (
     DEFAULT_MIN_EFFECT,
     NOT_CONFIRMED,
     NOT_TESTABLE,
+    RequestedEdit,
     check_min_effect,
     intervene,
 )
@@ -154,6 +155,7 @@ def probe_values(
     guide: Callable[[torch.Tensor], torch.Tensor] | None = None,
     min_effect: float = DEFAULT_MIN_EFFECT,
     editors: Mapping[str, AttributeEditor] | None = None,
+    edits: Sequence[RequestedEdit] = (),
 ) -> ProbeResult:
     """The probe table of some classes: one row per class × attribute, q-values over ALL rows; every
     significant shift tested by intervention on the guide (:mod:`dct.probe.intervention`).
@@ -176,6 +178,8 @@ def probe_values(
         min_effect: the intervention's margin on the guide's probability (:data:`DEFAULT_MIN_EFFECT`).
         editors: attribute → editor (default :data:`dct.probe.editors.ATTRIBUTE_EDITORS`); a significant
             shift of an attribute without one is ``not testable``.
+        edits: interventions asked for by name: the row of that class and attribute is tested with the given
+            amount instead of its shift, significant or not (``intervention_amount`` says which was used).
 
     Returns:
         A :class:`ProbeResult`.
@@ -195,6 +199,11 @@ def probe_values(
         raise ValueError(f"min_shift {min_shift!r} must be within [0, 1), e.g. 0.05 (0 tests against no shift)")
     check_min_effect(min_effect)
     editors = ATTRIBUTE_EDITORS if editors is None else editors
+    if edits and guide is None:
+        raise ValueError("edits need the guide: pass guide= (the run's classifier) to test them")
+    for e in edits:
+        if e.class_id is not None and e.class_id not in samples:
+            raise ValueError(f"--edit class {e.class_id} is not among the probed classes {sorted(samples)}")
     created_at = created_at or dt.datetime.now(dt.UTC)
     first = next(iter(samples.values()))[0].record
     run_ids = list(run_ids or sorted({p.record.run_id for runs in samples.values() for p in runs}))
@@ -251,7 +260,7 @@ def probe_values(
         r["q_value"] = float(qv)
         r["significant"] = bool(qv <= fdr and (r["ci_low"] > min_shift or r["ci_high"] < -min_shift))
     if guide is not None:
-        _test_by_intervention(rows, samples, guide, editors, min_effect, num_bootstrap, confidence)
+        _test_by_intervention(rows, samples, guide, editors, edits, min_effect, num_bootstrap, confidence)
     # Rank within a class: significant shifts first — confirmed by intervention, then not testable, then not
     # confirmed — each by absolute shift (NOT by d: see dct.probe.stats).
     by_class: dict[int, list[dict]] = {}
@@ -271,12 +280,15 @@ def _rank_key(row: dict) -> tuple:
     return (not row["significant"], _VERDICT_ORDER[row.get("intervention")], -abs(row["shift"]))
 
 
-def _test_by_intervention(rows, samples, guide, editors, min_effect, num_bootstrap, confidence) -> None:
-    """Fill the intervention columns of every significant row (in place); other rows stay null."""
+def _test_by_intervention(rows, samples, guide, editors, edits, min_effect, num_bootstrap, confidence) -> None:
+    """Fill the intervention columns of every significant row and of every row an edit names (in place);
+    other rows stay null."""
     unedited: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for r in rows:
-        if not r["significant"]:
+        asked = [e for e in edits if e.attribute == r["attribute"] and e.class_id in (None, r["class_id"])]
+        if not r["significant"] and not asked:
             continue
+        amount = asked[-1].amount if asked else r["shift"]
         editor = editors.get(r["attribute"]) if r["source"] == r["attribute"] else None
         if editor is None:
             r["intervention"] = NOT_TESTABLE
@@ -292,7 +304,7 @@ def _test_by_intervention(rows, samples, guide, editors, min_effect, num_bootstr
             [p.baseline for p in runs],
             [p.dct for p in runs],
             editor,
-            r["shift"],
+            amount,
             probability,
             unedited=unedited[cid],
             min_effect=min_effect,
@@ -302,6 +314,7 @@ def _test_by_intervention(rows, samples, guide, editors, min_effect, num_bootstr
         )
         r.update(
             intervention=res.verdict,
+            intervention_amount=amount,
             intervention_effect=res.effect,
             intervention_ci_low=res.ci_low,
             intervention_ci_high=res.ci_high,
@@ -463,6 +476,16 @@ def summary_lines(table: pa.Table, *, per_class: int = 3, max_classes: int = 20)
                 out.append(f"    {label}: " + "; ".join(_finding(r) for r in group[:per_class]) + more)
     if not sig:
         out.append("  no attribute shifted significantly")
+    asked = [r for r in rows if r.get("intervention_amount") is not None and r["intervention_amount"] != r["shift"]]
+    if asked:
+        out.append("  edits asked for (--edit), significant or not:")
+        for r in asked:
+            out.append(
+                f"    class {r['class_id']} {r['class_name']}: {r['attribute']} moved by "
+                f"{r['intervention_amount']:+.3f} (its shift here {r['shift']:+.3f}): {r['intervention']}, "
+                f"guide P(class) {r['intervention_effect']:+.3f} "
+                f"[{r['intervention_ci_low']:+.3f}, {r['intervention_ci_high']:+.3f}]"
+            )
     return out
 
 

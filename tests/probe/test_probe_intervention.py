@@ -157,3 +157,27 @@ def test_an_effect_whose_interval_reaches_into_the_margin_is_not_confirmed():
     assert res.effect == pytest.approx(0.06, abs=0.005)
     assert res.ci_low < 0.05 < res.ci_high
     assert res.verdict == "not confirmed"
+
+
+def test_an_edit_asked_for_is_tested_on_a_class_that_did_not_shift(write_run, capsys):
+    """--edit asks this run's guide about an edit another guide's tokens made: class 4 did not shift at all."""
+    from dct.cli import main
+    from dct.probe.intervention import RequestedEdit
+
+    root, run_id = write_run({4: 0.0, SHIFTED: 0.1})
+    store = ArtifactStore(root)
+    records = [run_records(store, "toy", run_id)]
+    extractors = resolve_attributes(["border_brightness"])
+    edit = RequestedEdit("border_brightness", 0.2, class_id=4)
+    rows = _rows(probe_records(store, records, extractors, num_bootstrap=300, guide=background_guide, edits=[edit]))
+    asked = rows[(4, "border_brightness")]
+    assert not asked["significant"] and asked["intervention_amount"] == 0.2
+    # The background guide scores class 9, not class 4: raising the background does not raise P(class 4).
+    assert asked["intervention"] == "not confirmed"
+    assert rows[(SHIFTED, "border_brightness")]["intervention_amount"] == pytest.approx(0.1, abs=0.01)  # its shift
+    # From the command line: bad edits end with one line before any image is read.
+    for bad, says in (("4:border_brightness=0", "non-zero amount"), ("guide:x=0.1", "has no editor"),
+                      ("7:border_brightness=0.1", "not among the probed classes")):
+        assert main(["probe", "--run", run_id, "--store", root, "--edit", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and err.count("\n") == 0, err
