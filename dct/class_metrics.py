@@ -39,7 +39,7 @@ class ClassMetric:
         key: the short key of the report's ``classes.js`` rows: ``{key}{variant[0]}`` (keeps 10k rows small).
         unit: what a value is, e.g. ``"fraction in [0, 1]"``.
         better: ``"higher"`` or ``"lower"`` is better (the report colours a change by it).
-        description: what it means, one sentence (docs and the ``classes`` table's column description).
+        description: what it means, one phrase without a full stop (docs/storage.md's column table).
         computed: how and where it is computed, one sentence (docs/evaluation.md).
         source: ``"shard"``: the shard computes it from the images (:func:`dct.run.runner.process_class`);
             ``"features"``: the parent computes it from the feature files the shards wrote, during the pooled
@@ -80,18 +80,56 @@ class ClassMetric:
         return f"{self.key}{variant[0]}"
 
 
-_NN = "k-nearest-neighbour balls (k = `evaluation.nearest_k`, default 5) in the feature space of FID/KID"
-
 CLASS_METRICS: tuple[ClassMetric, ...] = (
+    ClassMetric(
+        name="guide_top1",
+        label="guide top-1",
+        key="g1",
+        unit="fraction in [0, 1]",
+        better="higher",
+        description="Top-1 accuracy (fraction) of the guiding classifier",
+        computed="shard: the guide's top-1 prediction on each stored sample, compared with the class id",
+        source="shard",
+    ),
+    ClassMetric(
+        name="guide_top5",
+        label="guide top-5",
+        key="g5",
+        unit="fraction in [0, 1]",
+        better="higher",
+        description="Top-5 accuracy of the guiding classifier",
+        computed="shard: the class id among the guide's five highest logits",
+        source="shard",
+    ),
+    ClassMetric(
+        name="evaluator_top1",
+        label="evaluator top-1",
+        key="e1",
+        unit="fraction in [0, 1]",
+        better="higher",
+        description="Top-1 accuracy of the held-out evaluator (null: no evaluator)",
+        computed="shard: as guide top-1, with the held-out evaluator (another architecture)",
+        source="shard",
+    ),
+    ClassMetric(
+        name="evaluator_top5",
+        label="evaluator top-5",
+        key="e5",
+        unit="fraction in [0, 1]",
+        better="higher",
+        description="Top-5 accuracy of the held-out evaluator",
+        computed="shard: as guide top-5, with the held-out evaluator",
+        source="shard",
+    ),
     ClassMetric(
         name="precision",
         label="precision",
         key="p",
         unit="fraction in [0, 1]",
         better="higher",
-        description="Fidelity: share of generated images inside the class's real-image manifold.",
-        computed=f"parent, from features: generated images within any reference image's {_NN} (Kynkäänniemi et "
-        "al. 2019; prdc's formula)",
+        description="Fidelity: share of generated images inside the class's real-image manifold",
+        computed="parent, from features: share of generated images inside at least one reference image's k-NN "
+        "ball (radius: distance to its k-th nearest reference image; Kynkäänniemi et al. 2019)",
         source="features",
         run_mean=True,
     ),
@@ -101,8 +139,9 @@ CLASS_METRICS: tuple[ClassMetric, ...] = (
         key="r",
         unit="fraction in [0, 1]",
         better="higher",
-        description="Diversity: share of the class's real images inside the generated images' manifold.",
-        computed=f"parent, from features: reference images within any generated image's {_NN}",
+        description="Diversity: share of the class's real images inside the generated images' manifold",
+        computed="parent, from features: share of reference images inside at least one generated image's k-NN "
+        "ball (radius from the generated set)",
         source="features",
         run_mean=True,
     ),
@@ -112,8 +151,8 @@ CLASS_METRICS: tuple[ClassMetric, ...] = (
         key="dn",
         unit="mean count / k, ≥ 0 (1 ≈ as dense as the real images)",
         better="higher",
-        description="Fidelity robust to outliers: how many real-image neighbourhoods contain a generated image, / k.",
-        computed=f"parent, from features: per generated image, the number of reference {_NN} containing it, "
+        description="Fidelity robust to outliers: real-image neighbourhoods holding a generated image, / k, averaged",
+        computed="parent, from features: per generated image, the number of reference k-NN balls holding it, "
         "divided by k, averaged (Naeem et al. 2020)",
         source="features",
         run_mean=True,
@@ -124,9 +163,9 @@ CLASS_METRICS: tuple[ClassMetric, ...] = (
         key="cv",
         unit="fraction in [0, 1]",
         better="higher",
-        description="Diversity robust to outliers: share of real images with a generated image in their neighbourhood.",
-        computed=f"parent, from features: reference images whose {_NN} contains at least one generated image "
-        "(Naeem et al. 2020)",
+        description="Diversity robust to outliers: share of real images with a generated image in their neighbourhood",
+        computed="parent, from features: share of reference images whose k-NN ball holds at least one generated "
+        "image (Naeem et al. 2020)",
         source="features",
         run_mean=True,
     ),
@@ -136,8 +175,8 @@ CLASS_METRICS: tuple[ClassMetric, ...] = (
         key="v",
         unit="effective number of distinct images, in [1, n]",
         better="higher",
-        description="Diversity of one image set on its own: the exponential of the entropy of its similarity "
-        "kernel's eigenvalues; `reference` = the class's real images, for scale.",
+        description="Diversity of one image set on its own, the effective number of distinct images (cosine "
+        "kernel)",
         computed="parent, from features: cosine-similarity kernel of the L2-normalised features (Friedman & "
         "Dieng 2023, vendi-score's score_X); the reference set on as many images as the generated sets",
         source="features",
@@ -198,7 +237,7 @@ def storage_rows() -> list[str]:
     """The metric rows of docs/storage.md's ``classes`` and ``runs`` tables (a test finds each in the doc)."""
     rows = []
     for m, v, col in metric_columns():
-        rows.append(f"| `{col}` | {m.arrow_type}, null | {m.description} ({VARIANT_LABELS[v]}) |")
+        rows.append(f"| `{col}` | {m.arrow_type}, null | {m.description}: {VARIANT_LABELS[v]} images. |")
     for m, v, col in run_mean_columns():
         rows.append(
             f"| `{col}` | float64, null | Mean of `{m.column(v)}` over the run's classes with a value. |"

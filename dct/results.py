@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from dct.artifacts.store import ArtifactStore, open_store, validate_class_id, validate_component
-from dct.class_metrics import metric_columns, python_type, run_mean_columns
+from dct.class_metrics import GENERATED, column, metric_columns, python_type, run_mean_columns
 from dct.config import RunConfig
 
 if TYPE_CHECKING:
@@ -128,10 +128,10 @@ class _ClassRecordBase(_Record):
     """The outcome of one class for one ``eval_key`` (one row of the ``classes`` table).
 
     Units: seconds are wall-clock seconds; accuracies are fractions in [0, 1] over ``num_samples``
-    images per variant; losses are the mean cross-entropy (nats) of one epoch. The per-class metrics of
-    :mod:`dct.class_metrics` are fields too (``precision_dct``, ...), one per registered column, null by
-    default; those computed from features are filled in by the parent when it publishes the run (the shard's
-    JSON record, written before the pooled evaluation, leaves them null).
+    images per variant; losses are the mean cross-entropy (nats) of one epoch. Every per-class metric of
+    :mod:`dct.class_metrics` is a field (``guide_top1_dct``, ``precision_dct``, ...), one per registered column,
+    null by default; the shard fills its own (``source="shard"``), the parent those computed from features when
+    it publishes the run (the shard's JSON record, written before the pooled evaluation, leaves them null).
     """
 
     schema_version: int = CLASS_SCHEMA_VERSION
@@ -156,14 +156,6 @@ class _ClassRecordBase(_Record):
     samples_uri: str | None = None
     sample_format: str | None = None
     num_samples: int | None = None
-    guide_top1_baseline: float | None = None
-    guide_top5_baseline: float | None = None
-    guide_top1_dct: float | None = None
-    guide_top5_dct: float | None = None
-    evaluator_top1_baseline: float | None = None
-    evaluator_top5_baseline: float | None = None
-    evaluator_top1_dct: float | None = None
-    evaluator_top5_dct: float | None = None
     feature_metrics_reference: int | None = Field(
         default=None, description="reference images of the class behind precision/recall/density/coverage"
     )
@@ -199,7 +191,7 @@ ClassRecord = create_model(
     __base__=_ClassRecordBase,
     __module__=__name__,
     __doc__=_ClassRecordBase.__doc__,
-    **{col: (python_type(m) | None, None) for m, _, col in metric_columns("features")},
+    **{col: (python_type(m) | None, None) for m, _, col in metric_columns()},
 )
 
 
@@ -211,10 +203,7 @@ CLASS_SUMMARY_FIELDS: tuple[str, ...] = (
     "stop_reason",
     "error",
     "epochs",
-    "guide_top1_baseline",
-    "guide_top1_dct",
-    "evaluator_top1_baseline",
-    "evaluator_top1_dct",
+    *(column(name, v) for name in ("guide_top1", "evaluator_top1") for v in GENERATED),
 )
 MAX_ERROR_CHARS = 2000
 
@@ -459,15 +448,7 @@ CLASS_SCHEMA = pa.schema(
         pa.field("samples_uri", pa.string()),
         pa.field("sample_format", pa.string()),
         pa.field("num_samples", pa.int32()),
-        pa.field("guide_top1_baseline", pa.float64()),
-        pa.field("guide_top5_baseline", pa.float64()),
-        pa.field("guide_top1_dct", pa.float64()),
-        pa.field("guide_top5_dct", pa.float64()),
-        pa.field("evaluator_top1_baseline", pa.float64()),
-        pa.field("evaluator_top5_baseline", pa.float64()),
-        pa.field("evaluator_top1_dct", pa.float64()),
-        pa.field("evaluator_top5_dct", pa.float64()),
-        *(pa.field(col, m.pa_type) for m, _, col in metric_columns("features")),
+        *(pa.field(col, m.pa_type) for m, _, col in metric_columns()),  # the registry's, in its order
         pa.field("feature_metrics_reference", pa.int32()),
         pa.field("feature_metrics_note", pa.string()),
         *_PROVENANCE_FIELDS,

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dct.artifacts.store import VARIANTS, ArtifactStore
+from dct.class_metrics import column, metric_columns
 from dct.config import RunConfig, baseline_prompts, epoch_prompts
 from dct.results import ClassRecord, read_class_outcomes
 
@@ -99,7 +100,7 @@ class ClassSection:
 
 
 def _acc(r: ClassRecord | None, who: str, k: int, variant: str) -> float | None:
-    return getattr(r, f"{who}_top{k}_{variant}") if r is not None else None
+    return getattr(r, column(f"{who}_top{k}", variant)) if r is not None else None
 
 
 def accuracy_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes:
@@ -247,10 +248,8 @@ def class_index(
         row: dict[str, Any] = {"id": s.class_id, "name": r.class_name if r else ""}
         row["status"] = r.status if r else "no record"
         if r is not None:
-            for who in ("guide", "evaluator"):
-                for k in (1, 5):
-                    for v in VARIANTS:
-                        row[f"{who[0]}{k}{v[0]}"] = _acc(r, who, k, v)
+            for m, v, col in metric_columns("shard"):  # short keys: g1b = guide_top1_baseline, ...
+                row[m.js_key(v)] = getattr(r, col)
             row |= {"ep": r.epochs, "token": r.token, "earlier": s.from_earlier_run}
             if r.status != "failed" and s.class_id in sample_prefixes:
                 row |= {"s": sample_prefixes[s.class_id], "x": r.sample_format, "n": r.num_samples}
