@@ -42,7 +42,9 @@ if TYPE_CHECKING:  # the report reads a plan; it never makes one
     from dct.run.plan import RunPlan
 
 import datetime as dt
+import functools
 import html
+import importlib.resources
 import io
 import json
 import logging
@@ -51,6 +53,9 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from dct.artifacts.store import VARIANTS, ArtifactStore
 from dct.class_metrics import column, metric_columns
@@ -63,7 +68,6 @@ REPORT_DIR = "report"
 INDEX_FILE = "index.html"
 PLOT_FILE = "accuracy.png"
 THUMBS_DIR = "thumbs"
-DISPLAY_PX = 112  # on-screen size of a grid cell; small images are upscaled without smoothing
 BAR_CHART_MAX_CLASSES = 40  # above this, the plot is a baseline-vs-DCT scatter instead of bars
 SUMMARY_PLOT_FILE = "summary.png"
 INDEX_JS_FILE = "classes.js"
@@ -270,118 +274,47 @@ def class_index_js(index: dict[str, Any]) -> str:
     return "window.DCT_REPORT=" + body.replace("</", "<\\/") + ";\n"
 
 
-_TABLE_JS = r"""
-(function(){
-const R=window.DCT_REPORT, el=document.getElementById('classtable'); if(!R||!el) return;
-const hasE=R.classes.some(c=>c.e1d!=null), PAGE=100;
-const f=x=>x==null?'–':x.toFixed(2), up=(c,w)=>(c[w+'1d']==null||c[w+'1b']==null)?null:c[w+'1d']-c[w+'1b'];
-const cols=[['id','id',c=>c.id],['class','name',c=>c.name],['status','status',c=>c.status],
- ['guide top-1 baseline → DCT','g',c=>c.g1d],['guide uplift','gu',c=>up(c,'g')]]
- .concat(hasE?[['evaluator top-1 baseline → DCT','e',c=>c.e1d],['evaluator uplift','eu',c=>up(c,'e')]]:[])
- .concat([['epochs','ep',c=>c.ep]]);
-let rows=R.classes.slice(), sortI=0, dir=1, page=0;
-const q=document.getElementById('classsearch'), info=document.getElementById('classinfo');
-function render(){
- const t=(q.value||'').trim().toLowerCase();
- let sel=t?rows.filter(c=>String(c.id)===t||c.name.toLowerCase().includes(t)||c.status.includes(t)):rows;
- const key=cols[sortI][2];
- sel=sel.slice().sort((a,b)=>{const x=key(a),y=key(b);if(x==null&&y==null)return a.id-b.id;if(x==null)return 1;
-  if(y==null)return -1;return (x<y?-1:x>y?1:a.id-b.id)*dir;});
- const pages=Math.max(1,Math.ceil(sel.length/PAGE)); page=Math.min(page,pages-1);
- const tb=document.createElement('tbody');
- for(const c of sel.slice(page*PAGE,page*PAGE+PAGE)){
-  const tr=document.createElement('tr');
-  const cell=(txt,cls)=>{const td=document.createElement('td');td.textContent=txt;
-   if(cls)td.className=cls;tr.appendChild(td);return td;};
-  const a=document.createElement('a'); a.href='class.html#c'+c.id; a.textContent=c.id;
-  const td0=cell('', 'num'); td0.appendChild(a);
-  cell(c.name); cell(c.status+(c.earlier?' (earlier run)':''), (c.status==='failed'||c.status==='no record')?'bad':'');
-  for(const w of hasE?['g','e']:['g']){const u=up(c,w);
-   cell(f(c[w+'1b'])+' → '+f(c[w+'1d']),'num');
-   cell(u==null?'–':(u>0?'+':'')+u.toFixed(2),'num '+(u>0?'up':u<0?'down':''));}
-  cell(c.ep==null?'–':c.ep,'num'); tb.appendChild(tr);}
- const old=el.querySelector('tbody'); old?el.replaceChild(tb,old):el.appendChild(tb);
- info.textContent=sel.length+' of '+rows.length+' classes · page '+(page+1)+' of '+pages;
-}
-const head=document.createElement('thead'), hr=document.createElement('tr');
-cols.forEach((c,i)=>{const th=document.createElement('th');th.textContent=c[0];th.style.cursor='pointer';
- th.title='sort';th.onclick=()=>{dir=(sortI===i)?-dir:1;sortI=i;render();};hr.appendChild(th);});
-head.appendChild(hr); el.appendChild(head);
-q.oninput=()=>{page=0;render();};
-const pre=/^#q=(.*)$/.exec(location.hash);  // index.html#q=text: a shareable search
-if(pre){q.value=decodeURIComponent(pre[1]);q.scrollIntoView();}
-document.getElementById('classprev').onclick=()=>{page=Math.max(0,page-1);render();};
-document.getElementById('classnext').onclick=()=>{page=page+1;render();};
-render();
-})();
-"""
+_TEMPLATES = "templates"  # package data: dct/evaluation/templates/ (pyproject [tool.setuptools.package-data])
 
 
-_DETAIL_JS = r"""
-(function(){
-const R=window.DCT_REPORT, out=document.getElementById('detail');
-const f=x=>x==null?'–':x.toFixed(2), pad=(n,w)=>String(n).padStart(w,'0');
-const byId=new Map(R.classes.map((c,i)=>[c.id,i]));
-function show(){
- out.replaceChildren();
- const m=/^#c(\d+)$/.exec(location.hash), i=m?byId.get(Number(m[1])):undefined;
- const add=(tag,txt,cls)=>{const e=document.createElement(tag);if(txt!=null)e.textContent=txt;
-  if(cls)e.className=cls;out.appendChild(e);return e;};
- document.title='DCT class — '+R.dataset+' — '+R.run_id;
- if(i===undefined){add('h1','Class not in this run');add('p',(m?'class '+m[1]:location.hash||'no class')+
-  ' is not among the '+R.classes.length+' selected classes; go back to the index.');return;}
- const c=R.classes[i];
- add('h1',c.id+' · '+c.name);
- add('p','status '+c.status+(c.earlier?' (finished by an earlier run)':'')+(c.token?' · token '+c.token:'')+
-  (c.ep!=null?' · epochs '+c.ep:''),'muted');
- if(c.err) add('p','error: '+c.err,'bad');
- for(const w of ['g','e']){ if(c[w+'1d']==null&&c[w+'1b']==null) continue;
-  add('p',(w==='g'?'guide':'held-out evaluator')+': top-1 '+f(c[w+'1b'])+' → '+f(c[w+'1d'])+
-   ', top-5 '+f(c[w+'5b'])+' → '+f(c[w+'5d'])+' (baseline → DCT)');}
- if(c.s){ for(const v of ['baseline','dct']){ const row=add('div',null,'row');
-   const l=document.createElement('span');l.className='lbl';l.textContent=v==='dct'?'DCT':'baseline';row.appendChild(l);
-   for(const seed of R.seeds.slice(0,c.n==null?R.seeds.length:c.n)){const href=c.s+'/'+v+'/'+pad(seed,6)+'.'+c.x;
-    const a=document.createElement('a'), im=document.createElement('img');
-    a.href=href; im.src=href; im.loading='lazy'; im.alt=v+' seed '+seed; im.title='seed '+seed;
-    a.appendChild(im); row.appendChild(a);}}}
- else add('p','no samples stored for this class','muted');
- const nav=add('p',null,'muted');
- for(const [d,t] of [[-1,'← previous'],[1,'next →']]){const j=i+d; if(j<0||j>=R.classes.length) continue;
-  const a=document.createElement('a');a.href='#c'+R.classes[j].id;a.textContent=t+' ('+R.classes[j].id+')';
-  nav.appendChild(a);nav.appendChild(document.createTextNode('  '));}
-}
-window.addEventListener('hashchange',show); show();
-})();
-"""
+def _escape(value: Any) -> Markup:
+    """``html.escape`` (quotes as ``&quot;``/``&#x27;``), marked safe so autoescaping does not escape it twice."""
+    return Markup(html.escape(str(value)))
 
-_STYLE = (
-    "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}"
-    "h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}"
-    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}"
-    "th{background:#f3f4f6}.num{text-align:right;font-variant-numeric:tabular-nums}"
-    ".cls{margin:18px 0;padding:10px 12px;border:1px solid #e3e3e3;border-radius:6px}"
-    ".cls h3{margin:0 0 6px;font-size:15px}.acc{font-size:13px;margin:4px 0 8px}"
-    ".row{display:flex;align-items:center;gap:4px;margin:3px 0}"
-    f".row .lbl{{width:70px;font-size:12px;font-weight:600}}.row img{{width:{DISPLAY_PX}px;height:{DISPLAY_PX}px;"
-    "object-fit:contain;background:#eee;image-rendering:pixelated;border-radius:2px}"
-    ".up{color:#2b8a3e;font-weight:600}.down{color:#c92a2a;font-weight:600}.muted{color:#666;font-size:12px}"
-    ".bad{color:#c92a2a}code{font-size:12px}.cols{display:flex;gap:32px;flex-wrap:wrap}"
-)
+
+def _change_class(delta: float | None) -> str:
+    """CSS class of a change: ``up`` (green) above 0, ``down`` (red) below, else none."""
+    return "up" if delta is not None and delta > 0 else "down" if delta is not None and delta < 0 else ""
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("dct.evaluation", _TEMPLATES),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(e=_escape, escape=_escape, fmt=_fmt, change_class=_change_class)
+    return env
+
+
+@functools.cache
+def _asset(name: str) -> str:
+    """A static file of the templates folder (CSS, JavaScript), as shipped."""
+    return importlib.resources.files("dct.evaluation").joinpath(_TEMPLATES, name).read_text(encoding="utf-8")
+
+
+def _style() -> Markup:
+    # One rule per line in the file, one line in the page.
+    return Markup("".join(line.strip() for line in _asset("report.css").splitlines()))
 
 
 def render_detail_html() -> str:
     """``class.html``: one static page that shows any class of the run, named by the URL's ``#c{id}``."""
-    return "\n".join(
-        [
-            "<!doctype html>",
-            '<html lang="en"><head><meta charset="utf-8"><title>DCT class</title>',
-            f"<style>{_STYLE}</style></head><body>",
-            '<p class="muted"><a href="index.html">← run report</a></p>',
-            '<div id="detail"><p>Loading… (this page needs JavaScript and classes.js beside it)</p></div>',
-            f'<script src="{INDEX_JS_FILE}"></script>',
-            f"<script>{_DETAIL_JS}</script>",
-            "</body></html>",
-        ]
+    return _environment().get_template("class.html.j2").render(
+        style=_style(), index_js=INDEX_JS_FILE, detail_js=Markup(_asset("class_detail.js"))
     )
 
 
@@ -444,7 +377,7 @@ def render_report_html(
     index_href: str | None = None,
     extra_sections: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The report's HTML (links relative to the report folder).
+    """The report's HTML (links relative to the report folder), from the template ``templates/index.html.j2``.
 
     Args:
         sections: one per selected class, in class-id order; those with ``images`` get a grid.
@@ -455,7 +388,6 @@ def render_report_html(
         extra_sections: ``(name, HTML fragment)`` of sections other commands added (:func:`add_report_section`),
             shown before the summary; the fragments are trusted HTML (their writers escape their values).
     """
-    e = html.escape
     generated_at = generated_at or dt.datetime.now(dt.UTC)
     records = [s.record for s in sections if s.record is not None]
     prov = next((r.provenance for r in records), None)
@@ -465,70 +397,31 @@ def render_report_html(
         vals = [v for r in records if r.status != "failed" and (v := _acc(r, who, 1, variant)) is not None]
         return _fmt(sum(vals) / len(vals)) if vals else "–"
 
-    out: list[str] = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>DCT report — {e(plan.dataset)} — {e(plan.run_id)}</title>",
-        f"<style>{_STYLE}</style></head><body>",
-        f"<h1>DCT run <code>{e(plan.run_id)}</code> — dataset <code>{e(plan.dataset)}</code></h1>",
-        f'<p class="muted">generated {e(generated_at.strftime("%Y-%m-%d %H:%M UTC"))} · '
-        f"{len(plan.selected)} classes selected, {len(plan.todo)} processed in this run, "
-        f"{len(plan.skipped)} finished by earlier runs · token_key <code>{e(plan.token_key)}</code> · "
-        f"eval_key <code>{e(plan.eval_key)}</code></p>",
-        *(section_block(name, fragment) for name, fragment in extra_sections),
-        _SUMMARY_H2,
-        "<table><tr><th></th><th>baseline prompt</th><th>DCT token</th></tr>",
-        f'<tr><td>guide top-1 (mean over classes)</td><td class="num">{mean("guide", "baseline")}</td>'
-        f'<td class="num">{mean("guide", "dct")}</td></tr>',
-    ]
+    summary_rows = [("guide top-1 (mean over classes)", mean("guide", "baseline"), mean("guide", "dct"))]
     if has_eval:
-        out.append(
-            f'<tr><td>held-out evaluator top-1</td><td class="num">{mean("evaluator", "baseline")}</td>'
-            f'<td class="num">{mean("evaluator", "dct")}</td></tr>'
-        )
-    pv = (pooled or {}).get("variants") or {}
+        summary_rows.append(("held-out evaluator top-1", mean("evaluator", "baseline"), mean("evaluator", "dct")))
+    pooled_rows = []
     if pooled:
-        for metric, key in (("FID", "fid"), ("KID", "kid")):
+        pv = pooled.get("variants") or {}
+        for label, key in (("FID", "fid"), ("KID", "kid")):
             cells = []
             for v in VARIANTS:
                 m = pv.get(v) or {}
-                val = m.get(key)
+                val, n = m.get(key), m.get("num_samples")
                 std = m.get("kid_std") if key == "kid" else None
-                n = m.get("num_samples")
                 text = _fmt_metric(val) + (f" ± {std:.2g}" if std is not None and val is not None else "")
-                cells.append(
-                    f'<td class="num">{e(text)} <span class="muted">(n={n if n is not None else "–"})</span></td>'
-                )
-            out.append(f"<tr><td>{metric} vs reference (pooled; lower is better)</td>{''.join(cells)}</tr>")
-    out.append("</table>")
+                cells.append((text, n if n is not None else "–"))
+            pooled_rows.append((label, cells))
+    pooled_info = None
     if pooled:
-        ext = pooled.get("feature_extractor")
-        nref = pooled.get("num_reference")
-        out.append(
-            f'<p class="muted">features: <code>{e(str(ext))}</code> · reference images: {e(str(nref))}'
-            + (f" · FID needs ≥ {pooled['min_fid_samples']} images per set" if pooled.get("min_fid_samples") else "")
-            + (f" · KID subset size {pooled.get('kid_subset_size')}" if pooled.get("kid_subset_size") else "")
-            + "</p>"
-        )
-        for note in pooled.get("notes") or []:
-            out.append(f'<p class="muted">note: {e(str(note))}</p>')
-    else:
-        out.append('<p class="muted">pooled FID/KID: not computed for this run.</p>')
+        pooled_info = {
+            "feature_extractor": str(pooled.get("feature_extractor")),
+            "num_reference": str(pooled.get("num_reference")),
+            "min_fid_samples": pooled.get("min_fid_samples"),
+            "kid_subset_size": pooled.get("kid_subset_size"),
+            "notes": [str(n) for n in pooled.get("notes") or []],
+        }
     statuses = [s.record.status if s.record else "no record" for s in sections]
-    out.append(
-        '<p class="muted">classes: '
-        + " · ".join(f"{k} {statuses.count(k)}" for k in ("done", "diverged", "failed", "no record") if k in statuses)
-        + "</p>"
-    )
-    if summary_href:
-        out.append(
-            f'<p><img src="{e(summary_href)}" alt="distribution of the per-class top-1 uplift, DCT minus baseline" '
-            'style="max-width:100%"></p>'
-        )
-    if plot_href:
-        out.append(
-            f'<p><img src="{e(plot_href)}" alt="top-1 accuracy per class, baseline vs DCT" style="max-width:100%"></p>'
-        )
     gridded = {s.class_id for s in sections if s.record is not None and s.images}
 
     def link(cid: int) -> str:
@@ -536,138 +429,73 @@ def render_report_html(
             return f"#c{cid}"
         return f"{DETAIL_FILE}#c{cid}"
 
+    who = ranking_classifier(records)
     worst, best = extreme_classes(records)
-    if worst:
-        who = ranking_classifier(records)
-        out.append(f"<h2>Worst and best classes</h2><p class=\"muted\">by {who} top-1 uplift (DCT − baseline)</p>")
-        out.append('<div class="cols">')
-        for label, group in (("worst", worst), ("best", best)):
-            out.append(
-                f"<table><tr><th colspan=4>{label} {len(group)}</th></tr>"
-                f"<tr><th>id</th><th>class</th><th>{who} top-1 baseline → DCT</th><th>uplift</th></tr>"
+    whos = ("guide", "evaluator") if has_eval else ("guide",)
+
+    def grid_accuracies(r: ClassRecord) -> list[Markup]:
+        out = [
+            Markup(
+                f"guide top-1 {_fmt(r.guide_top1_baseline)} → <b>{_fmt(r.guide_top1_dct)}</b> "
+                f"(top-5 {_fmt(r.guide_top5_baseline)} → {_fmt(r.guide_top5_dct)})"
             )
-            for r in group:
-                u = _uplift(r, who) or 0.0
-                out.append(
-                    f'<tr><td class="num"><a href="{e(link(r.class_id))}">{r.class_id}</a></td>'
-                    f"<td>{e(r.class_name)}</td><td class=\"num\">{_fmt(_acc(r, who, 1, 'baseline'))} → "
-                    f"{_fmt(_acc(r, who, 1, 'dct'))}</td>"
-                    f'<td class="num {"up" if u > 0 else "down" if u < 0 else ""}">{u:+.2f}</td></tr>'
-                )
-            out.append("</table>")
-        out.append("</div>")
-    failures = [s for s in sections if s.record is None or s.record.status == "failed"]
-    if failures:
-        out.append(f"<h2>Failures ({len(failures)})</h2>")
-        out.append("<table><tr><th>id</th><th>class</th><th>what happened</th></tr>")
-        for s in failures[:FAILURES_SHOWN]:
-            r = s.record
-            why = (r.error or "failed").strip().splitlines()[0][:300] if r else "no record (the worker left none)"
-            out.append(
-                f'<tr><td class="num"><a href="{e(link(s.class_id))}">{s.class_id}</a></td>'
-                f'<td>{e(r.class_name if r else "")}</td><td class="bad">{e(why)}</td></tr>'
-            )
-        out.append("</table>")
-        if len(failures) > FAILURES_SHOWN:
-            out.append(
-                f'<p class="muted">… and {len(failures) - FAILURES_SHOWN} more: type "failed" in the table search</p>'
-            )
-
-    # Per-class table
-    if index_href and len(sections) > STATIC_TABLE_MAX:
-        out += [
-            "<h2>Per class</h2>",
-            '<p><input id="classsearch" type="search" placeholder="search id, class name or status" size="40"> '
-            '<button id="classprev">← previous</button> <button id="classnext">next →</button> '
-            '<span id="classinfo" class="muted">(this table needs JavaScript)</span></p>',
-            '<table id="classtable"></table>',
-            f'<script src="{e(index_href)}"></script>',
-            f"<script>{_TABLE_JS}</script>",
-        ]
-    else:
-        out += _static_table(sections, has_eval, link)
-
-    _render_grids_and_metadata(out, config=config, plan=plan, sections=sections, pooled=pooled,
-                               dataset_licence=dataset_licence, prov=prov)
-    return "\n".join(out)
-
-
-def _static_table(sections: Sequence[ClassSection], has_eval: bool, link) -> list[str]:
-    e = html.escape
-    out = ["<h2>Per class</h2>", "<table><tr><th>id</th><th>class</th><th>status</th>"]
-    hdr = ["guide top-1", "guide top-5"] + (["evaluator top-1", "evaluator top-5"] if has_eval else [])
-    out.append("".join(f"<th>{h}<br>baseline → DCT</th>" for h in hdr) + "<th>epochs</th></tr>")
-    for s in sections:
-        r = s.record
-        name = r.class_name if r else ""
-        status = (r.status + (" (earlier run)" if s.from_earlier_run else "")) if r else "no record"
-        cells = []
-        for who in ("guide", "evaluator") if has_eval else ("guide",):
-            for k in (1, 5):
-                b, d = _acc(r, who, k, "baseline"), _acc(r, who, k, "dct")
-                cls = (
-                    "up"
-                    if b is not None and d is not None and d > b
-                    else "down"
-                    if b is not None and d is not None and d < b
-                    else ""
-                )
-                cells.append(f'<td class="num"><span class="{cls}">{_fmt(b)} → {_fmt(d)}</span></td>')
-        bad = ' class="bad"' if r is None or r.status == "failed" else ""
-        epochs = r.epochs if r and r.epochs is not None else "–"
-        out.append(
-            f'<tr><td class="num"><a href="{e(link(s.class_id))}">{s.class_id}</a></td><td>{e(name)}</td>'
-            f'<td{bad}>{e(status)}</td>{"".join(cells)}<td class="num">{epochs}</td></tr>'
-        )
-    out.append("</table>")
-    return out
-
-
-def _render_grids_and_metadata(
-    out: list[str], *, config: RunConfig, plan: RunPlan, sections: Sequence[ClassSection],
-    pooled: dict[str, Any] | None, dataset_licence: str | None, prov,
-) -> None:
-    e = html.escape
-    # Grids
-    out.append("<h2>Samples: baseline prompt vs DCT token, same seeds</h2>")
-    out.append(
-        f'<p class="muted">each column shares a noise seed; sampler {e(config.sampler.scheduler)}, '
-        f"{config.sampler.num_inference_steps} steps, CFG {config.sampler.guidance_scale:g} (as configured); "
-        f"evaluation seeds {config.evaluation.seeds[0]}–{config.evaluation.seeds[-1]}, disjoint from the "
-        "optimisation seeds; click an image for the full-size sample.</p>"
-    )
-    for s in sections:
-        r = s.record
-        if r is None or not s.images:
-            continue
-        out.append(
-            f'<div class="cls" id="c{s.class_id}"><h3>{s.class_id} · {e(r.class_name)} '
-            f'<span class="muted">{e(r.status)} · token <code>{e(r.token)}</code></span></h3>'
-        )
-        acc = [
-            f"guide top-1 {_fmt(r.guide_top1_baseline)} → <b>{_fmt(r.guide_top1_dct)}</b> "
-            f"(top-5 {_fmt(r.guide_top5_baseline)} → {_fmt(r.guide_top5_dct)})"
         ]
         if r.evaluator_top1_dct is not None:
-            acc.append(
-                f"evaluator top-1 {_fmt(r.evaluator_top1_baseline)} → <b>{_fmt(r.evaluator_top1_dct)}</b> "
-                f"(top-5 {_fmt(r.evaluator_top5_baseline)} → {_fmt(r.evaluator_top5_dct)})"
+            out.append(
+                Markup(
+                    f"evaluator top-1 {_fmt(r.evaluator_top1_baseline)} → <b>{_fmt(r.evaluator_top1_dct)}</b> "
+                    f"(top-5 {_fmt(r.evaluator_top5_baseline)} → {_fmt(r.evaluator_top5_dct)})"
+                )
             )
-        out.append(
-            f'<div class="acc">{" · ".join(acc)} <span class="muted">(n={r.num_samples} per variant)</span></div>'
-        )
-        for v, label in (("baseline", "baseline"), ("dct", "DCT")):
-            prompt = _prompt(config, v, r.token, r.class_name)
-            cells = "".join(
-                f'<a href="{e(img.full_href)}"><img src="{e(img.thumb_href)}" loading="lazy" '
-                f'alt="{e(v)} seed {img.seed}" title="{e(prompt)} — seed {img.seed}"></a>'
-                for img in s.images.get(v, [])
-            )
-            out.append(f'<div class="row"><span class="lbl" title="{e(prompt)}">{label}</span>{cells}</div>')
-        out.append("</div>")
+        return out
 
-    # Metadata and licences
-    out.append("<h2>Run metadata</h2><table>")
+    return _environment().get_template("index.html.j2").render(
+        plan=plan,
+        config=config,
+        style=_style(),
+        generated=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        extra_blocks=[Markup(section_block(name, fragment)) for name, fragment in extra_sections],
+        summary_rows=summary_rows,
+        pooled_rows=pooled_rows,
+        pooled=pooled_info,
+        status_counts=[f"{k} {statuses.count(k)}" for k in ("done", "diverged", "failed", "no record")
+                       if k in statuses],
+        summary_href=summary_href,
+        plot_href=plot_href,
+        ranking=who,
+        extremes=[("worst", worst), ("best", best)] if worst else [],
+        link=link,
+        acc=_acc,
+        uplift=lambda r: _uplift(r, who) or 0.0,
+        failures=[s for s in sections if s.record is None or s.record.status == "failed"],
+        failures_shown=FAILURES_SHOWN,
+        failure_text=_failure_text,
+        dynamic_table=bool(index_href) and len(sections) > STATIC_TABLE_MAX,
+        index_href=index_href,
+        table_js=Markup(_asset("class_table.js")),
+        sections=sections,
+        table_headers=[f"{w} top-{k}" for w in whos for k in (1, 5)],
+        table_cells=lambda s: [(_acc(s.record, w, k, "baseline"), _acc(s.record, w, k, "dct"))
+                               for w in whos for k in (1, 5)],
+        status_text=_status_text,
+        grid_accuracies=grid_accuracies,
+        prompt_of=lambda v, r: _prompt(config, v, r.token, r.class_name),
+        metadata=_metadata(config, plan, prov),
+        model_rows=_model_rows(config, plan, pooled, dataset_licence, prov),
+        openrail="openrail" in config.diffusion.licence.lower(),
+    )
+
+
+def _failure_text(r: ClassRecord | None) -> str:
+    return (r.error or "failed").strip().splitlines()[0][:300] if r else "no record (the worker left none)"
+
+
+def _status_text(s: ClassSection) -> str:
+    return (s.record.status + (" (earlier run)" if s.from_earlier_run else "")) if s.record else "no record"
+
+
+def _metadata(config: RunConfig, plan: RunPlan, prov) -> list[tuple[str, str]]:
+    """The "Run metadata" table: keys, settings, and where and with what the classes ran."""
     meta = [
         ("run id", plan.run_id),
         ("dataset", plan.dataset),
@@ -689,13 +517,13 @@ def _render_grids_and_metadata(
                 f"transformers {prov.transformers_version}, python {prov.python_version}",
             ),
         ]
-    out += [f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in meta]
-    out.append("</table>")
+    return meta
 
-    out.append(
-        "<h2>Models, data and licences</h2><table><tr><th>role</th><th>model / data</th><th>revision</th>"
-        "<th>licence</th></tr>"
-    )
+
+def _model_rows(
+    config: RunConfig, plan: RunPlan, pooled: dict[str, Any] | None, dataset_licence: str | None, prov
+) -> list[tuple[str, str, str, str]]:
+    """The "Models, data and licences" table: ``(role, model / data, revision, licence)``."""
     ev = config.evaluation.evaluator
     rows = [
         (
@@ -726,17 +554,7 @@ def _render_grids_and_metadata(
         rows.append(("FID reference images", pooled["reference"], "", dataset_licence or "see the dataset's terms"))
     elif dataset_licence:
         rows.append(("dataset (class names, reference images)", plan.dataset, "", dataset_licence))
-    out += [
-        f"<tr><td>{e(a)}</td><td><code>{e(str(b))}</code></td><td><code>{e(str(c))}</code></td><td>{e(str(d))}</td></tr>"
-        for a, b, c, d in rows
-    ]
-    out.append("</table>")
-    if "openrail" in config.diffusion.licence.lower():
-        out.append(
-            '<p class="muted">The diffusion model\'s OpenRAIL-M use restrictions carry over to the learned '
-            "tokens and to every image generated with them.</p>"
-        )
-    out.append("</body></html>")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------
