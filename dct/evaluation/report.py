@@ -14,6 +14,7 @@ Layout, under the run's folder (``runs/{dataset}/{run_id}/report/``)::
                       baseline-vs-DCT density), guide and evaluator
     accuracy.png      top-1 accuracy per class, baseline vs DCT (bars up to 40 classes, else a scatter;
                       only up to STATIC_TABLE_MAX classes)
+    gain_coverage.png per class: top-1 accuracy gain vs coverage change (DCT − baseline), one point per class
     thumbs/{class_id:05d}-{variant}-{seed:06d}.{png|jpg}
     sections/{name}.html   sections other commands added to the finished report (``dct augment-eval``:
                       ``augment``), shown in index.html between markers (:func:`add_report_section`)
@@ -31,7 +32,10 @@ those same relative paths (so it needs the store beside the report, as the full-
 No absolute path or store URI is
 written into the HTML, so moving the store does not break it.
 
-Compute (:func:`accuracy_plot_png`, :func:`render_report_html`) is separate from I/O (:func:`write_run_report`).
+The pages are Jinja2 templates shipped with the package (``templates/``: ``index.html.j2``, ``class.html.j2``,
+``report.css``, the tables' JavaScript); the per-class columns are the registered metrics (:mod:`dct.class_metrics`)
+that have a value. Compute (:func:`accuracy_plot_png`, :func:`render_report_html`) is separate from I/O
+(:func:`write_run_report`).
 """
 
 from __future__ import annotations
@@ -58,8 +62,9 @@ import jinja2
 from markupsafe import Markup
 
 from dct.artifacts.store import VARIANTS, ArtifactStore
-from dct.class_metrics import column, metric_columns
+from dct.class_metrics import CLASS_METRICS, REFERENCE, ClassMetric, column, metric_columns
 from dct.config import RunConfig, baseline_prompts, epoch_prompts
+from dct.evaluation.metrics import PooledMetrics
 from dct.results import ClassRecord, read_class_outcomes
 
 logger = logging.getLogger(__name__)
@@ -70,6 +75,7 @@ PLOT_FILE = "accuracy.png"
 THUMBS_DIR = "thumbs"
 BAR_CHART_MAX_CLASSES = 40  # above this, the plot is a baseline-vs-DCT scatter instead of bars
 SUMMARY_PLOT_FILE = "summary.png"
+SCATTER_PLOT_FILE = "gain_coverage.png"
 INDEX_JS_FILE = "classes.js"
 DETAIL_FILE = "class.html"
 STATIC_TABLE_MAX = 500  # above this many classes the per-class table is built by the page from classes.js
@@ -237,6 +243,49 @@ def uplift_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes
     return figure_png(fig, dpi=100)
 
 
+def gain_coverage_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes | None:
+    """PNG: per class, the top-1 accuracy gain (DCT − baseline; held-out evaluator where there is one) against
+    the coverage change (DCT − baseline), one point per class; None when no class has both.
+
+    Right of 0: DCT's images cover more of the class's real images; above 0: more are classified right. A
+    class low on the left gained accuracy by losing diversity.
+    """
+    who = ranking_classifier(records)
+    points = [
+        (cd - cb, u)
+        for r in records
+        if r.status != "failed"
+        and (u := _uplift(r, who)) is not None
+        and (cb := r.coverage_baseline) is not None
+        and (cd := r.coverage_dct) is not None
+    ]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    xy = np.array(points, dtype=float)
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.axvline(0, color="#888", lw=0.8)
+    ax.scatter(xy[:, 0], xy[:, 1], s=14 if len(xy) <= 500 else 4, alpha=0.7 if len(xy) <= 500 else 0.3,
+               color="#d9480f")
+    lower_left = float(np.mean((xy[:, 0] < 0) & (xy[:, 1] > 0)))
+    ax.set_xlabel("coverage change (DCT − baseline)")
+    ax.set_ylabel(f"{who} top-1 gain (DCT − baseline)")
+    ax.set_title(
+        f"{len(xy)} classes: mean coverage change {xy[:, 0].mean():+.2f}, mean gain {xy[:, 1].mean():+.2f}\n"
+        f"{lower_left:.0%} gained accuracy while losing coverage (upper left)",
+        fontsize=9,
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return figure_png(fig, dpi=100)
+
+
 def class_index(
     *, plan: RunPlan, sections: Sequence[ClassSection], sample_prefixes: dict[int, str], max_images: int,
     seeds: Sequence[int],
@@ -252,7 +301,7 @@ def class_index(
         row: dict[str, Any] = {"id": s.class_id, "name": r.class_name if r else ""}
         row["status"] = r.status if r else "no record"
         if r is not None:
-            for m, v, col in metric_columns("shard"):  # short keys: g1b = guide_top1_baseline, ...
+            for m, v, col in metric_columns():  # short keys: g1b = guide_top1_baseline, ...
                 row[m.js_key(v)] = getattr(r, col)
             row |= {"ep": r.epochs, "token": r.token, "earlier": s.from_earlier_run}
             if r.status != "failed" and s.class_id in sample_prefixes:
@@ -264,7 +313,33 @@ def class_index(
         "dataset": plan.dataset,
         "run_id": plan.run_id,
         "seeds": list(seeds)[:max_images],
+        "metrics": [
+            {"key": m.key, "label": m.label, "variants": [v[0] for v in m.variants], "digits": m.digits,
+             "better": m.better}
+            for m in shown_metrics([s.record for s in sections if s.record is not None])
+        ],
         "classes": rows,
+    }
+
+
+def shown_metrics(records: Sequence[ClassRecord]) -> list[ClassMetric]:
+    """The registered metrics (registry order) that have a value for at least one of ``records``: the
+    columns of the report's per-class tables (no evaluator: no evaluator columns; no features: none of theirs)."""
+    return [m for m in CLASS_METRICS if any(getattr(r, c) is not None for r in records for c in m.columns)]
+
+
+def _metric_cell(r: ClassRecord | None, m: ClassMetric) -> dict[str, Any]:
+    """One metric's cell of the static table: baseline → DCT text, change, colour, the reference's value."""
+    b, d = (None, None) if r is None else (getattr(r, m.column("baseline")), getattr(r, m.column("dct")))
+    ref = getattr(r, m.column(REFERENCE)) if r is not None and REFERENCE in m.variants else None
+    change = d - b if b is not None and d is not None else None
+    better = None if change is None else change if m.better == "higher" else -change
+    return {
+        "text": f"{_fmt(b, m.digits)} → {_fmt(d, m.digits)}",
+        "cls": _change_class(better),
+        "ref": None if ref is None else _fmt(ref, m.digits),
+        "d": "" if d is None else repr(d),
+        "u": "" if change is None else repr(change),
     }
 
 
@@ -376,6 +451,7 @@ def render_report_html(
     summary_href: str | None = None,
     index_href: str | None = None,
     extra_sections: Sequence[tuple[str, str]] = (),
+    scatter_href: str | None = None,
 ) -> str:
     """The report's HTML (links relative to the report folder), from the template ``templates/index.html.j2``.
 
@@ -387,6 +463,7 @@ def render_report_html(
             of that class, and above :data:`STATIC_TABLE_MAX` classes the table is built from it.
         extra_sections: ``(name, HTML fragment)`` of sections other commands added (:func:`add_report_section`),
             shown before the summary; the fragments are trusted HTML (their writers escape their values).
+        scatter_href: the per-class accuracy gain vs coverage change plot (:func:`gain_coverage_plot_png`).
     """
     generated_at = generated_at or dt.datetime.now(dt.UTC)
     records = [s.record for s in sections if s.record is not None]
@@ -400,6 +477,23 @@ def render_report_html(
     summary_rows = [("guide top-1 (mean over classes)", mean("guide", "baseline"), mean("guide", "dct"))]
     if has_eval:
         summary_rows.append(("held-out evaluator top-1", mean("evaluator", "baseline"), mean("evaluator", "dct")))
+    feature_note = None
+    for m in shown_metrics(records):
+        if m.source != "features":
+            continue
+
+        def col_mean(variant: str, m: ClassMetric = m) -> str:
+            vals = [x for r in records if (x := getattr(r, m.column(variant))) is not None]
+            return _fmt(sum(vals) / len(vals), m.digits) if vals else "–"
+
+        label = f"{m.label} (mean over classes"
+        label += f"; real images {col_mean(REFERENCE)})" if REFERENCE in m.variants else ")"
+        summary_rows.append((label, col_mean("baseline"), col_mean("dct")))
+        feature_note = (
+            f"per class, against the class's reference images in the FID/KID feature space: precision, recall, "
+            f"density and coverage with k = {config.evaluation.nearest_k} nearest neighbours; Vendi score with the "
+            "cosine kernel, the real images' on as many images (docs/evaluation.md)"
+        )
     pooled_rows = []
     if pooled:
         pv = pooled.get("variants") or {}
@@ -431,7 +525,7 @@ def render_report_html(
 
     who = ranking_classifier(records)
     worst, best = extreme_classes(records)
-    whos = ("guide", "evaluator") if has_eval else ("guide",)
+    shown = shown_metrics(records)
 
     def grid_accuracies(r: ClassRecord) -> list[Markup]:
         out = [
@@ -474,9 +568,11 @@ def render_report_html(
         index_href=index_href,
         table_js=Markup(_asset("class_table.js")),
         sections=sections,
-        table_headers=[f"{w} top-{k}" for w in whos for k in (1, 5)],
-        table_cells=lambda s: [(_acc(s.record, w, k, "baseline"), _acc(s.record, w, k, "dct"))
-                               for w in whos for k in (1, 5)],
+        metrics=shown,
+        metric_cells=lambda r: [_metric_cell(r, m) for m in shown],
+        sort_js=Markup(_asset("table_sort.js")),
+        feature_note=feature_note,
+        scatter_href=scatter_href,
         status_text=_status_text,
         grid_accuracies=grid_accuracies,
         prompt_of=lambda v, r: _prompt(config, v, r.token, r.class_name),
@@ -621,6 +717,12 @@ def write_run_report(
         pooled = None
     if outcomes is None:
         outcomes = read_class_outcomes(store, ds, plan.eval_key, plan.selected, run_id)
+    # The metrics the pooled evaluation computed from features are in pooled.json, not in the shards' records.
+    feature_fields = PooledMetrics.class_fields(pooled)
+    outcomes = {
+        c: r.model_copy(update=feature_fields[c]) if r is not None and c in feature_fields else r
+        for c, r in outcomes.items()
+    }
     todo = set(plan.todo)
     sections = [
         ClassSection(cid, rec, from_earlier_run=bool(rec and cid not in todo))
@@ -671,6 +773,10 @@ def write_run_report(
         png = uplift_plot_png(records, title=f"{ds} · run {run_id}: per-class uplift")
         summary_uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, SUMMARY_PLOT_FILE), png)
         summary_href = _rel(store, summary_uri, report_dir)
+    scatter_href = None
+    if records and (png := gain_coverage_plot_png(records, title=f"{ds} · run {run_id}")) is not None:
+        scatter_uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, SCATTER_PLOT_FILE), png)
+        scatter_href = _rel(store, scatter_uri, report_dir)
     # Paths only (no request): where each class's samples are, relative to the report folder.
     prefixes = {
         s.class_id: _rel(store, store.samples_uri(ds, s.record.eval_key, s.class_id), report_dir) for s in with_samples
@@ -690,6 +796,7 @@ def write_run_report(
         dataset_licence=dataset_licence,
         summary_href=summary_href,
         index_href=INDEX_JS_FILE,
+        scatter_href=scatter_href,
     )
     uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_FILE), page.encode("utf-8"))
     logger.info("report of run %s: %s", run_id, uri)

@@ -203,6 +203,30 @@ def test_report_shows_grids_with_working_relative_links(tiny_run, tmp_path):
         assert (copy / src).is_file()
 
 
+def test_report_shows_fidelity_and_diversity_beside_accuracy_and_the_gain_coverage_plot(tiny_run):
+    """docs/evaluation.md, "The report": per class, precision/recall/density/coverage/Vendi of both variants beside
+    the accuracies (static table, classes.js for the sortable table and class.html), the values of the table."""
+    import json
+
+    store = ArtifactStore(str(tiny_run.store_root))
+    df = read_results(store, "classes", run_id=tiny_run.plan.run_id).set_index("class_id")
+    folder = Path(tiny_run.report_uri).parent
+    page = (folder / "index.html").read_text()
+    for label in ("guide top-1", "precision", "recall", "density", "coverage"):
+        assert f"<th>{label}<br>baseline → DCT<br>" in page, label
+    assert "<th>Vendi<br>baseline → DCT (real)<br>" in page
+    index = json.loads((folder / "classes.js").read_text().removeprefix("window.DCT_REPORT=").rstrip(";\n"))
+    assert [m["key"] for m in index["metrics"]][-5:] == ["p", "r", "dn", "cv", "v"]
+    for row in index["classes"]:
+        cid = row["id"]
+        for key, col in (("cvd", "coverage_dct"), ("pb", "precision_baseline"), ("vr", "vendi_reference")):
+            assert row[key] == pytest.approx(df.loc[cid, col], rel=1e-12)
+        b, d = float(df.loc[cid, "coverage_baseline"]), float(df.loc[cid, "coverage_dct"])
+        assert f'data-d="{d!r}" data-u="{d - b!r}"><span class="' in page  # the sortable cell of the static table
+    assert (folder / "gain_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '<img src="gain_coverage.png"' in page
+
+
 def test_report_escapes_html_and_handles_failed_classes(tiny_run):
     from dct.evaluation.report import ClassSection, render_report_html
     from dct.results import read_class_record

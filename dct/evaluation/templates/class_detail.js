@@ -15,9 +15,11 @@ function show(){
  add('p','status '+c.status+(c.earlier?' (finished by an earlier run)':'')+(c.token?' · token '+c.token:'')+
   (c.ep!=null?' · epochs '+c.ep:''),'muted');
  if(c.err) add('p','error: '+c.err,'bad');
- for(const w of ['g','e']){ if(c[w+'1d']==null&&c[w+'1b']==null) continue;
-  add('p',(w==='g'?'guide':'held-out evaluator')+': top-1 '+f(c[w+'1b'])+' → '+f(c[w+'1d'])+
-   ', top-5 '+f(c[w+'5b'])+' → '+f(c[w+'5d'])+' (baseline → DCT)');}
+ // one line per registered metric with a value (classes.js "metrics"), baseline → DCT
+ const g=(x,d)=>x==null?'–':x.toFixed(d);
+ for(const m of (R.metrics||[])){ if(c[m.key+'d']==null&&c[m.key+'b']==null) continue;
+  add('p',m.label+': '+g(c[m.key+'b'],m.digits)+' → '+g(c[m.key+'d'],m.digits)+' (baseline → DCT)'+
+   (c[m.key+'r']!=null?'; real images '+g(c[m.key+'r'],m.digits):''));}
  if(c.s){ for(const v of ['baseline','dct']){ const row=add('div',null,'row');
    const l=document.createElement('span');l.className='lbl';l.textContent=v==='dct'?'DCT':'baseline';row.appendChild(l);
    for(const seed of R.seeds.slice(0,c.n==null?R.seeds.length:c.n)){const href=c.s+'/'+v+'/'+pad(seed,6)+'.'+c.x;

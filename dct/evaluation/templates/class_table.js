@@ -1,11 +1,18 @@
 (function(){
 const R=window.DCT_REPORT, el=document.getElementById('classtable'); if(!R||!el) return;
-const hasE=R.classes.some(c=>c.e1d!=null), PAGE=100;
-const f=x=>x==null?'–':x.toFixed(2), up=(c,w)=>(c[w+'1d']==null||c[w+'1b']==null)?null:c[w+'1d']-c[w+'1b'];
-const cols=[['id','id',c=>c.id],['class','name',c=>c.name],['status','status',c=>c.status],
- ['guide top-1 baseline → DCT','g',c=>c.g1d],['guide uplift','gu',c=>up(c,'g')]]
- .concat(hasE?[['evaluator top-1 baseline → DCT','e',c=>c.e1d],['evaluator uplift','eu',c=>up(c,'e')]]:[])
- .concat([['epochs','ep',c=>c.ep]]);
+const PAGE=100, M=R.metrics||[];
+const f=(x,d)=>x==null?'–':x.toFixed(d==null?2:d);
+// per registered metric (classes.js "metrics"): baseline → DCT (sorted by the DCT value) and the change Δ
+const ch=(c,m)=>(c[m.key+'d']==null||c[m.key+'b']==null)?null:c[m.key+'d']-c[m.key+'b'];
+const good=(c,m)=>{const u=ch(c,m);return u==null?null:(m.better==='lower'?-u:u);};
+let cols=[['id','num',c=>c.id,null],['class','',c=>c.name,null],['status','',c=>c.status,null]];
+for(const m of M){
+ cols.push([m.label+' baseline → DCT'+(m.variants.includes('r')?' (real)':''),'num',c=>c[m.key+'d'],
+  c=>f(c[m.key+'b'],m.digits)+' → '+f(c[m.key+'d'],m.digits)+(c[m.key+'r']!=null?' ('+f(c[m.key+'r'],m.digits)+')':'')]);
+ cols.push([m.label+' Δ','num',c=>ch(c,m),c=>{const u=ch(c,m);return u==null?'–':(u>0?'+':'')+u.toFixed(m.digits);},
+  c=>{const g=good(c,m);return g>0?'up':g<0?'down':'';}]);
+}
+cols.push(['epochs','num',c=>c.ep,null]);
 let rows=R.classes.slice(), sortI=0, dir=1, page=0;
 const q=document.getElementById('classsearch'), info=document.getElementById('classinfo');
 function render(){
@@ -23,9 +30,7 @@ function render(){
   const a=document.createElement('a'); a.href='class.html#c'+c.id; a.textContent=c.id;
   const td0=cell('', 'num'); td0.appendChild(a);
   cell(c.name); cell(c.status+(c.earlier?' (earlier run)':''), (c.status==='failed'||c.status==='no record')?'bad':'');
-  for(const w of hasE?['g','e']:['g']){const u=up(c,w);
-   cell(f(c[w+'1b'])+' → '+f(c[w+'1d']),'num');
-   cell(u==null?'–':(u>0?'+':'')+u.toFixed(2),'num '+(u>0?'up':u<0?'down':''));}
+  for(const col of cols.slice(3,-1)){cell(col[3](c),col[1]+(col[4]?' '+col[4](c):''));}
   cell(c.ep==null?'–':c.ep,'num'); tb.appendChild(tr);}
  const old=el.querySelector('tbody'); old?el.replaceChild(tb,old):el.appendChild(tb);
  info.textContent=sel.length+' of '+rows.length+' classes · page '+(page+1)+' of '+pages;
