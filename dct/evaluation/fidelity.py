@@ -6,8 +6,8 @@ space (docs/evaluation.md, "Per-class fidelity and diversity"). Pure compute: te
 
 - **Precision, recall, density, coverage** (Kynkäänniemi et al. 2019; Naeem et al. 2020): k-nearest-neighbour
   balls around each real (and, for recall, each generated) feature vector; the formulas of the authors'
-  ``prdc`` package (strict ``<``; the k-th neighbour not counting the point itself), on exact float64
-  Euclidean distances.
+  ``prdc`` package (strict ``<``; the k-th neighbour not counting the point itself), on float64 Euclidean
+  distances.
 - **Vendi score** (Friedman & Dieng 2023): ``exp(-Σ λ log λ)`` over the eigenvalues λ of ``K / n``, with
   ``K`` the cosine-similarity kernel of the set (the L2-normalised features' Gram matrix) — vendi-score's
   ``score_X``. 1 for n copies of one image, n for n orthogonal ones.
@@ -30,8 +30,9 @@ MIN_VENDI_SAMPLES = 2  # the diversity of one image is 1 by definition, whatever
 
 
 def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # Exact differences in float64 (not the |a|² + |b|² − 2ab trick): ties at the ball radius stay ties.
-    return torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    # float64 through the Gram matrix (|a|² + |b|² − 2ab, as scikit-learn's, which prdc calls): one matrix product,
+    # ≈ 1 ms per class for 2048-d features where exact differences take 150 ms (10k classes: 25 min on the parent).
+    return torch.cdist(a.double(), b.double(), compute_mode="use_mm_for_euclid_dist")
 
 
 def _kth_neighbour(features: torch.Tensor, k: int) -> torch.Tensor:

@@ -66,7 +66,7 @@ def test_identical_sets_and_a_collapsed_set():
     assert same["precision"] == same["recall"] == same["coverage"] == 1.0
     assert 10 < vendi_score(x) <= 16  # 100 random directions in 16-d: at most 16 effective images (the rank)
 
-    collapsed = x[:1].repeat(64, 1)
+    collapsed = (x[:1] + 0.05).repeat(64, 1)  # one image near a real one, 64 times
     assert vendi_score(collapsed) == pytest.approx(1.0, abs=1e-9)
     c = prdc(x, collapsed, 5)
     assert c["recall"] == 0.0 and c["coverage"] <= 0.05
