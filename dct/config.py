@@ -226,6 +226,11 @@ class EvaluationConfig(_Frozen):
     evaluator: ClassifierConfig | None = Field(default=None, description="held-out classifier; None = guide only")
     sample_format: Literal["png", "jpeg", "none"] = Field(default="png", description="how samples are stored")
     fid_features: Literal["inception", "evaluator", "none"] = Field(default="evaluator", description="FID/KID features")
+    nearest_k: PositiveInt = Field(
+        default=5,
+        description="k of the k-nearest-neighbour balls of the per-class precision/recall/density/coverage "
+        "(computed from the FID/KID features; each set needs at least k + 1 images)",
+    )
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -341,7 +346,8 @@ def token_key(config: RunConfig, diffusion_revision: ResolvedRevision, classifie
 
 
 def _evaluation_identity(ev: EvaluationConfig, evaluator_revision: ResolvedRevision | None) -> dict[str, Any]:
-    out = ev.model_dump(mode="json", exclude={"batch_size"})
+    # nearest_k only changes numbers the parent computes from stored features: samples and records stay valid.
+    out = ev.model_dump(mode="json", exclude={"batch_size", "nearest_k"})
     if out["evaluator"] is not None:
         out["evaluator"]["model_id"] = model_identity(out["evaluator"]["model_id"], evaluator_revision)
     return out

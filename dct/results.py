@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from dct.artifacts.store import ArtifactStore, open_store, validate_class_id, validate_component
+from dct.class_metrics import GENERATED, column, metric_columns, python_type, run_mean_columns
 from dct.config import RunConfig
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CLASS_SCHEMA_VERSION = 1
-RUN_SCHEMA_VERSION = 1
+CLASS_SCHEMA_VERSION = 2  # 2: the per-class metrics computed from features (dct.class_metrics)
+RUN_SCHEMA_VERSION = 2  # 2: nearest_k, feature_metrics_classes and their means over classes
 PROBE_SCHEMA_VERSION = 3  # 2: min_shift; 3: the intervention test, baseline_spread
 
 ClassStatus = Literal["done", "diverged", "failed"]
@@ -123,11 +124,14 @@ class Provenance(BaseModel):
     dtype: str = Field(description="compute dtype actually used, e.g. 'bfloat16'")
 
 
-class ClassRecord(_Record):
+class _ClassRecordBase(_Record):
     """The outcome of one class for one ``eval_key`` (one row of the ``classes`` table).
 
     Units: seconds are wall-clock seconds; accuracies are fractions in [0, 1] over ``num_samples``
-    images per variant; losses are the mean cross-entropy (nats) of one epoch.
+    images per variant; losses are the mean cross-entropy (nats) of one epoch. Every per-class metric of
+    :mod:`dct.class_metrics` is a field (``guide_top1_dct``, ``precision_dct``, ...), one per registered column,
+    null by default; the shard fills its own (``source="shard"``), the parent those computed from features when
+    it publishes the run (the shard's JSON record, written before the pooled evaluation, leaves them null).
     """
 
     schema_version: int = CLASS_SCHEMA_VERSION
@@ -152,14 +156,10 @@ class ClassRecord(_Record):
     samples_uri: str | None = None
     sample_format: str | None = None
     num_samples: int | None = None
-    guide_top1_baseline: float | None = None
-    guide_top5_baseline: float | None = None
-    guide_top1_dct: float | None = None
-    guide_top5_dct: float | None = None
-    evaluator_top1_baseline: float | None = None
-    evaluator_top5_baseline: float | None = None
-    evaluator_top1_dct: float | None = None
-    evaluator_top5_dct: float | None = None
+    feature_metrics_reference: int | None = Field(
+        default=None, description="reference images of the class behind precision/recall/density/coverage"
+    )
+    feature_metrics_note: str | None = Field(default=None, description="why a metric from features is null")
     provenance: Provenance
     started_at: dt.datetime
     finished_at: dt.datetime
@@ -185,6 +185,16 @@ class ClassRecord(_Record):
         return {name: flat[name] for name in CLASS_SCHEMA.names}
 
 
+# One field per registered per-class metric column (dct.class_metrics), null by default.
+ClassRecord = create_model(
+    "ClassRecord",
+    __base__=_ClassRecordBase,
+    __module__=__name__,
+    __doc__=_ClassRecordBase.__doc__,
+    **{col: (python_type(m) | None, None) for m, _, col in metric_columns()},
+)
+
+
 # One summary of a class outcome: what a task returns and what the flow's table artifact shows.
 CLASS_SUMMARY_FIELDS: tuple[str, ...] = (
     "class_id",
@@ -193,10 +203,7 @@ CLASS_SUMMARY_FIELDS: tuple[str, ...] = (
     "stop_reason",
     "error",
     "epochs",
-    "guide_top1_baseline",
-    "guide_top1_dct",
-    "evaluator_top1_baseline",
-    "evaluator_top1_dct",
+    *(column(name, v) for name in ("guide_top1", "evaluator_top1") for v in GENERATED),
 )
 MAX_ERROR_CHARS = 2000
 
@@ -320,7 +327,7 @@ def failed_class_record(
     )
 
 
-class RunRecord(_Record):
+class _RunRecordBase(_Record):
     """One run of the ``dct`` flow over one dataset (one row of the ``runs`` table).
 
     FID/KID are pooled over all classes of the run, per variant, against the dataset's reference images;
@@ -350,6 +357,8 @@ class RunRecord(_Record):
     fid_num_samples_dct: int | None = None
     fid_num_reference: int | None = None
     fid_feature_extractor: str | None = None
+    nearest_k: int | None = None
+    feature_metrics_classes: int | None = None
     report_uri: str | None = None
     bundle_uri: str | None = None
     config_json: str = Field(description="canonical JSON of the RunConfig (no credentials: it holds none)")
@@ -379,6 +388,16 @@ class RunRecord(_Record):
         flat = self.model_dump(exclude={"provenance"}) | self.provenance.model_dump()
         flat["run_date"] = self.run_date
         return {name: flat[name] for name in RUN_SCHEMA.names}
+
+
+# The means over classes of the registered metrics that have them (``mean_precision_dct``, ...).
+RunRecord = create_model(
+    "RunRecord",
+    __base__=_RunRecordBase,
+    __module__=__name__,
+    __doc__=_RunRecordBase.__doc__,
+    **{col: (float | None, None) for _, _, col in run_mean_columns()},
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,14 +448,9 @@ CLASS_SCHEMA = pa.schema(
         pa.field("samples_uri", pa.string()),
         pa.field("sample_format", pa.string()),
         pa.field("num_samples", pa.int32()),
-        pa.field("guide_top1_baseline", pa.float64()),
-        pa.field("guide_top5_baseline", pa.float64()),
-        pa.field("guide_top1_dct", pa.float64()),
-        pa.field("guide_top5_dct", pa.float64()),
-        pa.field("evaluator_top1_baseline", pa.float64()),
-        pa.field("evaluator_top5_baseline", pa.float64()),
-        pa.field("evaluator_top1_dct", pa.float64()),
-        pa.field("evaluator_top5_dct", pa.float64()),
+        *(pa.field(col, m.pa_type) for m, _, col in metric_columns()),  # the registry's, in its order
+        pa.field("feature_metrics_reference", pa.int32()),
+        pa.field("feature_metrics_note", pa.string()),
         *_PROVENANCE_FIELDS,
         pa.field("started_at", _UTC_TS, nullable=False),
         pa.field("finished_at", _UTC_TS, nullable=False),
@@ -470,6 +484,9 @@ RUN_SCHEMA = pa.schema(
         pa.field("fid_num_samples_dct", pa.int32()),
         pa.field("fid_num_reference", pa.int32()),
         pa.field("fid_feature_extractor", pa.string()),
+        pa.field("nearest_k", pa.int32()),
+        pa.field("feature_metrics_classes", pa.int32()),
+        *(pa.field(col, pa.float64()) for _, _, col in run_mean_columns()),
         pa.field("report_uri", pa.string()),
         pa.field("bundle_uri", pa.string()),
         pa.field("config_json", pa.string(), nullable=False),

@@ -1,9 +1,9 @@
 """The mutant runner: every guarantee the docs make must have a test that fails when the guarantee is broken.
 
 ``tests/guarantees.toml`` lists each promise of the docs (README "Failure behaviour", docs/reliability.md,
-docs/storage.md, docs/synthesis.md, docs/probe.md, docs/deployments.md): its id, the sentence quoted from
-the doc, the tests that prove it, and at least one *mutant* — a small text replacement in the product code
-that breaks exactly that promise. For each mutant this runner copies the tracked tree into a temporary
+docs/storage.md, docs/synthesis.md, docs/probe.md, docs/deployments.md, docs/evaluation.md): its id, the
+sentence quoted from the doc, the tests that prove it, and at least one *mutant* — a small text replacement in
+the product code that breaks exactly that promise. For each mutant this runner copies the tracked tree into a temporary
 directory, applies the replacement, runs only the mutant's tests there, and reports whether they failed
 (killed: the tests are evidence) or passed (survived: the tests would not notice the bug).
 
@@ -46,6 +46,7 @@ DOCS = (
     "docs/synthesis.md",
     "docs/probe.md",
     "docs/deployments.md",
+    "docs/evaluation.md",
 )
 MARKER = re.compile(r"<!--\s*guarantee:\s*([a-z0-9][a-z0-9-]*)\s*-->")
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")

@@ -64,6 +64,9 @@ def test_what_changes_which_key():
     c2 = c.model_copy(update={"evaluation": EvaluationConfig(num_samples=8, seed=1000)})
     assert token_key(c2, "r1", "r2") == t
     assert eval_key(c2, t, None) != eval_key(c, t, None)
+    # nearest_k changes only numbers computed from the stored features: samples and records stay valid
+    c3 = c.model_copy(update={"evaluation": c.evaluation.model_copy(update={"nearest_k": 3})})
+    assert eval_key(c3, t, None) == eval_key(c, t, None)
 
 
 def test_bad_values_name_the_value():

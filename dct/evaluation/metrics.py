@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from dct.artifacts.store import VARIANTS, ArtifactStore
+from dct.class_metrics import metric_columns, run_mean_columns
 from dct.config import RunConfig
 from dct.evaluation.features import (
     DEFAULT_MAX_REFERENCE_IMAGES,
@@ -49,6 +50,7 @@ from dct.evaluation.features import (
     read_class_features,
     reference_features,
 )
+from dct.evaluation.fidelity import class_feature_metrics
 from dct.results import ClassRecord, read_class_records
 
 logger = logging.getLogger(__name__)
@@ -221,14 +223,28 @@ class PooledMetrics:
     class_ids: list[int] = field(default_factory=list)
     variants: dict[str, VariantMetrics] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    nearest_k: int | None = None
+    # Per class: the ClassRecord fields of the metrics computed from features (dct.evaluation.fidelity),
+    # plus ``feature_metrics_reference`` and ``feature_metrics_note``; the table's rows get them at publishing.
+    classes: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def record_fields(self) -> dict[str, Any]:
-        """The RunRecord fields (``fid_baseline``, ``kid_std_dct``, ``fid_num_samples_dct``, ...)."""
+        """The RunRecord fields (``fid_baseline``, ``kid_std_dct``, ``mean_coverage_dct``, ...)."""
         out: dict[str, Any] = {
             "fid_feature_extractor": self.feature_extractor,
             "fid_num_reference": self.num_reference,
             "kid_subset_size": self.kid_subset_size,
+            "nearest_k": self.nearest_k,
         }
+        # Mean over classes, not one value over the pooled features: the per-class sets are what a token
+        # changes (pooled over 10k classes, between-class spread would hide a class that collapsed), and
+        # k-NN over every class's images at once would be quadratic in the run's size.
+        for m, v, mean_col in run_mean_columns():
+            vals = [x for c in self.classes.values() if (x := c.get(m.column(v))) is not None]
+            out[mean_col] = sum(vals) / len(vals) if vals else None
+        cols = [c for _, _, c in metric_columns("features")]
+        with_values = sum(any(v.get(c) is not None for c in cols) for v in self.classes.values())
+        out["feature_metrics_classes"] = with_values if self.classes else None
         for v in VARIANTS:
             m = self.variants.get(v)
             out[f"fid_{v}"] = m.fid if m else None
@@ -240,9 +256,46 @@ class PooledMetrics:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @staticmethod
+    def class_fields(pooled_json: dict[str, Any] | None) -> dict[int, dict[str, Any]]:
+        """``classes`` of a stored ``pooled.json`` (:meth:`to_json`), by int class id ({} if absent)."""
+        return {int(c): dict(v) for c, v in ((pooled_json or {}).get("classes") or {}).items()}
+
     @classmethod
     def not_computed(cls, reason: str, feature_extractor: str | None = None) -> PooledMetrics:
         return cls(feature_extractor=feature_extractor, notes=[reason])
+
+
+def _class_reference(ref: torch.Tensor, ref_ids: torch.Tensor) -> dict[int, torch.Tensor] | None:
+    """The reference features of each class ``{class_id: (N_c, D)}`` in cache order, or None when the
+    reference set is not labelled by class. One sort, not one scan of the whole set per class."""
+    if not bool((ref_ids >= 0).all()):
+        return None
+    order = torch.argsort(ref_ids, stable=True)
+    ids, counts = torch.unique_consecutive(ref_ids[order], return_counts=True)
+    groups = torch.split(order, counts.tolist())
+    return {int(c): ref[g] for c, g in zip(ids.tolist(), groups, strict=True)}
+
+
+def _no_feature_metrics(reason: str) -> dict[str, Any]:
+    return {"feature_metrics_reference": None, "feature_metrics_note": reason}
+
+
+def _feature_metrics(
+    class_reference: dict[int, torch.Tensor] | None, class_id: int, feats: Mapping[str, torch.Tensor], k: int
+) -> dict[str, Any]:
+    """One class's per-class feature metrics (ClassRecord fields), from the features already in memory."""
+    if class_reference is None:
+        ref, missing = None, "the reference set is not labelled by class (no per-class reference images)"
+    else:
+        ref = class_reference.get(class_id)
+        missing = "the reference set has no images of this class" if ref is None else None
+    values, note = class_feature_metrics(ref, feats, k, reference_missing=missing)
+    return {
+        **values,
+        "feature_metrics_reference": None if ref is None else int(ref.shape[0]),
+        "feature_metrics_note": note,
+    }
 
 
 def finished_records(store: ArtifactStore, dataset: str, eval_key: str, class_ids: Sequence[int]) -> list[ClassRecord]:
@@ -351,6 +404,8 @@ def pooled_metrics(
 
     d = int(ref_all.shape[1])
     need = min_fid_samples(d)
+    k = config.evaluation.nearest_k
+    class_reference = _class_reference(ref_all, ref_ids)
     result = PooledMetrics(
         feature_extractor=name,
         num_features=d,
@@ -360,7 +415,13 @@ def pooled_metrics(
         min_fid_samples=need,
         class_ids=class_ids,
         notes=notes,
+        nearest_k=k,
     )
+    for r in records:
+        if r.class_id not in used_ids:
+            result.classes[r.class_id] = _no_feature_metrics(
+                f"not evaluated: status {r.status!r}" + ("" if r.samples_uri else ", no stored samples")
+            )
     # One streaming pass over the classes, FEATURE_READ_CHUNK feature files at a time (read in parallel):
     # FID accumulates sums (memory D² whatever the count); KID keeps at most `max_kid_samples` features
     # per variant (an equal share per class), as 10k classes × 64 × 2048-d Inception features would be
@@ -381,10 +442,13 @@ def pooled_metrics(
                     no_features.append(r.class_id)
                     continue
                 feats = class_sample_features(store, r, extractor, batch)  # extracts and caches
+            result.classes[r.class_id] = _feature_metrics(class_reference, r.class_id, feats, k)
             for v in VARIANTS:
                 counts[v] += feats[v].shape[0]
                 fids[v].update(feats[v].double(), real=False)
                 kid_parts[v].append(feats[v][:keep])
+    for c in no_features:
+        result.classes[c] = _no_feature_metrics("no current feature file (see pooled.json notes)")
     if no_features:
         result.class_ids = [c for c in class_ids if c not in set(no_features)]
         notes.append(

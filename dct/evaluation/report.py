@@ -14,6 +14,7 @@ Layout, under the run's folder (``runs/{dataset}/{run_id}/report/``)::
                       baseline-vs-DCT density), guide and evaluator
     accuracy.png      top-1 accuracy per class, baseline vs DCT (bars up to 40 classes, else a scatter;
                       only up to STATIC_TABLE_MAX classes)
+    gain_coverage.png per class: top-1 accuracy gain vs coverage change (DCT − baseline), one point per class
     thumbs/{class_id:05d}-{variant}-{seed:06d}.{png|jpg}
     sections/{name}.html   sections other commands added to the finished report (``dct augment-eval``:
                       ``augment``), shown in index.html between markers (:func:`add_report_section`)
@@ -31,7 +32,10 @@ those same relative paths (so it needs the store beside the report, as the full-
 No absolute path or store URI is
 written into the HTML, so moving the store does not break it.
 
-Compute (:func:`accuracy_plot_png`, :func:`render_report_html`) is separate from I/O (:func:`write_run_report`).
+The pages are Jinja2 templates shipped with the package (``templates/``: ``index.html.j2``, ``class.html.j2``,
+``report.css``, the tables' JavaScript); the per-class columns are the registered metrics (:mod:`dct.class_metrics`)
+that have a value. Compute (:func:`accuracy_plot_png`, :func:`render_report_html`) is separate from I/O
+(:func:`write_run_report`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ if TYPE_CHECKING:  # the report reads a plan; it never makes one
     from dct.run.plan import RunPlan
 
 import datetime as dt
+import functools
 import html
+import importlib.resources
 import io
 import json
 import logging
@@ -52,8 +58,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
+from markupsafe import Markup
+
 from dct.artifacts.store import VARIANTS, ArtifactStore
+from dct.class_metrics import CLASS_METRICS, REFERENCE, ClassMetric, column, metric_columns
 from dct.config import RunConfig, baseline_prompts, epoch_prompts
+from dct.evaluation.metrics import PooledMetrics
 from dct.results import ClassRecord, read_class_outcomes
 
 logger = logging.getLogger(__name__)
@@ -62,9 +73,9 @@ REPORT_DIR = "report"
 INDEX_FILE = "index.html"
 PLOT_FILE = "accuracy.png"
 THUMBS_DIR = "thumbs"
-DISPLAY_PX = 112  # on-screen size of a grid cell; small images are upscaled without smoothing
 BAR_CHART_MAX_CLASSES = 40  # above this, the plot is a baseline-vs-DCT scatter instead of bars
 SUMMARY_PLOT_FILE = "summary.png"
+SCATTER_PLOT_FILE = "gain_coverage.png"
 INDEX_JS_FILE = "classes.js"
 DETAIL_FILE = "class.html"
 STATIC_TABLE_MAX = 500  # above this many classes the per-class table is built by the page from classes.js
@@ -99,7 +110,7 @@ class ClassSection:
 
 
 def _acc(r: ClassRecord | None, who: str, k: int, variant: str) -> float | None:
-    return getattr(r, f"{who}_top{k}_{variant}") if r is not None else None
+    return getattr(r, column(f"{who}_top{k}", variant)) if r is not None else None
 
 
 def accuracy_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes:
@@ -232,6 +243,49 @@ def uplift_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes
     return figure_png(fig, dpi=100)
 
 
+def gain_coverage_plot_png(records: Sequence[ClassRecord], *, title: str = "") -> bytes | None:
+    """PNG: per class, the top-1 accuracy gain (DCT − baseline; held-out evaluator where there is one) against
+    the coverage change (DCT − baseline), one point per class; None when no class has both.
+
+    Right of 0: DCT's images cover more of the class's real images; above 0: more are classified right. A
+    class low on the left gained accuracy by losing diversity.
+    """
+    who = ranking_classifier(records)
+    points = [
+        (cd - cb, u)
+        for r in records
+        if r.status != "failed"
+        and (u := _uplift(r, who)) is not None
+        and (cb := r.coverage_baseline) is not None
+        and (cd := r.coverage_dct) is not None
+    ]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    xy = np.array(points, dtype=float)
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    ax.axhline(0, color="#888", lw=0.8)
+    ax.axvline(0, color="#888", lw=0.8)
+    ax.scatter(xy[:, 0], xy[:, 1], s=14 if len(xy) <= 500 else 4, alpha=0.7 if len(xy) <= 500 else 0.3,
+               color="#d9480f")
+    lower_left = float(np.mean((xy[:, 0] < 0) & (xy[:, 1] > 0)))
+    ax.set_xlabel("coverage change (DCT − baseline)")
+    ax.set_ylabel(f"{who} top-1 gain (DCT − baseline)")
+    ax.set_title(
+        f"{len(xy)} classes: mean coverage change {xy[:, 0].mean():+.2f}, mean gain {xy[:, 1].mean():+.2f}\n"
+        f"{lower_left:.0%} gained accuracy while losing coverage (upper left)",
+        fontsize=9,
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return figure_png(fig, dpi=100)
+
+
 def class_index(
     *, plan: RunPlan, sections: Sequence[ClassSection], sample_prefixes: dict[int, str], max_images: int,
     seeds: Sequence[int],
@@ -247,10 +301,8 @@ def class_index(
         row: dict[str, Any] = {"id": s.class_id, "name": r.class_name if r else ""}
         row["status"] = r.status if r else "no record"
         if r is not None:
-            for who in ("guide", "evaluator"):
-                for k in (1, 5):
-                    for v in VARIANTS:
-                        row[f"{who[0]}{k}{v[0]}"] = _acc(r, who, k, v)
+            for m, v, col in metric_columns():  # short keys: g1b = guide_top1_baseline, ...
+                row[m.js_key(v)] = getattr(r, col)
             row |= {"ep": r.epochs, "token": r.token, "earlier": s.from_earlier_run}
             if r.status != "failed" and s.class_id in sample_prefixes:
                 row |= {"s": sample_prefixes[s.class_id], "x": r.sample_format, "n": r.num_samples}
@@ -261,7 +313,33 @@ def class_index(
         "dataset": plan.dataset,
         "run_id": plan.run_id,
         "seeds": list(seeds)[:max_images],
+        "metrics": [
+            {"key": m.key, "label": m.label, "variants": [v[0] for v in m.variants], "digits": m.digits,
+             "better": m.better}
+            for m in shown_metrics([s.record for s in sections if s.record is not None])
+        ],
         "classes": rows,
+    }
+
+
+def shown_metrics(records: Sequence[ClassRecord]) -> list[ClassMetric]:
+    """The registered metrics (registry order) that have a value for at least one of ``records``: the
+    columns of the report's per-class tables (no evaluator: no evaluator columns; no features: none of theirs)."""
+    return [m for m in CLASS_METRICS if any(getattr(r, c) is not None for r in records for c in m.columns)]
+
+
+def _metric_cell(r: ClassRecord | None, m: ClassMetric) -> dict[str, Any]:
+    """One metric's cell of the static table: baseline → DCT text, change, colour, the reference's value."""
+    b, d = (None, None) if r is None else (getattr(r, m.column("baseline")), getattr(r, m.column("dct")))
+    ref = getattr(r, m.column(REFERENCE)) if r is not None and REFERENCE in m.variants else None
+    change = d - b if b is not None and d is not None else None
+    better = None if change is None else change if m.better == "higher" else -change
+    return {
+        "text": f"{_fmt(b, m.digits)} → {_fmt(d, m.digits)}",
+        "cls": _change_class(better),
+        "ref": None if ref is None else _fmt(ref, m.digits),
+        "d": "" if d is None else repr(d),
+        "u": "" if change is None else repr(change),
     }
 
 
@@ -271,118 +349,47 @@ def class_index_js(index: dict[str, Any]) -> str:
     return "window.DCT_REPORT=" + body.replace("</", "<\\/") + ";\n"
 
 
-_TABLE_JS = r"""
-(function(){
-const R=window.DCT_REPORT, el=document.getElementById('classtable'); if(!R||!el) return;
-const hasE=R.classes.some(c=>c.e1d!=null), PAGE=100;
-const f=x=>x==null?'–':x.toFixed(2), up=(c,w)=>(c[w+'1d']==null||c[w+'1b']==null)?null:c[w+'1d']-c[w+'1b'];
-const cols=[['id','id',c=>c.id],['class','name',c=>c.name],['status','status',c=>c.status],
- ['guide top-1 baseline → DCT','g',c=>c.g1d],['guide uplift','gu',c=>up(c,'g')]]
- .concat(hasE?[['evaluator top-1 baseline → DCT','e',c=>c.e1d],['evaluator uplift','eu',c=>up(c,'e')]]:[])
- .concat([['epochs','ep',c=>c.ep]]);
-let rows=R.classes.slice(), sortI=0, dir=1, page=0;
-const q=document.getElementById('classsearch'), info=document.getElementById('classinfo');
-function render(){
- const t=(q.value||'').trim().toLowerCase();
- let sel=t?rows.filter(c=>String(c.id)===t||c.name.toLowerCase().includes(t)||c.status.includes(t)):rows;
- const key=cols[sortI][2];
- sel=sel.slice().sort((a,b)=>{const x=key(a),y=key(b);if(x==null&&y==null)return a.id-b.id;if(x==null)return 1;
-  if(y==null)return -1;return (x<y?-1:x>y?1:a.id-b.id)*dir;});
- const pages=Math.max(1,Math.ceil(sel.length/PAGE)); page=Math.min(page,pages-1);
- const tb=document.createElement('tbody');
- for(const c of sel.slice(page*PAGE,page*PAGE+PAGE)){
-  const tr=document.createElement('tr');
-  const cell=(txt,cls)=>{const td=document.createElement('td');td.textContent=txt;
-   if(cls)td.className=cls;tr.appendChild(td);return td;};
-  const a=document.createElement('a'); a.href='class.html#c'+c.id; a.textContent=c.id;
-  const td0=cell('', 'num'); td0.appendChild(a);
-  cell(c.name); cell(c.status+(c.earlier?' (earlier run)':''), (c.status==='failed'||c.status==='no record')?'bad':'');
-  for(const w of hasE?['g','e']:['g']){const u=up(c,w);
-   cell(f(c[w+'1b'])+' → '+f(c[w+'1d']),'num');
-   cell(u==null?'–':(u>0?'+':'')+u.toFixed(2),'num '+(u>0?'up':u<0?'down':''));}
-  cell(c.ep==null?'–':c.ep,'num'); tb.appendChild(tr);}
- const old=el.querySelector('tbody'); old?el.replaceChild(tb,old):el.appendChild(tb);
- info.textContent=sel.length+' of '+rows.length+' classes · page '+(page+1)+' of '+pages;
-}
-const head=document.createElement('thead'), hr=document.createElement('tr');
-cols.forEach((c,i)=>{const th=document.createElement('th');th.textContent=c[0];th.style.cursor='pointer';
- th.title='sort';th.onclick=()=>{dir=(sortI===i)?-dir:1;sortI=i;render();};hr.appendChild(th);});
-head.appendChild(hr); el.appendChild(head);
-q.oninput=()=>{page=0;render();};
-const pre=/^#q=(.*)$/.exec(location.hash);  // index.html#q=text: a shareable search
-if(pre){q.value=decodeURIComponent(pre[1]);q.scrollIntoView();}
-document.getElementById('classprev').onclick=()=>{page=Math.max(0,page-1);render();};
-document.getElementById('classnext').onclick=()=>{page=page+1;render();};
-render();
-})();
-"""
+_TEMPLATES = "templates"  # package data: dct/evaluation/templates/ (pyproject [tool.setuptools.package-data])
 
 
-_DETAIL_JS = r"""
-(function(){
-const R=window.DCT_REPORT, out=document.getElementById('detail');
-const f=x=>x==null?'–':x.toFixed(2), pad=(n,w)=>String(n).padStart(w,'0');
-const byId=new Map(R.classes.map((c,i)=>[c.id,i]));
-function show(){
- out.replaceChildren();
- const m=/^#c(\d+)$/.exec(location.hash), i=m?byId.get(Number(m[1])):undefined;
- const add=(tag,txt,cls)=>{const e=document.createElement(tag);if(txt!=null)e.textContent=txt;
-  if(cls)e.className=cls;out.appendChild(e);return e;};
- document.title='DCT class — '+R.dataset+' — '+R.run_id;
- if(i===undefined){add('h1','Class not in this run');add('p',(m?'class '+m[1]:location.hash||'no class')+
-  ' is not among the '+R.classes.length+' selected classes; go back to the index.');return;}
- const c=R.classes[i];
- add('h1',c.id+' · '+c.name);
- add('p','status '+c.status+(c.earlier?' (finished by an earlier run)':'')+(c.token?' · token '+c.token:'')+
-  (c.ep!=null?' · epochs '+c.ep:''),'muted');
- if(c.err) add('p','error: '+c.err,'bad');
- for(const w of ['g','e']){ if(c[w+'1d']==null&&c[w+'1b']==null) continue;
-  add('p',(w==='g'?'guide':'held-out evaluator')+': top-1 '+f(c[w+'1b'])+' → '+f(c[w+'1d'])+
-   ', top-5 '+f(c[w+'5b'])+' → '+f(c[w+'5d'])+' (baseline → DCT)');}
- if(c.s){ for(const v of ['baseline','dct']){ const row=add('div',null,'row');
-   const l=document.createElement('span');l.className='lbl';l.textContent=v==='dct'?'DCT':'baseline';row.appendChild(l);
-   for(const seed of R.seeds.slice(0,c.n==null?R.seeds.length:c.n)){const href=c.s+'/'+v+'/'+pad(seed,6)+'.'+c.x;
-    const a=document.createElement('a'), im=document.createElement('img');
-    a.href=href; im.src=href; im.loading='lazy'; im.alt=v+' seed '+seed; im.title='seed '+seed;
-    a.appendChild(im); row.appendChild(a);}}}
- else add('p','no samples stored for this class','muted');
- const nav=add('p',null,'muted');
- for(const [d,t] of [[-1,'← previous'],[1,'next →']]){const j=i+d; if(j<0||j>=R.classes.length) continue;
-  const a=document.createElement('a');a.href='#c'+R.classes[j].id;a.textContent=t+' ('+R.classes[j].id+')';
-  nav.appendChild(a);nav.appendChild(document.createTextNode('  '));}
-}
-window.addEventListener('hashchange',show); show();
-})();
-"""
+def _escape(value: Any) -> Markup:
+    """``html.escape`` (quotes as ``&quot;``/``&#x27;``), marked safe so autoescaping does not escape it twice."""
+    return Markup(html.escape(str(value)))
 
-_STYLE = (
-    "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}"
-    "h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}"
-    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}"
-    "th{background:#f3f4f6}.num{text-align:right;font-variant-numeric:tabular-nums}"
-    ".cls{margin:18px 0;padding:10px 12px;border:1px solid #e3e3e3;border-radius:6px}"
-    ".cls h3{margin:0 0 6px;font-size:15px}.acc{font-size:13px;margin:4px 0 8px}"
-    ".row{display:flex;align-items:center;gap:4px;margin:3px 0}"
-    f".row .lbl{{width:70px;font-size:12px;font-weight:600}}.row img{{width:{DISPLAY_PX}px;height:{DISPLAY_PX}px;"
-    "object-fit:contain;background:#eee;image-rendering:pixelated;border-radius:2px}"
-    ".up{color:#2b8a3e;font-weight:600}.down{color:#c92a2a;font-weight:600}.muted{color:#666;font-size:12px}"
-    ".bad{color:#c92a2a}code{font-size:12px}.cols{display:flex;gap:32px;flex-wrap:wrap}"
-)
+
+def _change_class(delta: float | None) -> str:
+    """CSS class of a change: ``up`` (green) above 0, ``down`` (red) below, else none."""
+    return "up" if delta is not None and delta > 0 else "down" if delta is not None and delta < 0 else ""
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("dct.evaluation", _TEMPLATES),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters.update(e=_escape, escape=_escape, fmt=_fmt, change_class=_change_class)
+    return env
+
+
+@functools.cache
+def _asset(name: str) -> str:
+    """A static file of the templates folder (CSS, JavaScript), as shipped."""
+    return importlib.resources.files("dct.evaluation").joinpath(_TEMPLATES, name).read_text(encoding="utf-8")
+
+
+def _style() -> Markup:
+    # One rule per line in the file, one line in the page.
+    return Markup("".join(line.strip() for line in _asset("report.css").splitlines()))
 
 
 def render_detail_html() -> str:
     """``class.html``: one static page that shows any class of the run, named by the URL's ``#c{id}``."""
-    return "\n".join(
-        [
-            "<!doctype html>",
-            '<html lang="en"><head><meta charset="utf-8"><title>DCT class</title>',
-            f"<style>{_STYLE}</style></head><body>",
-            '<p class="muted"><a href="index.html">← run report</a></p>',
-            '<div id="detail"><p>Loading… (this page needs JavaScript and classes.js beside it)</p></div>',
-            f'<script src="{INDEX_JS_FILE}"></script>',
-            f"<script>{_DETAIL_JS}</script>",
-            "</body></html>",
-        ]
+    return _environment().get_template("class.html.j2").render(
+        style=_style(), index_js=INDEX_JS_FILE, detail_js=Markup(_asset("class_detail.js"))
     )
 
 
@@ -444,8 +451,9 @@ def render_report_html(
     summary_href: str | None = None,
     index_href: str | None = None,
     extra_sections: Sequence[tuple[str, str]] = (),
+    scatter_href: str | None = None,
 ) -> str:
-    """The report's HTML (links relative to the report folder).
+    """The report's HTML (links relative to the report folder), from the template ``templates/index.html.j2``.
 
     Args:
         sections: one per selected class, in class-id order; those with ``images`` get a grid.
@@ -455,8 +463,8 @@ def render_report_html(
             of that class, and above :data:`STATIC_TABLE_MAX` classes the table is built from it.
         extra_sections: ``(name, HTML fragment)`` of sections other commands added (:func:`add_report_section`),
             shown before the summary; the fragments are trusted HTML (their writers escape their values).
+        scatter_href: the per-class accuracy gain vs coverage change plot (:func:`gain_coverage_plot_png`).
     """
-    e = html.escape
     generated_at = generated_at or dt.datetime.now(dt.UTC)
     records = [s.record for s in sections if s.record is not None]
     prov = next((r.provenance for r in records), None)
@@ -466,70 +474,48 @@ def render_report_html(
         vals = [v for r in records if r.status != "failed" and (v := _acc(r, who, 1, variant)) is not None]
         return _fmt(sum(vals) / len(vals)) if vals else "–"
 
-    out: list[str] = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>DCT report — {e(plan.dataset)} — {e(plan.run_id)}</title>",
-        f"<style>{_STYLE}</style></head><body>",
-        f"<h1>DCT run <code>{e(plan.run_id)}</code> — dataset <code>{e(plan.dataset)}</code></h1>",
-        f'<p class="muted">generated {e(generated_at.strftime("%Y-%m-%d %H:%M UTC"))} · '
-        f"{len(plan.selected)} classes selected, {len(plan.todo)} processed in this run, "
-        f"{len(plan.skipped)} finished by earlier runs · token_key <code>{e(plan.token_key)}</code> · "
-        f"eval_key <code>{e(plan.eval_key)}</code></p>",
-        *(section_block(name, fragment) for name, fragment in extra_sections),
-        _SUMMARY_H2,
-        "<table><tr><th></th><th>baseline prompt</th><th>DCT token</th></tr>",
-        f'<tr><td>guide top-1 (mean over classes)</td><td class="num">{mean("guide", "baseline")}</td>'
-        f'<td class="num">{mean("guide", "dct")}</td></tr>',
-    ]
+    summary_rows = [("guide top-1 (mean over classes)", mean("guide", "baseline"), mean("guide", "dct"))]
     if has_eval:
-        out.append(
-            f'<tr><td>held-out evaluator top-1</td><td class="num">{mean("evaluator", "baseline")}</td>'
-            f'<td class="num">{mean("evaluator", "dct")}</td></tr>'
+        summary_rows.append(("held-out evaluator top-1", mean("evaluator", "baseline"), mean("evaluator", "dct")))
+    feature_note = None
+    for m in shown_metrics(records):
+        if m.source != "features":
+            continue
+
+        def col_mean(variant: str, m: ClassMetric = m) -> str:
+            vals = [x for r in records if (x := getattr(r, m.column(variant))) is not None]
+            return _fmt(sum(vals) / len(vals), m.digits) if vals else "–"
+
+        label = f"{m.label} (mean over classes"
+        label += f"; real images {col_mean(REFERENCE)})" if REFERENCE in m.variants else ")"
+        summary_rows.append((label, col_mean("baseline"), col_mean("dct")))
+        feature_note = (
+            f"per class, against the class's reference images in the FID/KID feature space: precision, recall, "
+            f"density and coverage with k = {config.evaluation.nearest_k} nearest neighbours; Vendi score with the "
+            "cosine kernel, the real images' on as many images (docs/evaluation.md)"
         )
-    pv = (pooled or {}).get("variants") or {}
+    pooled_rows = []
     if pooled:
-        for metric, key in (("FID", "fid"), ("KID", "kid")):
+        pv = pooled.get("variants") or {}
+        for label, key in (("FID", "fid"), ("KID", "kid")):
             cells = []
             for v in VARIANTS:
                 m = pv.get(v) or {}
-                val = m.get(key)
+                val, n = m.get(key), m.get("num_samples")
                 std = m.get("kid_std") if key == "kid" else None
-                n = m.get("num_samples")
                 text = _fmt_metric(val) + (f" ± {std:.2g}" if std is not None and val is not None else "")
-                cells.append(
-                    f'<td class="num">{e(text)} <span class="muted">(n={n if n is not None else "–"})</span></td>'
-                )
-            out.append(f"<tr><td>{metric} vs reference (pooled; lower is better)</td>{''.join(cells)}</tr>")
-    out.append("</table>")
+                cells.append((text, n if n is not None else "–"))
+            pooled_rows.append((label, cells))
+    pooled_info = None
     if pooled:
-        ext = pooled.get("feature_extractor")
-        nref = pooled.get("num_reference")
-        out.append(
-            f'<p class="muted">features: <code>{e(str(ext))}</code> · reference images: {e(str(nref))}'
-            + (f" · FID needs ≥ {pooled['min_fid_samples']} images per set" if pooled.get("min_fid_samples") else "")
-            + (f" · KID subset size {pooled.get('kid_subset_size')}" if pooled.get("kid_subset_size") else "")
-            + "</p>"
-        )
-        for note in pooled.get("notes") or []:
-            out.append(f'<p class="muted">note: {e(str(note))}</p>')
-    else:
-        out.append('<p class="muted">pooled FID/KID: not computed for this run.</p>')
+        pooled_info = {
+            "feature_extractor": str(pooled.get("feature_extractor")),
+            "num_reference": str(pooled.get("num_reference")),
+            "min_fid_samples": pooled.get("min_fid_samples"),
+            "kid_subset_size": pooled.get("kid_subset_size"),
+            "notes": [str(n) for n in pooled.get("notes") or []],
+        }
     statuses = [s.record.status if s.record else "no record" for s in sections]
-    out.append(
-        '<p class="muted">classes: '
-        + " · ".join(f"{k} {statuses.count(k)}" for k in ("done", "diverged", "failed", "no record") if k in statuses)
-        + "</p>"
-    )
-    if summary_href:
-        out.append(
-            f'<p><img src="{e(summary_href)}" alt="distribution of the per-class top-1 uplift, DCT minus baseline" '
-            'style="max-width:100%"></p>'
-        )
-    if plot_href:
-        out.append(
-            f'<p><img src="{e(plot_href)}" alt="top-1 accuracy per class, baseline vs DCT" style="max-width:100%"></p>'
-        )
     gridded = {s.class_id for s in sections if s.record is not None and s.images}
 
     def link(cid: int) -> str:
@@ -537,138 +523,75 @@ def render_report_html(
             return f"#c{cid}"
         return f"{DETAIL_FILE}#c{cid}"
 
+    who = ranking_classifier(records)
     worst, best = extreme_classes(records)
-    if worst:
-        who = ranking_classifier(records)
-        out.append(f"<h2>Worst and best classes</h2><p class=\"muted\">by {who} top-1 uplift (DCT − baseline)</p>")
-        out.append('<div class="cols">')
-        for label, group in (("worst", worst), ("best", best)):
-            out.append(
-                f"<table><tr><th colspan=4>{label} {len(group)}</th></tr>"
-                f"<tr><th>id</th><th>class</th><th>{who} top-1 baseline → DCT</th><th>uplift</th></tr>"
+    shown = shown_metrics(records)
+
+    def grid_accuracies(r: ClassRecord) -> list[Markup]:
+        out = [
+            Markup(
+                f"guide top-1 {_fmt(r.guide_top1_baseline)} → <b>{_fmt(r.guide_top1_dct)}</b> "
+                f"(top-5 {_fmt(r.guide_top5_baseline)} → {_fmt(r.guide_top5_dct)})"
             )
-            for r in group:
-                u = _uplift(r, who) or 0.0
-                out.append(
-                    f'<tr><td class="num"><a href="{e(link(r.class_id))}">{r.class_id}</a></td>'
-                    f"<td>{e(r.class_name)}</td><td class=\"num\">{_fmt(_acc(r, who, 1, 'baseline'))} → "
-                    f"{_fmt(_acc(r, who, 1, 'dct'))}</td>"
-                    f'<td class="num {"up" if u > 0 else "down" if u < 0 else ""}">{u:+.2f}</td></tr>'
-                )
-            out.append("</table>")
-        out.append("</div>")
-    failures = [s for s in sections if s.record is None or s.record.status == "failed"]
-    if failures:
-        out.append(f"<h2>Failures ({len(failures)})</h2>")
-        out.append("<table><tr><th>id</th><th>class</th><th>what happened</th></tr>")
-        for s in failures[:FAILURES_SHOWN]:
-            r = s.record
-            why = (r.error or "failed").strip().splitlines()[0][:300] if r else "no record (the worker left none)"
-            out.append(
-                f'<tr><td class="num"><a href="{e(link(s.class_id))}">{s.class_id}</a></td>'
-                f'<td>{e(r.class_name if r else "")}</td><td class="bad">{e(why)}</td></tr>'
-            )
-        out.append("</table>")
-        if len(failures) > FAILURES_SHOWN:
-            out.append(
-                f'<p class="muted">… and {len(failures) - FAILURES_SHOWN} more: type "failed" in the table search</p>'
-            )
-
-    # Per-class table
-    if index_href and len(sections) > STATIC_TABLE_MAX:
-        out += [
-            "<h2>Per class</h2>",
-            '<p><input id="classsearch" type="search" placeholder="search id, class name or status" size="40"> '
-            '<button id="classprev">← previous</button> <button id="classnext">next →</button> '
-            '<span id="classinfo" class="muted">(this table needs JavaScript)</span></p>',
-            '<table id="classtable"></table>',
-            f'<script src="{e(index_href)}"></script>',
-            f"<script>{_TABLE_JS}</script>",
-        ]
-    else:
-        out += _static_table(sections, has_eval, link)
-
-    _render_grids_and_metadata(out, config=config, plan=plan, sections=sections, pooled=pooled,
-                               dataset_licence=dataset_licence, prov=prov)
-    return "\n".join(out)
-
-
-def _static_table(sections: Sequence[ClassSection], has_eval: bool, link) -> list[str]:
-    e = html.escape
-    out = ["<h2>Per class</h2>", "<table><tr><th>id</th><th>class</th><th>status</th>"]
-    hdr = ["guide top-1", "guide top-5"] + (["evaluator top-1", "evaluator top-5"] if has_eval else [])
-    out.append("".join(f"<th>{h}<br>baseline → DCT</th>" for h in hdr) + "<th>epochs</th></tr>")
-    for s in sections:
-        r = s.record
-        name = r.class_name if r else ""
-        status = (r.status + (" (earlier run)" if s.from_earlier_run else "")) if r else "no record"
-        cells = []
-        for who in ("guide", "evaluator") if has_eval else ("guide",):
-            for k in (1, 5):
-                b, d = _acc(r, who, k, "baseline"), _acc(r, who, k, "dct")
-                cls = (
-                    "up"
-                    if b is not None and d is not None and d > b
-                    else "down"
-                    if b is not None and d is not None and d < b
-                    else ""
-                )
-                cells.append(f'<td class="num"><span class="{cls}">{_fmt(b)} → {_fmt(d)}</span></td>')
-        bad = ' class="bad"' if r is None or r.status == "failed" else ""
-        epochs = r.epochs if r and r.epochs is not None else "–"
-        out.append(
-            f'<tr><td class="num"><a href="{e(link(s.class_id))}">{s.class_id}</a></td><td>{e(name)}</td>'
-            f'<td{bad}>{e(status)}</td>{"".join(cells)}<td class="num">{epochs}</td></tr>'
-        )
-    out.append("</table>")
-    return out
-
-
-def _render_grids_and_metadata(
-    out: list[str], *, config: RunConfig, plan: RunPlan, sections: Sequence[ClassSection],
-    pooled: dict[str, Any] | None, dataset_licence: str | None, prov,
-) -> None:
-    e = html.escape
-    # Grids
-    out.append("<h2>Samples: baseline prompt vs DCT token, same seeds</h2>")
-    out.append(
-        f'<p class="muted">each column shares a noise seed; sampler {e(config.sampler.scheduler)}, '
-        f"{config.sampler.num_inference_steps} steps, CFG {config.sampler.guidance_scale:g} (as configured); "
-        f"evaluation seeds {config.evaluation.seeds[0]}–{config.evaluation.seeds[-1]}, disjoint from the "
-        "optimisation seeds; click an image for the full-size sample.</p>"
-    )
-    for s in sections:
-        r = s.record
-        if r is None or not s.images:
-            continue
-        out.append(
-            f'<div class="cls" id="c{s.class_id}"><h3>{s.class_id} · {e(r.class_name)} '
-            f'<span class="muted">{e(r.status)} · token <code>{e(r.token)}</code></span></h3>'
-        )
-        acc = [
-            f"guide top-1 {_fmt(r.guide_top1_baseline)} → <b>{_fmt(r.guide_top1_dct)}</b> "
-            f"(top-5 {_fmt(r.guide_top5_baseline)} → {_fmt(r.guide_top5_dct)})"
         ]
         if r.evaluator_top1_dct is not None:
-            acc.append(
-                f"evaluator top-1 {_fmt(r.evaluator_top1_baseline)} → <b>{_fmt(r.evaluator_top1_dct)}</b> "
-                f"(top-5 {_fmt(r.evaluator_top5_baseline)} → {_fmt(r.evaluator_top5_dct)})"
+            out.append(
+                Markup(
+                    f"evaluator top-1 {_fmt(r.evaluator_top1_baseline)} → <b>{_fmt(r.evaluator_top1_dct)}</b> "
+                    f"(top-5 {_fmt(r.evaluator_top5_baseline)} → {_fmt(r.evaluator_top5_dct)})"
+                )
             )
-        out.append(
-            f'<div class="acc">{" · ".join(acc)} <span class="muted">(n={r.num_samples} per variant)</span></div>'
-        )
-        for v, label in (("baseline", "baseline"), ("dct", "DCT")):
-            prompt = _prompt(config, v, r.token, r.class_name)
-            cells = "".join(
-                f'<a href="{e(img.full_href)}"><img src="{e(img.thumb_href)}" loading="lazy" '
-                f'alt="{e(v)} seed {img.seed}" title="{e(prompt)} — seed {img.seed}"></a>'
-                for img in s.images.get(v, [])
-            )
-            out.append(f'<div class="row"><span class="lbl" title="{e(prompt)}">{label}</span>{cells}</div>')
-        out.append("</div>")
+        return out
 
-    # Metadata and licences
-    out.append("<h2>Run metadata</h2><table>")
+    return _environment().get_template("index.html.j2").render(
+        plan=plan,
+        config=config,
+        style=_style(),
+        generated=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        extra_blocks=[Markup(section_block(name, fragment)) for name, fragment in extra_sections],
+        summary_rows=summary_rows,
+        pooled_rows=pooled_rows,
+        pooled=pooled_info,
+        status_counts=[f"{k} {statuses.count(k)}" for k in ("done", "diverged", "failed", "no record")
+                       if k in statuses],
+        summary_href=summary_href,
+        plot_href=plot_href,
+        ranking=who,
+        extremes=[("worst", worst), ("best", best)] if worst else [],
+        link=link,
+        acc=_acc,
+        uplift=lambda r: _uplift(r, who) or 0.0,
+        failures=[s for s in sections if s.record is None or s.record.status == "failed"],
+        failures_shown=FAILURES_SHOWN,
+        failure_text=_failure_text,
+        dynamic_table=bool(index_href) and len(sections) > STATIC_TABLE_MAX,
+        index_href=index_href,
+        table_js=Markup(_asset("class_table.js")),
+        sections=sections,
+        metrics=shown,
+        metric_cells=lambda r: [_metric_cell(r, m) for m in shown],
+        sort_js=Markup(_asset("table_sort.js")),
+        feature_note=feature_note,
+        scatter_href=scatter_href,
+        status_text=_status_text,
+        grid_accuracies=grid_accuracies,
+        prompt_of=lambda v, r: _prompt(config, v, r.token, r.class_name),
+        metadata=_metadata(config, plan, prov),
+        model_rows=_model_rows(config, plan, pooled, dataset_licence, prov),
+        openrail="openrail" in config.diffusion.licence.lower(),
+    )
+
+
+def _failure_text(r: ClassRecord | None) -> str:
+    return (r.error or "failed").strip().splitlines()[0][:300] if r else "no record (the worker left none)"
+
+
+def _status_text(s: ClassSection) -> str:
+    return (s.record.status + (" (earlier run)" if s.from_earlier_run else "")) if s.record else "no record"
+
+
+def _metadata(config: RunConfig, plan: RunPlan, prov) -> list[tuple[str, str]]:
+    """The "Run metadata" table: keys, settings, and where and with what the classes ran."""
     meta = [
         ("run id", plan.run_id),
         ("dataset", plan.dataset),
@@ -690,13 +613,13 @@ def _render_grids_and_metadata(
                 f"transformers {prov.transformers_version}, python {prov.python_version}",
             ),
         ]
-    out += [f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in meta]
-    out.append("</table>")
+    return meta
 
-    out.append(
-        "<h2>Models, data and licences</h2><table><tr><th>role</th><th>model / data</th><th>revision</th>"
-        "<th>licence</th></tr>"
-    )
+
+def _model_rows(
+    config: RunConfig, plan: RunPlan, pooled: dict[str, Any] | None, dataset_licence: str | None, prov
+) -> list[tuple[str, str, str, str]]:
+    """The "Models, data and licences" table: ``(role, model / data, revision, licence)``."""
     ev = config.evaluation.evaluator
     rows = [
         (
@@ -727,17 +650,7 @@ def _render_grids_and_metadata(
         rows.append(("FID reference images", pooled["reference"], "", dataset_licence or "see the dataset's terms"))
     elif dataset_licence:
         rows.append(("dataset (class names, reference images)", plan.dataset, "", dataset_licence))
-    out += [
-        f"<tr><td>{e(a)}</td><td><code>{e(str(b))}</code></td><td><code>{e(str(c))}</code></td><td>{e(str(d))}</td></tr>"
-        for a, b, c, d in rows
-    ]
-    out.append("</table>")
-    if "openrail" in config.diffusion.licence.lower():
-        out.append(
-            '<p class="muted">The diffusion model\'s OpenRAIL-M use restrictions carry over to the learned '
-            "tokens and to every image generated with them.</p>"
-        )
-    out.append("</body></html>")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -804,6 +717,12 @@ def write_run_report(
         pooled = None
     if outcomes is None:
         outcomes = read_class_outcomes(store, ds, plan.eval_key, plan.selected, run_id)
+    # The metrics the pooled evaluation computed from features are in pooled.json, not in the shards' records.
+    feature_fields = PooledMetrics.class_fields(pooled)
+    outcomes = {
+        c: r.model_copy(update=feature_fields[c]) if r is not None and c in feature_fields else r
+        for c, r in outcomes.items()
+    }
     todo = set(plan.todo)
     sections = [
         ClassSection(cid, rec, from_earlier_run=bool(rec and cid not in todo))
@@ -854,6 +773,10 @@ def write_run_report(
         png = uplift_plot_png(records, title=f"{ds} · run {run_id}: per-class uplift")
         summary_uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, SUMMARY_PLOT_FILE), png)
         summary_href = _rel(store, summary_uri, report_dir)
+    scatter_href = None
+    if records and (png := gain_coverage_plot_png(records, title=f"{ds} · run {run_id}")) is not None:
+        scatter_uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, SCATTER_PLOT_FILE), png)
+        scatter_href = _rel(store, scatter_uri, report_dir)
     # Paths only (no request): where each class's samples are, relative to the report folder.
     prefixes = {
         s.class_id: _rel(store, store.samples_uri(ds, s.record.eval_key, s.class_id), report_dir) for s in with_samples
@@ -873,6 +796,7 @@ def write_run_report(
         dataset_licence=dataset_licence,
         summary_href=summary_href,
         index_href=INDEX_JS_FILE,
+        scatter_href=scatter_href,
     )
     uri = store.write_bytes(store.run_uri(ds, run_id, REPORT_DIR, INDEX_FILE), page.encode("utf-8"))
     logger.info("report of run %s: %s", run_id, uri)

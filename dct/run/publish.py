@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from dct.artifacts.bundle import export_bundle
 from dct.artifacts.store import ArtifactStore
 from dct.config import RunConfig, canonical_json
+from dct.evaluation.metrics import PooledMetrics
 from dct.results import (
     ClassRecord,
     Provenance,
@@ -84,6 +85,17 @@ def record_missing_classes(
     return out
 
 
+def with_feature_metrics(store: ArtifactStore, plan: RunPlan, records: list[ClassRecord]) -> list[ClassRecord]:
+    """``records`` with the per-class metrics the pooled evaluation computed from features (its ``pooled.json``,
+    one read per run), so they reach the ``classes`` table; unchanged where it has no entry (or did not run)."""
+    try:
+        pooled = store.read_json(store.run_uri(plan.dataset, plan.run_id, "pooled.json"))
+    except FileNotFoundError:
+        return records
+    fields = PooledMetrics.class_fields(pooled)
+    return [r.model_copy(update=fields[r.class_id]) if r.class_id in fields else r for r in records]
+
+
 def publish_run(
     store: ArtifactStore,
     config: RunConfig,
@@ -117,6 +129,7 @@ def publish_run(
     )
     missing = [c for c in plan.todo if c not in seen and c not in elsewhere]
     records += record_missing_classes(store, config, plan, missing, missing_reasons or {}, class_names)
+    records = with_feature_metrics(store, plan, records)
     done = [r for r in records if r.status == "done"]
     diverged = [r for r in records if r.status == "diverged"]
     failed = len(records) - len(done) - len(diverged)

@@ -16,6 +16,7 @@ import torch
 from dct.artifacts.images import decode_image, encode_image
 from dct.artifacts.store import ArtifactStore
 from dct.artifacts.token_file import build_token_metadata, load_stored_token, token_file_bytes
+from dct.class_metrics import column
 from dct.config import RunConfig, baseline_prompts, epoch_prompts
 from dct.evaluation.accuracy import topk_accuracy
 from dct.evaluation.features import (
@@ -229,7 +230,7 @@ def process_class(
     for who, clf in (("guide", models.classifier), ("evaluator", models.evaluator)):
         for variant, imgs in images.items():
             top1, top5 = topk_accuracy(clf, imgs, class_id, ev.batch_size) if clf is not None else (None, None)
-            scores[f"{who}_top1_{variant}"], scores[f"{who}_top5_{variant}"] = top1, top5
+            scores[column(f"{who}_top1", variant)], scores[column(f"{who}_top5", variant)] = top1, top5
 
     record = ClassRecord(
         run_id=run_id,

@@ -225,6 +225,65 @@ def test_only_part_files_are_read(local_store, make_record, make_run):
     assert len(read_results(local_store, "classes")) == 3
 
 
+# The columns of schema_version 1, as files of that version hold them (before the per-class feature metrics).
+CLASS_COLUMNS_V1 = [
+    "schema_version", "run_id", "dataset", "run_date", "class_id", "class_name", "token", "token_key", "eval_key",
+    "status", "stop_reason", "error", "epochs", "best_epoch", "best_loss", "best_epoch_accuracy", "optimize_seconds",
+    "evaluate_seconds", "token_reused", "token_uri", "samples_uri", "sample_format", "num_samples",
+    "guide_top1_baseline", "guide_top5_baseline", "guide_top1_dct", "guide_top5_dct", "evaluator_top1_baseline",
+    "evaluator_top5_baseline", "evaluator_top1_dct", "evaluator_top5_dct", "diffusion_model_id", "diffusion_revision",
+    "diffusion_licence", "classifier_model_id", "classifier_revision", "classifier_licence", "evaluator_model_id",
+    "evaluator_revision", "evaluator_licence", "dct_version", "python_version", "torch_version", "diffusers_version",
+    "transformers_version", "device", "dtype", "started_at", "finished_at",
+]
+RUN_COLUMNS_V1 = [
+    "schema_version", "run_id", "dataset", "run_date", "status", "token_key", "eval_key", "classes_planned",
+    "classes_done", "classes_skipped", "classes_failed", "classes_diverged", "seconds", "fid_baseline", "fid_dct",
+    "kid_baseline", "kid_std_baseline", "kid_dct", "kid_std_dct", "kid_subset_size", "fid_num_samples_baseline",
+    "fid_num_samples_dct", "fid_num_reference", "fid_feature_extractor", "report_uri", "bundle_uri", "config_json",
+    "diffusion_model_id", "diffusion_revision", "diffusion_licence", "classifier_model_id", "classifier_revision",
+    "classifier_licence", "evaluator_model_id", "evaluator_revision", "evaluator_licence", "dct_version",
+    "python_version", "torch_version", "diffusers_version", "transformers_version", "device", "dtype", "started_at",
+    "finished_at",
+]
+
+
+def test_classes_and_runs_files_of_schema_version_1_still_read(local_store, make_record, make_run):
+    """docs/storage.md, "Schema evolution": a version-1 file (no per-class feature metrics) reads beside a current
+    one, every version-1 value intact and the newer columns null; a version-1 JSON record still parses."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dct.results import _parse_record
+
+    _publish(local_store, make_record, make_run, "run-a")
+    for table, v1 in (("classes", CLASS_COLUMNS_V1), ("runs", RUN_COLUMNS_V1)):
+        (part,) = [local_store.to_path(u) for u in result_files(local_store, table)]
+        current = pq.read_table(part)
+        in_file = [c for c in v1 if c in current.column_names]  # dataset and run_date are in the path
+        old = current.select(in_file)  # exactly the version-1 columns, in their order
+        old = old.set_column(0, "schema_version", pa.array([1] * old.num_rows, pa.int16()))
+        old = old.set_column(in_file.index("run_id"), "run_id", pa.array(["run-0old"] * old.num_rows))
+        pq.write_table(old, Path(part).with_name("part-run-0old-0.parquet"))
+        df = read_results(local_store, table)
+        schema = CLASS_SCHEMA if table == "classes" else RUN_SCHEMA
+        newer = [c for c in schema.names if c not in v1]
+        assert newer and list(df.columns) == schema.names
+        older, now = df[df.run_id == "run-0old"], df[df.run_id == "run-a"]
+        assert len(older) == len(now) > 0 and set(older["schema_version"]) == {1}
+        assert older[newer].isna().all().all()
+        same = [c for c in v1 if c not in ("schema_version", "run_id")]
+        assert older[same].reset_index(drop=True).equals(now[same].reset_index(drop=True)), table
+
+    record = make_record(3, precision_dct=0.5)
+    data = json.loads(record.model_dump_json())
+    v1_record = {k: v for k, v in data.items() if k in CLASS_COLUMNS_V1 or k == "provenance"} | {"schema_version": 1}
+    back = _parse_record(json.dumps(v1_record).encode(), "records/toy/ek0001/00003.json")
+    assert back.schema_version == 1 and back.precision_dct is None and back.guide_top1_dct == record.guide_top1_dct
+
+
 def test_a_file_of_an_older_schema_reads_with_nulls_in_the_newer_columns(local_store, make_record, make_run):
     """docs/storage.md, "Schema evolution": readers impose the current schema."""
     import pyarrow.parquet as pq

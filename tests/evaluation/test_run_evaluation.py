@@ -78,6 +78,37 @@ def test_topk_accuracy_values():
     assert (top1, top5) == (2 / 6, 4 / 6)
 
 
+def test_classes_table_has_per_class_fidelity_and_diversity_from_the_shards_features(tiny_run):
+    """docs/evaluation.md, "Per-class fidelity and diversity": every class's precision/recall/density/coverage
+    and Vendi scores equal those recomputed here from the feature files the SHARDS wrote and the class's
+    cached reference features (no image read); the runs row holds their means over classes."""
+    from dct.evaluation.features import _load_tensors, cached_reference_features
+    from dct.evaluation.fidelity import class_feature_metrics
+
+    store = ArtifactStore(str(tiny_run.store_root))
+    df = read_results(store, "classes", run_id=tiny_run.plan.run_id).set_index("class_id")
+    name = tiny_run.pooled["fid_feature_extractor"]
+    ref, ref_ids, _ = cached_reference_features(store, "tiny", str(tiny_run.reference), name)
+    columns = [f"{m}_{v}" for m in ("precision", "recall", "density", "coverage", "vendi") for v in ("baseline", "dct")]
+    columns.append("vendi_reference")
+    for cid in RUN_CLASSES:
+        (path,) = tiny_run.shard_features.rglob(f"{cid:05d}.safetensors")
+        feats, _ = _load_tensors(path.read_bytes())
+        want, note = class_feature_metrics(ref[ref_ids == cid], feats, tiny_run.config.evaluation.nearest_k)
+        assert note is None and df.loc[cid, "feature_metrics_note"] != df.loc[cid, "feature_metrics_note"]  # NaN: null
+        assert df.loc[cid, "feature_metrics_reference"] == 40
+        for col in columns:
+            assert df.loc[cid, col] == pytest.approx(want[col], rel=1e-12), (cid, col)
+        for v in ("baseline", "dct"):
+            assert 0 <= df.loc[cid, f"precision_{v}"] <= 1 and 0 <= df.loc[cid, f"coverage_{v}"] <= 1
+            assert 1 <= df.loc[cid, f"vendi_{v}"] <= NUM_SAMPLES
+    assert df[columns].to_numpy().sum() > 0  # not all zero
+    run = read_results(store, "runs", run_id=tiny_run.plan.run_id).iloc[0]
+    assert run["nearest_k"] == 5 and run["feature_metrics_classes"] == len(RUN_CLASSES)
+    for col in columns:
+        assert run[f"mean_{col}"] == pytest.approx(df[col].mean(), rel=1e-12), col
+
+
 def test_samples_are_on_evaluation_seeds_disjoint_from_optimisation_seeds(tiny_run):
     store = ArtifactStore(str(tiny_run.store_root))
     config = tiny_run.config
@@ -170,6 +201,30 @@ def test_report_shows_grids_with_working_relative_links(tiny_run, tmp_path):
     shutil.copytree(index.parent, copy)
     for src in re.findall(r'<img src="([^"]+)"', (copy / "index.html").read_text()):
         assert (copy / src).is_file()
+
+
+def test_report_shows_fidelity_and_diversity_beside_accuracy_and_the_gain_coverage_plot(tiny_run):
+    """docs/evaluation.md, "The report": per class, precision/recall/density/coverage/Vendi of both variants beside
+    the accuracies (static table, classes.js for the sortable table and class.html), the values of the table."""
+    import json
+
+    store = ArtifactStore(str(tiny_run.store_root))
+    df = read_results(store, "classes", run_id=tiny_run.plan.run_id).set_index("class_id")
+    folder = Path(tiny_run.report_uri).parent
+    page = (folder / "index.html").read_text()
+    for label in ("guide top-1", "precision", "recall", "density", "coverage"):
+        assert f"<th>{label}<br>baseline → DCT<br>" in page, label
+    assert "<th>Vendi<br>baseline → DCT (real)<br>" in page
+    index = json.loads((folder / "classes.js").read_text().removeprefix("window.DCT_REPORT=").rstrip(";\n"))
+    assert [m["key"] for m in index["metrics"]][-5:] == ["p", "r", "dn", "cv", "v"]
+    for row in index["classes"]:
+        cid = row["id"]
+        for key, col in (("cvd", "coverage_dct"), ("pb", "precision_baseline"), ("vr", "vendi_reference")):
+            assert row[key] == pytest.approx(df.loc[cid, col], rel=1e-12)
+        b, d = float(df.loc[cid, "coverage_baseline"]), float(df.loc[cid, "coverage_dct"])
+        assert f'data-d="{d!r}" data-u="{d - b!r}"><span class="' in page  # the sortable cell of the static table
+    assert (folder / "gain_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '<img src="gain_coverage.png"' in page
 
 
 def test_report_escapes_html_and_handles_failed_classes(tiny_run):
