@@ -54,6 +54,7 @@ OVERRIDE_FLAGS: tuple[tuple[str, str, str, str], ...] = (
     # (flag, RunOverrides field, parser name, group)
     ("--max-epochs", "max_epochs", "positive", "token"),
     ("--seed", "seed", "nonnegative", "token"),
+    ("--seed-schedule", "seed_schedule", "choice", "token"),
     ("--num-vectors", "num_vectors", "positive", "token"),
     ("--initializer-token", "initializer_token", "str", "token"),
     ("--images-per-epoch", "images_per_epoch", "positive", "token"),
@@ -72,7 +73,21 @@ def add_override_arguments(parser: argparse.ArgumentParser, groups: tuple[str, .
     for flag, field, kind, group in OVERRIDE_FLAGS:
         if group in groups:
             text = RunOverrides.model_fields[field].description
-            parser.add_argument(flag, dest=field, type=parsers[kind], help=f"override: {text}")
+            if kind == "choice":  # the values of the field's Literal
+                parser.add_argument(flag, dest=field, choices=_literal_values(field), help=f"override: {text}")
+            else:
+                parser.add_argument(flag, dest=field, type=parsers[kind], help=f"override: {text}")
+
+
+def _literal_values(field: str) -> list[str]:
+    """The values a ``Literal[...] | None`` field of RunOverrides takes."""
+    from typing import Literal, get_args, get_origin
+
+    from dct.config import RunOverrides
+
+    annotation = RunOverrides.model_fields[field].annotation
+    literal = next(a for a in get_args(annotation) if get_origin(a) is Literal)
+    return list(get_args(literal))
 
 
 def overrides_from_args(args: argparse.Namespace):
