@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "real images; writes augment.parquet and augment.png to --out, and with augment.html beside the report of the "
         "run whose tokens it used, whose index.html gains an augmentation section.",
     )
-    add_run_arguments(p)
+    add_run_arguments(p, mixture=True)
     p.add_argument(
         "--classes", help='"all", ids "0,3", a range "0-99", or names (default: all; with --run or --bundle, its '
         "classes); the downstream classifier tells the selected classes apart",
@@ -136,7 +136,11 @@ def run(args: argparse.Namespace) -> int:
             f"{first.token_key} in store {first.store_root!r}; "
             + missing_tokens_hint(store, settings, first.token_key, args.dataset)
         )
-    run_id = _attach_to(store, args.run, first.dataset, first.token_key)
+    if first.is_mixture:  # no one run's report: its own augmentation section would show the mixture's numbers
+        run_id = None
+        print(f"note: a mixture of runs {', '.join(args.run)}; the results go to --out only")
+    else:
+        run_id = _attach_to(store, args.run[0] if args.run else None, first.dataset, first.token_key)
     if not toy:
         _check_folder_counts(args.real_train, class_ids, most, shots, n)
     sets = {}

@@ -244,3 +244,33 @@ def test_k0_with_too_few_real_images_for_its_reference_fails_in_one_line_before_
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--synthetic-per-class 5" in err and "has 3 images of class 0" in err, err
     assert not store.fs.exists(store.to_path(store.uri("synthetic"))), "synthesis ran before the check"
+
+
+def test_augment_eval_of_a_mixture_trains_on_every_runs_images_and_attaches_to_no_single_run(tmp_path, capsys):
+    """`--run A --run B --run C`: the DCT arm's images come from the three runs' tokens, evenly; the rows name the
+    mixture's keys; no run's report gets the section (it would show another set's numbers as that run's)."""
+    from synth_world import record_run
+    from tiny import save_tiny_world
+
+    from dct.cli import main
+    from dct.config import RunOverrides
+    from dct.evaluation.report import read_report_sections
+    from dct.synthesis.layout import read_table
+
+    world = save_tiny_world(tmp_path / "world")
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    runs = [record_run(store, world, RunOverrides(seed=s)) for s in (0, 10, 20)]
+    train, test = _real_folder(tmp_path / "train", 3, 0), _real_folder(tmp_path / "test", 2, 1000)
+    argv = _argv(world, store, train, test, tmp_path / "out", *(a for r in runs for a in ("--run", r)))
+    argv[argv.index("--shots") + 1], argv[argv.index("--seeds") + 1] = "0", "1"
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    df = pd.read_parquet(tmp_path / "out" / "augment.parquet")
+    assert df.run_id.isna().all() and df.token_key.iloc[0].count("+") == 2
+    assert "results go to --out only" in captured.out
+    sets = tmp_path / "store" / "synthetic" / df.dataset.iloc[0]
+    rows = read_table((sets / df.synth_key.iloc[0] / "metadata.parquet").read_bytes()).to_pandas()
+    made = rows[rows.arm == "dct"].groupby("class_id").run_id.value_counts()
+    assert set(made.index.get_level_values("run_id")) == set(runs) and set(made) == {1}  # 3 per class, 1 per run
+    assert all(read_report_sections(store, df.dataset.iloc[0], r) == [] for r in runs)
