@@ -157,7 +157,15 @@ class TrainingConfig(_Frozen):
     """One epoch = ``images_per_epoch`` generated images = one update; stopping as in the reference."""
 
     images_per_epoch: PositiveInt = Field(default=5, description="images (prompt, seed pairs) per update")
-    seed: NonNegativeInt = Field(default=0, description="image i of every epoch uses noise seed `seed + i`")
+    seed: NonNegativeInt = Field(
+        default=0, description="first optimisation noise seed: image i of every epoch uses noise seed `seed + i` "
+        "(seed_schedule 'fixed')"
+    )
+    seed_schedule: Literal["fixed", "fresh"] = Field(
+        default="fixed",
+        description="'fixed': the same images_per_epoch noise seeds every epoch (the authors' code); 'fresh': "
+        "epoch e uses seeds `seed + e * images_per_epoch + i`, new noise every update",
+    )
     max_epochs: PositiveInt = Field(default=50, description="upper bound on updates")
     accuracy_threshold: float = Field(
         default=0.7, ge=0.0, le=1.0, description="stop once an epoch's guide accuracy is strictly above this"
@@ -188,15 +196,29 @@ class TrainingConfig(_Frozen):
         """The first attempt's seeds (the only ones unless a restart happens)."""
         return self.attempt_seeds(0)
 
+    @property
+    def attempt_block(self) -> int:
+        """Seeds one attempt may use: ``images_per_epoch`` ('fixed'), one block per epoch ('fresh')."""
+        return self.images_per_epoch * (self.max_epochs if self.seed_schedule == "fresh" else 1)
+
     def attempt_seeds(self, attempt: int) -> tuple[int, ...]:
-        """Seeds of attempt ``attempt``: the ``attempt``-th block of ``images_per_epoch`` seeds after ``seed``."""
-        first = self.seed + attempt * self.images_per_epoch
+        """Every seed attempt ``attempt`` may use: the ``attempt``-th block of :attr:`attempt_block` seeds after
+        ``seed``."""
+        first = self.seed + attempt * self.attempt_block
+        return tuple(range(first, first + self.attempt_block))
+
+    def epoch_seeds(self, attempt: int, epoch: int) -> tuple[int, ...]:
+        """The ``images_per_epoch`` noise seeds of one epoch (image i uses the i-th): the attempt's seeds every
+        epoch ('fixed'), the epoch's own block of them ('fresh')."""
+        first = self.seed + attempt * self.attempt_block
+        if self.seed_schedule == "fresh":
+            first += epoch * self.images_per_epoch
         return tuple(range(first, first + self.images_per_epoch))
 
     @property
     def all_seeds(self) -> tuple[int, ...]:
-        """Every seed an optimisation may use, restarts included."""
-        return tuple(range(self.seed, self.seed + (self.restarts + 1) * self.images_per_epoch))
+        """Every seed an optimisation may use, restarts included ('fresh': every epoch's, up to max_epochs)."""
+        return tuple(range(self.seed, self.seed + (self.restarts + 1) * self.attempt_block))
 
 
 class PromptConfig(_Frozen):
@@ -294,8 +316,11 @@ ResolvedRevision = Annotated[str, Field(description="commit SHA of a hub model, 
 
 def _training_fields_outside_token_key(training: TrainingConfig) -> set[str]:
     """Training fields that do not change the learned token: micro-batching (same gradient), and the
-    restart settings while restarts are off (so turning the feature's defaults around keeps old keys)."""
-    return {"micro_batch_size"} | ({"restarts", "restart_below"} if training.restarts == 0 else set())
+    restart settings while restarts are off (so turning the feature's defaults around keeps old keys). A setting
+    added later stays out at its default, so the keys from before it existed stay valid: ``seed_schedule``
+    'fixed' is what every token was optimised with before the setting existed."""
+    outside = {"micro_batch_size"} | ({"restarts", "restart_below"} if training.restarts == 0 else set())
+    return outside | ({"seed_schedule"} if training.seed_schedule == "fixed" else set())
 
 
 def model_identity(model_id: str, revision: ResolvedRevision | None) -> str:
@@ -379,6 +404,10 @@ class RunOverrides(_Frozen):
     seed: NonNegativeInt | None = Field(
         default=None, description="optimisation noise seed (image i of every epoch uses seed + i): another token"
     )
+    seed_schedule: Literal["fixed", "fresh"] | None = Field(
+        default=None, description="'fixed' noise seeds every epoch, or 'fresh' ones (epoch e: seed + e * "
+        "images_per_epoch + i)"
+    )
     grad_steps: PositiveInt | None = Field(default=None, description="final UNet evaluations with gradients")
     micro_batch_size: PositiveInt | None = Field(default=None, description="images per forward/backward")
     num_inference_steps: PositiveInt | None = Field(default=None, description="denoising steps")
@@ -430,6 +459,7 @@ OVERRIDE_PATHS: dict[str, tuple[str, str]] = {
     "max_epochs": ("training", "max_epochs"),
     "images_per_epoch": ("training", "images_per_epoch"),
     "seed": ("training", "seed"),
+    "seed_schedule": ("training", "seed_schedule"),
     "grad_steps": ("training", "grad_steps"),
     "micro_batch_size": ("training", "micro_batch_size"),
     "num_inference_steps": ("sampler", "num_inference_steps"),

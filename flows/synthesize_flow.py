@@ -41,7 +41,7 @@ def dct_synthesize(
     image_format: Literal["png", "jpeg"] = "png",
     batch_size: int | None = None,
     overrides: RunOverrides | None = None,
-    run: str | None = None,
+    run: str | list[str] | None = None,
     bundle: str | None = None,
     optimize_missing: bool = False,
     shard_size: int = 16,

@@ -74,3 +74,25 @@ def plant_bundle(store: ArtifactStore, config, token_key: str, class_ids, run_id
         for c in class_ids
     ]
     return export_bundle(store, records, run_id)[0]
+
+
+def record_run(store: ArtifactStore, world, overrides, classes=range(4)) -> str:
+    """What `dct run --dataset world` with ``overrides`` leaves: the (planted) tokens of its token_key and its run
+    record, whose config, dataset source and classes `--run` reads. Returns the run id."""
+    import datetime as dt
+
+    from dct.results import Provenance, RunRecord, new_run_id, write_run_record
+    from dct.run.plan import build_config
+
+    _, config = build_config(str(world), overrides, store.root)
+    tkey, _ = plant_token_vectors(store, config, classes, (32,), 1, seed=config.training.seed + 1)
+    run_id = new_run_id()
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    prov = Provenance(diffusion_model_id="tiny", diffusion_revision="r", classifier_model_id="tiny",
+                      classifier_revision="r", device="cpu", dtype="float32")
+    write_run_record(store, RunRecord(
+        run_id=run_id, dataset=config.dataset, status="done", token_key=tkey, eval_key="ek",
+        config_json=config.model_dump_json(), dataset_source=str(world), class_ids=list(classes), provenance=prov,
+        started_at=now, finished_at=now,
+    ))
+    return run_id

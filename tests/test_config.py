@@ -60,6 +60,9 @@ def test_what_changes_which_key():
     three = c.model_copy(update={"token": c.token.model_copy(update={"num_vectors": 3})})
     assert token_key(one, "r1", "r2") == t
     assert token_key(three, "r1", "r2") != t
+    # seed_schedule enters the key only when it is "fresh" ("fixed" keys are those from before it existed)
+    assert token_key(tiny_run_config(seed_schedule="fixed"), "r1", "r2") == t
+    assert token_key(tiny_run_config(seed_schedule="fresh"), "r1", "r2") != t
     # evaluation settings change only the eval_key
     c2 = c.model_copy(update={"evaluation": EvaluationConfig(num_samples=8, seed=1000)})
     assert token_key(c2, "r1", "r2") == t
@@ -221,3 +224,22 @@ def test_keys_do_not_depend_on_where_a_local_model_lies(tmp_path):
     assert token_key(here, "sha256:same", "sha256:guide") == token_key(there, "sha256:same", "sha256:guide")
     assert token_key(here, "sha256:same", "sha256:guide") != token_key(here, "sha256:other", "sha256:guide")
     assert token_key(here, "sha256:same", "sha256:guide") != token_key(base, "sha256:same", "sha256:guide")
+
+
+def test_fresh_seeds_are_one_block_per_epoch_and_stay_clear_of_the_evaluation_seeds():
+    """'fresh': epoch e of attempt a renders seeds seed + (a * max_epochs + e) * images_per_epoch + i; every one is
+    in all_seeds, which the evaluation seeds (and a synthesis seed block) must miss."""
+    from dct.synthesis.config import SynthesisConfig, check_synthesis
+
+    fixed, fresh = (tiny_run_config(seed=10, restarts=1, seed_schedule=s).training for s in ("fixed", "fresh"))
+    assert fixed.epoch_seeds(0, 0) == fixed.epoch_seeds(0, 5) == (10, 11, 12)
+    assert fixed.epoch_seeds(1, 3) == (13, 14, 15) and fixed.all_seeds == tuple(range(10, 16))
+    assert [fresh.epoch_seeds(0, e) for e in (0, 1, 5)] == [(10, 11, 12), (13, 14, 15), (25, 26, 27)]
+    assert fresh.epoch_seeds(1, 0) == (28, 29, 30)  # the restart starts after the first attempt's 6 epochs
+    used = {s for a in (0, 1) for e in range(6) for s in fresh.epoch_seeds(a, e)}
+    assert used == set(fresh.all_seeds) == set(range(10, 46))
+    with pytest.raises(ValidationError, match="overlap the optimisation seeds"):
+        tiny_run_config(seed_schedule="fresh", max_epochs=400)  # 1200 seeds reach evaluation.seed=1000
+    check_synthesis(SynthesisConfig(per_class=2, seed=20), tiny_run_config(seed=10, seed_schedule="fixed"))
+    with pytest.raises(ValueError, match="overlap the optimisation seeds"):
+        check_synthesis(SynthesisConfig(per_class=2, seed=20), tiny_run_config(seed=10, seed_schedule="fresh"))

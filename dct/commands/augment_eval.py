@@ -1,7 +1,8 @@
 """`dct augment-eval`: the low-resource augmentation experiment (docs/synthesis.md, "The augmentation experiment").
 
 Makes (or reuses) two synthetic sets from the dataset's tokens — unfiltered with the baseline arm, and
-guide-filtered — then trains a fresh downstream classifier per (seed, k, arm) and writes a Parquet table
+guide-filtered — then trains a fresh downstream classifier per (seed, k, arm) (k = 0: synthetic images only, the
+Classification Accuracy Score, beside real only at the same count) and writes a Parquet table
 and a PNG plot of top-1 on held-out real images vs k, to ``--out`` and beside the report of the run whose
 tokens it used (``--run``, default the dataset's latest run with those tokens), whose ``index.html`` gains
 an "Augmentation experiment" section (:mod:`dct.synthesis.augment_page`).
@@ -39,11 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "augment-eval",
         help="low-resource experiment: k real images per class ± synthetic ones, downstream top-1 vs k",
         description="Trains a fresh downstream classifier (timm, from scratch) per training seed, k and arm: "
-        "real only, + baseline synthetic, + DCT synthetic, + guide-filtered DCT synthetic; top-1 on held-out "
+        "real only, + baseline synthetic, + DCT synthetic, + guide-filtered DCT synthetic (k=0: each synthetic arm "
+        "alone, the Classification Accuracy Score, and real only with as many real images); top-1 on held-out "
         "real images; writes augment.parquet and augment.png to --out, and with augment.html beside the report of the "
         "run whose tokens it used, whose index.html gains an augmentation section.",
     )
-    add_run_arguments(p)
+    add_run_arguments(p, mixture=True)
     p.add_argument(
         "--classes", help='"all", ids "0,3", a range "0-99", or names (default: all; with --run or --bundle, its '
         "classes); the downstream classifier tells the selected classes apart",
@@ -52,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bundle", help="take the tokens from a run's bundle: runs/<dataset>/<run_id>/bundle or its tokens.safetensors"
     )
     add_override_arguments(p)
-    p.add_argument("--shots", default="1,2,4,8", help="real images per class, comma-separated (default 1,2,4,8)")
+    p.add_argument(
+        "--shots", default="1,2,4,8", help="real images per class, comma-separated (default 1,2,4,8); 0 = synthetic "
+        "only (the Classification Accuracy Score), beside real only with as many real images as synthetic ones",
+    )
     p.add_argument("--synthetic-per-class", type=positive_int, default=64, help="synthetic images per class")
     p.add_argument("--seeds", type=positive_int, default=3, help="training seeds (default 3)")
     p.add_argument("--store", help="store root URI with the dataset's tokens (default: $DCT_STORE, else ./dct-store)")
@@ -69,12 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _shots(text: str) -> list[int]:
+    usage = f"--shots {text!r} must be comma-separated non-negative integers (0 = synthetic only), e.g. 0,1,2,4,8"
     try:
         shots = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
-        raise UserError(f"--shots {text!r} must be comma-separated positive integers, e.g. 1,2,4,8") from None
-    if not shots or shots[0] < 1:
-        raise UserError(f"--shots {text!r} must be comma-separated positive integers, e.g. 1,2,4,8")
+        raise UserError(usage) from None
+    if not shots or shots[0] < 0:
+        raise UserError(usage)
     return shots
 
 
@@ -110,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     downstream = DownstreamConfig(**fields)
     out = out_folder(args.out or f"augment-{spec.name}")
     n = args.synthetic_per_class
+    # k = 0's reference, real_matched, takes as many real images per class as the DCT arm has synthetic ones.
+    most = max([*shots, args.sanity_k or 0, n if 0 in shots else 0])
     plain = SynthesisConfig(per_class=n, baseline=True, batch_size=64)
     filtered = SynthesisConfig(
         per_class=n, batch_size=64, filter=FilterConfig(by="guide", min_probability=args.min_probability)
@@ -128,7 +136,13 @@ def run(args: argparse.Namespace) -> int:
             f"{first.token_key} in store {first.store_root!r}; "
             + missing_tokens_hint(store, settings, first.token_key, args.dataset)
         )
-    run_id = _attach_to(store, args.run, first.dataset, first.token_key)
+    if first.is_mixture:  # no one run's report: its own augmentation section would show the mixture's numbers
+        run_id = None
+        print(f"note: a mixture of runs {', '.join(args.run)}; the results go to --out only")
+    else:
+        run_id = _attach_to(store, args.run[0] if args.run else None, first.dataset, first.token_key)
+    if not toy:
+        _check_folder_counts(args.real_train, class_ids, most, shots, n)
     sets = {}
     for name, cfg in (("plain", plain), ("filtered", filtered)):
         plan, summary = synthesize_dataset(dataset=settings.source, synthesis=cfg, device=str(device), **where)
@@ -138,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
 
     synthetic = {arm: relabel(data, class_ids) for arm, data in _synthetic_arms(store, sets).items()}
     size = synthetic["dct"].images.shape[-2:]
-    most = max([*shots, args.sanity_k or 0])
     if toy:
         pools, test = _toy_real(class_ids, args.seeds, most, args.test_per_class)
     else:
@@ -238,6 +251,30 @@ def _toy_real(class_ids: list[int], seeds: int, per_class: int, test_per_class: 
     return pools, block(TOY_TEST_SEED, test_per_class)
 
 
+def _check_folder_counts(root: str, class_ids: list[int], most: int, shots: list[int], n: int) -> None:
+    """Before any image is rendered: every selected class of ``--real-train`` has ``most`` images (a listing)."""
+    from dct.artifacts.store import open_store
+    from dct.synthesis.layout import class_id_of_folder
+
+    st = open_store(root if "://" in root else str(Path(root).absolute()))
+    if not st.fs.isdir(st.to_path(st.root)):
+        raise UserError(f"--real-train {root!r} is not a folder; give an image folder with class-id subfolders")
+    counts = dict.fromkeys(class_ids, 0)
+    for folder in st.list_folders(st.root):
+        c = class_id_of_folder(folder.rstrip("/").rsplit("/", 1)[-1])
+        if c in counts:
+            counts[c] += len(st.list_files(folder))
+    short = {c: m for c, m in counts.items() if m < most}
+    if short:
+        c, m = next(iter(short.items()))
+        why = (f"k=0's real_matched reference trains on as many real images as --synthetic-per-class {n}; "
+               if 0 in shots and most == n else "")
+        raise UserError(
+            f"--real-train {root!r} has {m} images of class {c} ({len(short)} classes short), fewer than the {most} "
+            f"per class the experiment needs: {why}add images, or lower --shots / --sanity-k / --synthetic-per-class"
+        )
+
+
 def _folder_real(args, num_classes: int, size, per_class: int):
     """Real images from class-id image folders; each seed's pool is a seeded permutation of the train folder."""
     import torch
@@ -274,8 +311,10 @@ def _folder_real(args, num_classes: int, size, per_class: int):
 
 
 def _print_tables(rows, summary, class_names, synthetic) -> None:
+    from dct.synthesis.augment import ARMS
+
     print("top-1 on held-out real images, mean ± std over seeds:")
-    arms = [a for a in ("real", "baseline", "dct", "dct_filtered") if a in set(summary.arm)]
+    arms = [a for a in ARMS if a in set(summary.arm)]
     print(f"{'k':>4} " + " ".join(f"{a:>16}" for a in arms))
     for k in sorted(set(summary.k)):
         cells = []
@@ -284,6 +323,11 @@ def _print_tables(rows, summary, class_names, synthetic) -> None:
             text = f"{r['mean'].iloc[0]:.3f} ± {r['std'].fillna(0).iloc[0]:.3f}" if len(r) else ""
             cells.append(text.rjust(16))
         print(f"{k:>4} " + " ".join(cells))
+    matched = {r["real_images"] for r in rows if r["arm"] == "real_matched" and r["class_id"] is None}
+    if matched:
+        per = matched.pop() // len({r["class_id"] for r in rows if r["class_id"] is not None})
+        print(f"k=0: each synthetic arm alone (Classification Accuracy Score); real_matched: real only, {per} real "
+              "images per class (as many as the DCT arm's synthetic ones)")
     import pandas as pd
     import torch
 

@@ -54,6 +54,7 @@ OVERRIDE_FLAGS: tuple[tuple[str, str, str, str], ...] = (
     # (flag, RunOverrides field, parser name, group)
     ("--max-epochs", "max_epochs", "positive", "token"),
     ("--seed", "seed", "nonnegative", "token"),
+    ("--seed-schedule", "seed_schedule", "choice", "token"),
     ("--num-vectors", "num_vectors", "positive", "token"),
     ("--initializer-token", "initializer_token", "str", "token"),
     ("--images-per-epoch", "images_per_epoch", "positive", "token"),
@@ -72,7 +73,21 @@ def add_override_arguments(parser: argparse.ArgumentParser, groups: tuple[str, .
     for flag, field, kind, group in OVERRIDE_FLAGS:
         if group in groups:
             text = RunOverrides.model_fields[field].description
-            parser.add_argument(flag, dest=field, type=parsers[kind], help=f"override: {text}")
+            if kind == "choice":  # the values of the field's Literal
+                parser.add_argument(flag, dest=field, choices=_literal_values(field), help=f"override: {text}")
+            else:
+                parser.add_argument(flag, dest=field, type=parsers[kind], help=f"override: {text}")
+
+
+def _literal_values(field: str) -> list[str]:
+    """The values a ``Literal[...] | None`` field of RunOverrides takes."""
+    from typing import Literal, get_args, get_origin
+
+    from dct.config import RunOverrides
+
+    annotation = RunOverrides.model_fields[field].annotation
+    literal = next(a for a in get_args(annotation) if get_origin(a) is Literal)
+    return list(get_args(literal))
 
 
 def overrides_from_args(args: argparse.Namespace):
@@ -92,16 +107,25 @@ def override_flags(overrides) -> str:
     return " ".join(f"{by_field.get(k, k)} {v}" for k, v in given.items())
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--dataset`` and ``--run``: where a command's settings come from (``resolve_command_settings``)."""
+def add_run_arguments(parser: argparse.ArgumentParser, *, mixture: bool = False) -> None:
+    """``--dataset`` and ``--run``: where a command's settings come from (``resolve_command_settings``).
+
+    ``mixture``: ``--run`` may be repeated, and the images are drawn evenly from the runs' tokens (commands that
+    render sets of images: `synthesize`, `augment-eval`).
+    """
     parser.add_argument(
         "--dataset", help="registered dataset name or dataset file (.toml/.yaml); default toy, or the run's with --run"
     )
-    parser.add_argument(
-        "--run", metavar="RUN_ID",
-        help="take the exact settings, keys and tokens of a finished `dct run` (the id it printed last) from its "
-        "run record in --store, instead of --dataset and override flags",
+    text = (
+        "take the exact settings, keys and tokens of a finished `dct run` (the id it printed last) from its "
+        "run record in --store, instead of --dataset and override flags"
     )
+    if mixture:
+        text += (
+            "; repeat it (--run A --run B --run C) to draw each class's images evenly from the runs' tokens (runs "
+            "that differ only in --seed)"
+        )
+    parser.add_argument("--run", metavar="RUN_ID", action="append" if mixture else "store", help=text)
 
 
 def resolve_command_settings(args: argparse.Namespace, overrides):
@@ -119,6 +143,10 @@ def resolve_command_settings(args: argparse.Namespace, overrides):
         overrides_given=override_flags(overrides),
     )
     classes = getattr(args, "classes", None)
+    if classes is None and settings.members:  # a mixture: the classes every one of its runs has
+        common = [set(m.run.class_ids) if m.run.class_ids else None for m in settings.members]
+        if all(c is not None for c in common):
+            classes = sorted(set.intersection(*common))
     if classes is None:
         classes = settings.run.class_ids if settings.run is not None and settings.run.class_ids else "all"
     select_classes(settings.spec, classes)
@@ -130,6 +158,11 @@ def missing_tokens_hint(store, settings, token_key: str, dataset_arg: str | None
     (``--run RUN_ID``, or its override flags), else `dct run`."""
     from dct.run.handle import latest_other_run
 
+    if settings.members:
+        return (
+            f"a mixture of {len(settings.members)} runs needs each run's finished token of every selected class: give "
+            "--classes that every run finished"
+        )
     found = latest_other_run(store, settings.config, token_key) if settings.run is None else None
     if found is None:
         return f"run `dct run --dataset {dataset_arg or settings.source}` first, or give --bundle"

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with the dataset's finished tokens (or a run's --bundle) into synthetic/<dataset>/<synth_key>/ in the "
         "store. Resumable: a re-run renders only unfinished classes; changed settings write a new synth_key beside.",
     )
-    add_run_arguments(p)
+    add_run_arguments(p, mixture=True)
     p.add_argument("--per-class", type=positive_int, required=True, help="kept images per class")
     p.add_argument(
         "--classes", help='"all", ids "0,3", a range "0-99", or names (default: all; with --run, the run\'s classes)'
@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     overrides = overrides_from_args(args)
     settings, classes = resolve_command_settings(args, overrides)
+    if settings.members and args.optimize_missing:
+        raise UserError(
+            f"--optimize-missing learns tokens under one configuration; a mixture of {len(settings.members)} runs "
+            "takes finished runs: complete each with `dct run --seed …`, or drop --optimize-missing"
+        )
     config = settings.config
     sampler = None
     if args.steps is not None or args.guidance_scale is not None:
@@ -117,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dct synthesize: {type(exc).__name__}: {' '.join(str(exc).split())}")
         return 1
     print(f"synthetic set {out['synth_key']} of dataset {out['dataset']} (token_key {out['token_key']})")
+    if plan.is_mixture:
+        print(f"  tokens:  a mixture of runs {', '.join(m['run_id'] for m in plan.members)} (image j: run j mod "
+              f"{len(plan.members)}; metadata.parquet's run_id names it)")
     missing = out["missing_tokens"]
     print(
         f"  classes: {len(out['synthesized'])} synthesized now, {len(out['finished_before'])} already finished, "

@@ -1,6 +1,7 @@
 """The DCT optimisation of one class token (Schwartz et al., "Discriminative Class Tokens", ICCV 2023).
 
-Per epoch: ``images_per_epoch`` (prompt, seed) pairs — fixed pairs, the same every epoch — are rendered
+Per epoch: ``images_per_epoch`` (prompt, seed) pairs — fixed pairs, the same every epoch, as in the authors'
+code (``training.seed_schedule = "fixed"``), or new noise seeds every epoch (``"fresh"``) — are rendered
 with classifier-free guidance, gradients only through the last ``grad_steps`` UNet evaluations, decoded,
 classified, and the mean cross-entropy to the target class is back-propagated to the token vector alone.
 Then clip, then one AdamW step. Stopping as in the reference: accuracy > threshold, or ``patience``
@@ -68,7 +69,7 @@ class TokenResult:
     message: str = ""
     attempt: int = 0  # which attempt this is (0 = the first; see TrainingConfig.restarts)
     attempts: int = 1  # attempts run for the class (the kept one is ``attempt``)
-    seeds: tuple[int, ...] = ()  # the optimisation seeds of the kept attempt
+    seeds: tuple[int, ...] = ()  # the optimisation seeds the kept attempt rendered (every epoch's, when fresh)
 
     @property
     def epochs(self) -> int:
@@ -213,7 +214,7 @@ def optimize_token(
             classifier,
             token_ids,
             prompts,
-            list(train.attempt_seeds(attempt)),
+            attempt,
             uncond_one,
             config,
             device=device,
@@ -265,7 +266,7 @@ def _run_attempt(
     classifier: ImageClassifier,
     token_ids: Sequence[Sequence[int]],
     prompts: Sequence[str],
-    seeds: Sequence[int],
+    attempt: int,
     uncond_one: tuple[torch.Tensor, torch.Tensor | None] | None,
     config: RunConfig,
     *,
@@ -273,10 +274,11 @@ def _run_attempt(
     dtype: torch.dtype,
     progress: bool | None,
 ) -> None:
-    """One optimisation from the initial vector on ``seeds``; fills ``result`` (losses, best vector, stop)."""
+    """One optimisation from the initial vector on the attempt's seeds (``TrainingConfig.epoch_seeds``: the same
+    every epoch, or fresh ones); fills ``result`` (losses, best vector, stop, the seeds it rendered)."""
     train, opt_cfg = config.training, config.optimizer
     token, class_id = result.token, result.class_id
-    result.seeds = tuple(seeds)
+    used: dict[int, None] = {}
     initial_rows = to_rows(result.initial_vector, len(token_ids))
     # One fp32 parameter (n, D_i) per text encoder: SDXL's two blocks are optimised jointly, nothing else is.
     vectors = [torch.nn.Parameter(rows.clone().to(device)) for rows in initial_rows]
@@ -293,6 +295,9 @@ def _run_attempt(
     try:
         for epoch in range(train.max_epochs):
             optimizer.zero_grad(set_to_none=True)
+            seeds = list(train.epoch_seeds(attempt, epoch))
+            used.update(dict.fromkeys(seeds))
+            result.seeds = tuple(used)
             loss, logits = epoch_loss_and_grad(
                 pipe,
                 classifier,

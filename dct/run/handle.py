@@ -9,6 +9,7 @@ run's ``token_key``, so whatever `dct run` made can be used without repeating it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dct.artifacts.store import ArtifactStore
@@ -26,6 +27,9 @@ class RunSettings:
     config: RunConfig
     source: str
     run: RunRecord | None = None
+    # A mixture (several --run): every run whose tokens the images are drawn from, evenly, in the order given; the
+    # first is this one. Their configurations differ only in the optimisation seed (:func:`mixture_settings`).
+    members: tuple[RunSettings, ...] = ()
 
     @property
     def token_key(self) -> str | None:
@@ -89,29 +93,94 @@ def settings_from_run(store: ArtifactStore, run_id: str, dataset: str | None = N
 
 
 def resolve_settings(
-    *, dataset: str | None, overrides: RunOverrides | None, store: str | None, run: str | None = None,
-    overrides_given: str = "",
+    *, dataset: str | None, overrides: RunOverrides | None, store: str | None,
+    run: str | Sequence[str] | None = None, overrides_given: str = "",
 ) -> RunSettings:
     """``--run`` (the run's settings) or ``--dataset`` + override flags: one rule for every command.
 
     Args:
+        run: a run id, or several (a mixture of their tokens: :func:`mixture_settings`; the commands that draw
+            images, `synthesize` and `augment-eval`, take it).
         overrides_given: the override flags as the user typed them, for the refusal when both are given.
 
     Raises:
         ValueError: ``--run`` together with override flags (the run's settings are exact), and as
-            :func:`settings_from_run` / :func:`dct.run.plan.build_config`.
+            :func:`settings_from_run` / :func:`mixture_settings` / :func:`dct.run.plan.build_config`.
     """
-    if run is None:
+    runs = [run] if isinstance(run, str) else list(run or [])
+    if not runs:
         spec, config = build_config(dataset or "toy", overrides, store)
         return RunSettings(spec=spec, config=config, source=dataset_source(dataset or "toy"))
     if overrides is not None:
+        named = " ".join(f"--run {r}" for r in runs)
         raise ValueError(
-            f"--run {run!r} takes the run's own settings; drop {overrides_given or 'the override flags'}, or drop "
+            f"{named} takes the run's own settings; drop {overrides_given or 'the override flags'}, or drop "
             "--run to name the settings by flags"
         )
     from dct.artifacts.store import open_store
 
-    return settings_from_run(open_store(store), run, dataset)
+    if len(runs) == 1:
+        return settings_from_run(open_store(store), runs[0], dataset)
+    return mixture_settings(open_store(store), runs, dataset)
+
+
+def _first_difference(a, b, path: str = "") -> tuple[str, object, object] | None:
+    """The first dotted path where two JSON-like values differ, with both values (None when equal)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(a.keys() | b.keys()):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (path, a, b)
+
+
+def mixture_settings(store: ArtifactStore, run_ids: Sequence[str], dataset: str | None = None) -> RunSettings:
+    """The settings of a mixture: K ≥ 2 finished runs whose tokens one synthetic set draws from evenly.
+
+    The runs must be independent draws of the same method: the same configuration except
+    ``training.seed``, and optimisation seeds that do not overlap (a run's ``all_seeds``; so different tokens).
+
+    Returns:
+        The first run's settings with ``members`` = every run's, in the order given.
+
+    Raises:
+        ValueError: a run given twice, runs whose configurations differ in anything but the seed (the field is
+            named), or runs with overlapping optimisation seeds; and as :func:`settings_from_run`.
+    """
+    seen = set()
+    for run_id in run_ids:
+        if run_id in seen:
+            raise ValueError(f"--run {run_id!r} is given twice; a mixture takes different runs")
+        seen.add(run_id)
+    members = [settings_from_run(store, run_id, dataset) for run_id in run_ids]
+
+    def comparable(m: RunSettings) -> dict:
+        data = m.config.model_dump(mode="json", exclude={"storage"})
+        data["training"].pop("seed")
+        return data
+
+    first = members[0]
+    for other in members[1:]:
+        found = _first_difference(comparable(first), comparable(other))
+        if found is not None:
+            path, va, vb = found
+            raise ValueError(
+                f"runs {first.run.run_id!r} and {other.run.run_id!r} differ in {path} ({va!r} vs {vb!r}); a mixture "
+                "takes runs whose settings differ only in the optimisation seed (--seed): give runs of one "
+                "configuration"
+            )
+    for i, m in enumerate(members):
+        for other in members[i + 1 :]:
+            shared = set(m.config.training.all_seeds) & set(other.config.training.all_seeds)
+            if shared:
+                raise ValueError(
+                    f"runs {m.run.run_id!r} and {other.run.run_id!r} share optimisation seeds ({min(shared)}.."
+                    f"{max(shared)}), so their tokens are not independent; give runs whose --seed values are at "
+                    f"least {len(m.config.training.all_seeds)} apart"
+                )
+    return RunSettings(spec=first.spec, config=first.config, source=first.source, run=first.run,
+                       members=tuple(members))
 
 
 def check_run_token_key(settings: RunSettings, computed: str, revisions) -> None:

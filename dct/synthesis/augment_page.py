@@ -94,9 +94,23 @@ def _about(rows: Sequence[Mapping]) -> str:
     return (
         f"Top-1 on held-out real images of a downstream <code>{e(str(r0['downstream_model']))}</code> trained from "
         f"scratch on k real images per class (arm <code>real</code>) plus synthetic ones; mean ± std over {seeds} "
-        f"training seed(s). Synthetic sets <code>{e(str(r0['synth_key']))}</code> (with the baseline arm) and "
+        f"training seed(s).{_cas_note(rows)} Synthetic sets <code>{e(str(r0['synth_key']))}</code> "
+        "(with the baseline arm) and "
         f"<code>{e(str(r0['filtered_synth_key']))}</code> (guide-filtered). Data: <a href='{PAGE_FILE}'>"
         f"{PAGE_FILE}</a> · <a href='{TABLE_FILE}'>{TABLE_FILE}</a>."
+    )
+
+
+def _cas_note(rows: Sequence[Mapping]) -> str:
+    """What k = 0 means, when the experiment has it."""
+    matched = [r for r in rows if r["arm"] == "real_matched" and r["class_id"] is None]
+    if not matched:
+        return ""
+    classes = len({r["class_id"] for r in rows if r["class_id"] is not None}) or 1
+    return (
+        " k = 0: each synthetic arm alone, no real image (the Classification Accuracy Score); its reference "
+        f"<code>real_matched</code> is real only with {int(matched[0]['real_images']) // classes} real images per "
+        "class, as many as the DCT arm's synthetic ones."
     )
 
 

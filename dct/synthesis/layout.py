@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-METADATA_SCHEMA_VERSION = 1
+METADATA_SCHEMA_VERSION = 2  # 2: run_id (the run whose token made the image; a mixture draws from several)
 
 # Why a row was (not) kept: "kept"; "below_threshold" (the filter rejected it, image in filtered/);
 # "over_quota" (generated in the last batch after the quota was met; not stored).
@@ -36,6 +36,7 @@ METADATA_SCHEMA = pa.schema(
         ("dataset", pa.string()),
         ("synth_key", pa.string()),
         ("token_key", pa.string()),
+        ("run_id", pa.string()),  # the run named for the token that made the image (--run); null otherwise
         ("arm", pa.string()),  # "dct" | "baseline"
         ("class_id", pa.int64()),
         ("class_name", pa.string()),
@@ -99,6 +100,8 @@ def read_table(data: bytes) -> pa.Table:
     version = int((table.schema.metadata or {}).get(b"dct.schema_version", b"1"))
     if version > METADATA_SCHEMA_VERSION:
         raise ValueError(f"synthetic manifest has schema_version {version} > {METADATA_SCHEMA_VERSION}; upgrade dct")
+    if "run_id" not in table.column_names:  # version 1 named no run
+        table = table.append_column("run_id", pa.nulls(table.num_rows, pa.string()))
     return table.select(METADATA_SCHEMA.names).cast(METADATA_SCHEMA)
 
 
@@ -190,6 +193,7 @@ def dataset_card(
         *(f"| {m['role']} | `{m['model_id']}` | `{m['revision']}` | {m['licence']} |" for m in models if m["model_id"]),
         "",
         f"- token_key `{info['token_key']}`, synth_key `{info['synth_key']}`",
+        *_mixture_lines(info, rows),
         f"- seeds: image j of a class uses noise seed {s['seed']} + j (disjoint from every optimisation and "
         "evaluation seed)",
         f"- templates: {', '.join(repr(t) for t in info['templates'])}",
@@ -228,3 +232,19 @@ def dataset_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _mixture_lines(info: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The card's lines on the runs whose tokens made the images (a mixture: how many images each made)."""
+    runs = info.get("runs") or []
+    if not runs:
+        return []
+    kept = {m["run_id"]: 0 for m in runs}
+    for r in rows:
+        if r["arm"] == "dct" and r["kept"] and r["run_id"] in kept:
+            kept[r["run_id"]] += 1
+    return [
+        f"- tokens: a mixture of {len(runs)} runs; image j of a class uses run j mod {len(runs)}'s token (the "
+        "`run_id` and `token_key` columns of metadata.parquet name it):",
+        *(f"  - run `{m['run_id']}` (token_key `{m['token_key']}`): {kept[m['run_id']]} kept images" for m in runs),
+    ]

@@ -60,6 +60,13 @@ class SynthesisPlan:
     # uses it as it is (docs/design.md, "One run plan").
     config: RunConfig | None = None
     source: str | None = None  # the dataset as named (registry name or dataset file), for its class names
+    # The runs whose tokens make the images, [{"run_id", "token_key"}]: one for `--run`, K for a mixture (image j of a
+    # class uses member j mod K's token; `token_key` is then the members' keys joined by "+"), none otherwise.
+    members: list[dict] = field(default_factory=list)
+
+    @property
+    def is_mixture(self) -> bool:
+        return len(self.members) > 1
 
     def summary_lines(self) -> list[str]:
         lines = [
@@ -163,20 +170,33 @@ def plan_synthesis(
     settings = settings or resolve_settings(dataset=dataset, overrides=overrides, store=store)
     spec, config = settings.spec, settings.config
     dataset_arg = dataset
-    check_synthesis(synthesis, config)  # before any model is touched
+    if settings.members and bundle:
+        raise ValueError(
+            f"--bundle {bundle!r} holds one run's tokens; a mixture of {len(settings.members)} runs reads each run's "
+            "tokens from the store: drop --bundle"
+        )
+    for one in settings.members or (settings,):  # before any model is touched; a mixture's runs have other seeds
+        check_synthesis(synthesis, one.config)
     selected = select_classes(spec, classes)
     artifact_store = ArtifactStore.from_config(config.storage)
     preflight_store(artifact_store, probe_name)
     check_models_available(config, dataset_arg)
     revisions = resolve_revisions(config)
+    members: list[dict] = []
     if bundle:
         # The resolved tensor file goes into the plan, so every shard reads the same file.
         bundle, tkey, by_class = bundle_class_tokens(bundle, config.dataset, artifact_store)
         have = set(by_class)
     else:
-        tkey = token_key(config, revisions.diffusion, revisions.classifier)
-        check_run_token_key(settings, tkey, revisions)
-        have = artifact_store.stored_token_class_ids(config.dataset, tkey)
+        have = None
+        for one in settings.members or (settings,):
+            key = token_key(one.config, revisions.diffusion, revisions.classifier)
+            check_run_token_key(one, key, revisions)
+            stored = artifact_store.stored_token_class_ids(config.dataset, key)
+            have = set(stored) if have is None else have & set(stored)  # a mixture's class needs every run's token
+            if one.run is not None:
+                members.append({"run_id": one.run.run_id, "token_key": key})
+        tkey = "+".join(m["token_key"] for m in members) if settings.members else key
     skey = synth_key(synthesis, config, tkey, revisions.classifier, revisions.evaluator)
     done = artifact_store.synthetic_finished_class_ids(config.dataset, skey)
     todo = [c for c in selected if c in have and c not in done]
@@ -192,6 +212,7 @@ def plan_synthesis(
         "baseline_word": config.prompts.baseline_word,
         "models": _models(config, revisions),
         "metadata_schema_version": METADATA_SCHEMA_VERSION,
+        **({"runs": members} if settings.members else {}),  # a mixture's runs are part of what made the set
     }
     return SynthesisPlan(
         dataset=config.dataset,
@@ -208,6 +229,7 @@ def plan_synthesis(
         info=info,
         config=config,
         source=settings.source,
+        members=members,
     )
 
 
@@ -236,12 +258,13 @@ class ClassSynthesis:
 
 def class_token(
     store: ArtifactStore, plan: SynthesisPlan, config: RunConfig, class_id: int, widths: int | Sequence[int],
-    bundle_tokens: Mapping[int, tuple[str, TokenVector]] | None = None,
+    bundle_tokens: Mapping[int, tuple[str, TokenVector]] | None = None, token_key: str | None = None,
 ) -> tuple[str, TokenVector]:
     """The class's token from the bundle or the store, through THE token check.
 
     Args:
         widths: the pipeline's text-encoder widths (:func:`dct.method.tokens.token_widths`).
+        token_key: the stored token's key (a mixture's member); default the plan's.
 
     Returns:
         ``(token, vector in the token file's form)``: ``(D,)``, ``(n, D)`` or ``{"clip_l", "clip_g"}``.
@@ -260,7 +283,7 @@ def class_token(
         return token, vector
     # The stored token for this token_key has the configured number of vectors (it is part of the key).
     token, vector, _ = load_stored_token(
-        store, plan.dataset, plan.token_key, class_id, expected, width=widths,
+        store, plan.dataset, token_key or plan.token_key, class_id, expected, width=widths,
         num_vectors=config.token.num_vectors, require=("token_key",),
     )
     return token, vector
@@ -294,6 +317,7 @@ def synthesize_class(
     class_name: str,
     token: str,
     vector: TokenVector,
+    mixture: Sequence[TokenVector] = (),
 ) -> ClassSynthesis:
     """Render one class's set in batches over seeds, write images (and shards), then its part LAST.
 
@@ -302,12 +326,20 @@ def synthesize_class(
     the first ``per_class`` seeds with the baseline word. Every image is scored by the guide (and the
     evaluator, when the dataset has one); the scores go into the manifest.
 
+    Args:
+        mixture: a mixture plan's vectors, one per member of ``plan.members`` in order (``vector`` is then the
+            first): image j uses member ``j mod K``'s vector, so each member makes every K-th image.
+
     Returns:
         Counts and the part's URI.
     """
     pipe = models.pipe
+    vectors = list(mixture) or [vector]
+    if len(vectors) != max(len(plan.members), 1):
+        raise ValueError(f"{len(vectors)} token vectors for the plan's {len(plan.members)} runs; give one per run")
+    members = plan.members or [{"run_id": None, "token_key": plan.token_key}]
     # Every sub-token into every text encoder (SDXL: clip_l and clip_g), as `dct run` and `dct generate` do.
-    install_token(pipe, token, vector, config.token.initializer_token)
+    install_token(pipe, token, vectors[0], config.token.initializer_token)
     templates = synthesis.effective_templates(config)
     sampler = synthesis.effective_sampler(config)
     folder = class_folder(class_id, class_name)
@@ -320,13 +352,31 @@ def synthesize_class(
            for m in plan.info["models"] for k in ("model_id", "revision", "licence")},
     }
 
-    def render(word: str, seeds: list[int], fill=fill_template) -> tuple[torch.Tensor, list[str], list[int]]:
+    def render(
+        word: str, seeds: list[int], fill=fill_template, *, by_member: bool = False
+    ) -> tuple[torch.Tensor, list[str], list[int]]:
         index = [s - synthesis.seed for s in seeds]
         prompts = [fill(templates[j % len(templates)], word, class_name) for j in index]
-        images = generate(
-            pipe, prompts, seeds, sampler, device=models.device, dtype=models.dtype, batch_size=synthesis.batch_size
-        )
-        return images, prompts, index
+        if not by_member or len(vectors) == 1:
+            images = generate(
+                pipe, prompts, seeds, sampler, device=models.device, dtype=models.dtype,
+                batch_size=synthesis.batch_size,
+            )
+            return images, prompts, index
+        # A mixture: each member's images with its vector installed (a seed's noise is the same in any batch).
+        images = [None] * len(seeds)
+        for m, vec in enumerate(vectors):
+            at = [i for i, j in enumerate(index) if j % len(vectors) == m]
+            if not at:
+                continue
+            install_token(pipe, token, vec, config.token.initializer_token)
+            made = generate(
+                pipe, [prompts[i] for i in at], [seeds[i] for i in at], sampler, device=models.device,
+                dtype=models.dtype, batch_size=synthesis.batch_size,
+            )
+            for i, img in zip(at, made, strict=True):
+                images[i] = img
+        return torch.stack(images), prompts, index
 
     def scores(images: torch.Tensor) -> tuple[list[float], list[float | None]]:
         guide = _probabilities(models.classifier, images, class_id, synthesis.batch_size)
@@ -344,7 +394,7 @@ def synthesize_class(
         n = synthesis.batch_size if synthesis.filter else min(synthesis.batch_size, synthesis.per_class - kept)
         seeds = block[pos : pos + n]
         pos += len(seeds)
-        images, prompts, index = render(token, seeds)
+        images, prompts, index = render(token, seeds, by_member=True)
         guide, evp = scores(images)
         for img, prompt, j, seed, gp, ep in zip(images, prompts, index, seeds, guide, evp, strict=True):
             status = "kept" if _passes(synthesis, gp, ep) else "below_threshold"
@@ -363,6 +413,7 @@ def synthesize_class(
                             "guide_probability": gp, "evaluator_probability": ep, "synth_key": plan.synth_key}
                     shard_samples.append((f"{class_id:05d}-{seed}", data, class_id, meta))
             rows.append(common | {
+                "token_key": members[j % len(vectors)]["token_key"], "run_id": members[j % len(vectors)]["run_id"],
                 "arm": "dct", "path": path, "prompt": prompt, "template_index": j % len(templates), "seed": seed,
                 "guide_probability": gp, "evaluator_probability": ep, "filter_status": status,
                 "kept": status == "kept", "width": img.shape[-1], "height": img.shape[-2],
@@ -380,7 +431,7 @@ def synthesize_class(
                 uri = store.synthetic_image_uri(plan.dataset, plan.synth_key, "baseline", folder, seed, ext)
                 store.write_bytes(uri, encode_image(img, ext))
                 rows.append(common | {
-                    "arm": "baseline", "path": f"baseline/{folder}/{seed}.{ext}", "prompt": prompt,
+                    "run_id": None, "arm": "baseline", "path": f"baseline/{folder}/{seed}.{ext}", "prompt": prompt,
                     "template_index": j % len(templates), "seed": seed, "guide_probability": gp,
                     "evaluator_probability": ep, "filter_status": "kept", "kept": True,
                     "width": img.shape[-1], "height": img.shape[-2],
@@ -458,11 +509,16 @@ def synthesize_shard(
     for class_id in class_ids:
         if class_id in done:
             continue
-        token, vector = class_token(store, plan, config, class_id, widths, bundle_tokens)
+        if plan.is_mixture:  # every member's token of the class, each through the check under its own key
+            loaded = [class_token(store, plan, config, class_id, widths, token_key=m["token_key"])
+                      for m in plan.members]
+            token, vector, mixture = loaded[0][0], loaded[0][1], [v for _, v in loaded]
+        else:
+            (token, vector), mixture = class_token(store, plan, config, class_id, widths, bundle_tokens), []
         out.append(
             synthesize_class(
                 store, plan, config, synthesis, models, class_id=class_id, class_name=class_names[class_id],
-                token=token, vector=vector,
+                token=token, vector=vector, mixture=mixture,
             )
         )
         if on_class_done is not None:

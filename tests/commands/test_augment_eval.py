@@ -197,3 +197,80 @@ def test_each_synthetic_arm_is_its_own_set_of_images(tmp_path):
         expected = files(name, source)
         assert len(expected) > 0 and torch.equal(arms[arm].images, torch.stack(expected)), arm
     assert not torch.equal(arms["baseline"].images, arms["dct"].images)
+
+
+def test_k0_is_the_classification_accuracy_score_from_the_command_and_a_run_handle(tmp_path, capsys):
+    """`--shots 0,1 --run RUN_ID`: the CAS rows (each synthetic arm without a real image) and real_matched (real
+    only with --synthetic-per-class real images per class) are in the Parquet, the printed table and the report."""
+    from tiny import save_tiny_world
+
+    from dct.cli import main
+
+    world = save_tiny_world(tmp_path / "world")
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    tkey = plant_tokens(store, world, range(4))
+    run_id = _finished_run(store, world, tkey)
+    train, test = _real_folder(tmp_path / "train", 3, 0), _real_folder(tmp_path / "test", 2, 1000)
+    argv = _argv(world, store, train, test, tmp_path / "out", "--run", run_id)
+    argv[argv.index("--shots") + 1], argv[argv.index("--seeds") + 1] = "0,1", "1"
+    code = main(argv)
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, captured.err
+    df = pd.read_parquet(tmp_path / "out" / "augment.parquet")
+    cas = df[(df.k == 0) & df.class_id.isna()]
+    assert sorted(cas.arm) == ["baseline", "dct", "dct_filtered", "real_matched"]
+    synthetic = cas[cas.arm != "real_matched"]
+    assert (synthetic.real_images == 0).all() and (synthetic.synthetic_images > 0).all()
+    assert cas[cas.arm == "real_matched"].real_images.tolist() == [3 * 4]  # --synthetic-per-class 3, 4 classes
+    assert "real" not in set(cas.arm) and (df.run_id == run_id).all()
+    assert "real_matched" in printed and "Classification Accuracy Score" in printed
+    report = Path(store.to_path(store.run_uri(df.dataset.iloc[0], run_id, "report")))
+    assert "Classification Accuracy Score" in (report / "index.html").read_text()
+
+
+def test_k0_with_too_few_real_images_for_its_reference_fails_in_one_line_before_synthesis(tmp_path, capsys):
+    from tiny import save_tiny_world
+
+    from dct.cli import main
+
+    world = save_tiny_world(tmp_path / "world")
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    plant_tokens(store, world, range(4))
+    train, test = _real_folder(tmp_path / "train", 3, 0), _real_folder(tmp_path / "test", 2, 1000)
+    argv = _argv(world, store, train, test, tmp_path / "out", "--shots", "0", "--synthetic-per-class", "5")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--synthetic-per-class 5" in err and "has 3 images of class 0" in err, err
+    assert not store.fs.exists(store.to_path(store.uri("synthetic"))), "synthesis ran before the check"
+
+
+def test_augment_eval_of_a_mixture_trains_on_every_runs_images_and_attaches_to_no_single_run(tmp_path, capsys):
+    """`--run A --run B --run C`: the DCT arm's images come from the three runs' tokens, evenly; the rows name the
+    mixture's keys; no run's report gets the section (it would show another set's numbers as that run's)."""
+    from synth_world import record_run
+    from tiny import save_tiny_world
+
+    from dct.cli import main
+    from dct.config import RunOverrides
+    from dct.evaluation.report import read_report_sections
+    from dct.synthesis.layout import read_table
+
+    world = save_tiny_world(tmp_path / "world")
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    runs = [record_run(store, world, RunOverrides(seed=s)) for s in (0, 10, 20)]
+    train, test = _real_folder(tmp_path / "train", 3, 0), _real_folder(tmp_path / "test", 2, 1000)
+    argv = _argv(world, store, train, test, tmp_path / "out", *(a for r in runs for a in ("--run", r)))
+    argv[argv.index("--shots") + 1], argv[argv.index("--seeds") + 1] = "0", "1"
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    df = pd.read_parquet(tmp_path / "out" / "augment.parquet")
+    assert df.run_id.isna().all() and df.token_key.iloc[0].count("+") == 2
+    assert "results go to --out only" in captured.out
+    sets = tmp_path / "store" / "synthetic" / df.dataset.iloc[0]
+    rows = read_table((sets / df.synth_key.iloc[0] / "metadata.parquet").read_bytes()).to_pandas()
+    made = rows[rows.arm == "dct"].groupby("class_id").run_id.value_counts()
+    assert set(made.index.get_level_values("run_id")) == set(runs) and set(made) == {1}  # 3 per class, 1 per run
+    assert all(read_report_sections(store, df.dataset.iloc[0], r) == [] for r in runs)

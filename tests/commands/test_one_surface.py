@@ -16,8 +16,10 @@ from dct.cli import build_parser
 from dct.commands.common import overrides_from_args
 from dct.config import RunOverrides
 
-TOKEN_FLAGS = ["--seed", "7", "--num-vectors", "2", "--max-epochs", "3", "--initializer-token", "the"]
-EXPECTED = RunOverrides(seed=7, num_vectors=2, max_epochs=3, initializer_token="the")
+TOKEN_FLAGS = [
+    "--seed", "7", "--num-vectors", "2", "--max-epochs", "3", "--initializer-token", "the", "--seed-schedule", "fresh",
+]
+EXPECTED = RunOverrides(seed=7, num_vectors=2, max_epochs=3, initializer_token="the", seed_schedule="fresh")
 
 
 @pytest.mark.parametrize(
@@ -60,6 +62,31 @@ def test_a_dataset_files_token_section_reaches_the_run_config(tmp_path):
     world.write_text(world.read_text() + "vectors = 3\n")
     with pytest.raises(ValueError, match=r"token\.vectors"):
         get_dataset(str(world))
+
+
+def test_the_seed_schedule_from_every_surface(tmp_path):
+    """`[training] seed_schedule` in a dataset file, `--seed-schedule`, the flows' `overrides` (RunOverrides) and
+    Python all set the same field; "fixed" keeps the key of a run without the setting, "fresh" gives another."""
+    from tiny import save_tiny_world
+
+    from dct.config import token_key
+    from dct.run.plan import build_config
+
+    world = save_tiny_world(tmp_path / "world")
+    plain = build_config(str(world))[1]
+    key = token_key(plain, "r1", "r2")
+    assert plain.training.seed_schedule == "fixed"
+    flags = overrides_from_args(build_parser().parse_args(["run", "--seed-schedule", "fresh"]))
+    assert flags == RunOverrides.model_validate({"seed_schedule": "fresh"})  # what a deployment's parameter gives
+    fresh = build_config(str(world), flags)[1]
+    assert fresh.training.seed_schedule == "fresh" and token_key(fresh, "r1", "r2") != key
+    assert RunOverrides.between(plain, fresh) == flags
+    world.write_text(world.read_text().replace("[training]\n", '[training]\nseed_schedule = "fresh"\n'))
+    assert build_config(str(world))[1] == fresh
+    world.write_text(world.read_text().replace('seed_schedule = "fresh"', 'seed_schedule = "fixed"'))
+    assert token_key(build_config(str(world))[1], "r1", "r2") == key
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--seed-schedule", "sometimes"])
 
 
 def test_between_gives_the_flags_back_or_none_when_no_flag_can(tmp_path):

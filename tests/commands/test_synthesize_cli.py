@@ -62,8 +62,8 @@ def test_bad_bundle_is_one_line_and_exit_2_before_prefect(tmp_path, bundle, mess
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--shots", "0,2"], "--shots '0,2' must be comma-separated positive integers"),
-        (["--shots", "one"], "--shots 'one' must be comma-separated positive integers"),
+        (["--shots=-1,2"], "--shots '-1,2' must be comma-separated non-negative integers (0 = synthetic only)"),
+        (["--shots", "one"], "--shots 'one' must be comma-separated non-negative integers"),
         (["--min-probability", "0"], "--min-probability 0.0 must be within (0, 1]"),
     ],
 )

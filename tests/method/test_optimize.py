@@ -394,3 +394,21 @@ def test_gradients_flow_through_exactly_the_last_grad_steps_unet_evaluations(
     first, *rest = schedule[-grad_steps:]
     expected += [(first, False, n), (first, True, n)] + [(t, True, 2 * n) for t in rest]
     assert calls == expected, calls
+
+
+def test_fresh_seeds_render_new_noise_every_epoch(tiny_pipe, tiny_clf):
+    """With a learning rate too small to move the token, an epoch's loss depends on its noise alone: 'fixed' gives
+    the same loss every epoch; 'fresh' gives epoch e the loss of a 'fixed' run on seeds seed + e * images_per_epoch."""
+    still = {"max_epochs": 3, "patience": 10, "accuracy_threshold": 1.0, "restarts": 0}
+
+    def losses(**training) -> list[float]:
+        config = tiny_run_config(**{**still, **training})
+        config = config.model_copy(update={"optimizer": config.optimizer.model_copy(update={"lr": 1e-30})})
+        return optimize_token(tiny_pipe, tiny_clf, class_id=1, class_name="cat", config=config).losses
+
+    fixed = losses(seed_schedule="fixed", seed=4)
+    assert fixed == pytest.approx([fixed[0]] * 3, rel=1e-6)
+    fresh = losses(seed_schedule="fresh", seed=4)
+    by_block = [losses(seed_schedule="fixed", seed=4 + 3 * e, max_epochs=1)[0] for e in range(3)]
+    assert fresh == pytest.approx(by_block, rel=1e-6)
+    assert len({round(x, 6) for x in fresh}) == 3

@@ -96,3 +96,85 @@ def test_arms_of_a_seed_are_paired_and_each_trains_on_its_own_images():
 
     assert results("baseline") == results("dct_filtered")  # same start, same real images, same synthetic images
     assert results("baseline") != results("dct")  # the synthetic images decide the difference
+
+
+def _linear(steps: int = 3) -> DownstreamConfig:
+    return DownstreamConfig(model="dct_test_linear", steps=steps, batch_size=8)
+
+
+def _overall(rows: list[dict], arm: str, k: int) -> list[dict]:
+    return [r for r in rows if r["arm"] == arm and r["k"] == k]
+
+
+def test_k0_trains_each_synthetic_arm_without_a_single_real_image():
+    """The Classification Accuracy Score (k = 0): the synthetic arms' results do not depend on the real images at
+    all — two different real pools give the same per-class results — and their rows say no real image was used."""
+    synthetic = {"baseline": _data(4, 5), "dct": _data(4, 6)}
+
+    def experiment(pool_seed: int) -> list[dict]:
+        return run_experiment(
+            _linear(), real_pools=[_data(6, pool_seed)], test=_data(40, 9), synthetic=synthetic, shots=[0],
+            num_classes=3, sanity_k=None,
+        )
+
+    a, b = experiment(0), experiment(1)
+    assert sorted({r["arm"] for r in a}) == ["baseline", "dct", "real_matched"] and {r["k"] for r in a} == {0}
+    for arm in ("baseline", "dct"):
+        assert [r["accuracy"] for r in _overall(a, arm, 0)] == [r["accuracy"] for r in _overall(b, arm, 0)], arm
+        assert {(r["real_images"], r["synthetic_images"]) for r in _overall(a, arm, 0)} == {(0, 12)}
+    # The real reference does see the real images: another pool, other results.
+    assert [r["accuracy"] for r in _overall(a, "real_matched", 0)] != [
+        r["accuracy"] for r in _overall(b, "real_matched", 0)
+    ]
+
+
+def test_k0s_real_reference_trains_on_exactly_as_many_real_images_as_the_dct_arm_has():
+    """real_matched takes the first n real images per class, n = the DCT arm's synthetic images per class: changing
+    a pool's image n + 1 of every class changes nothing, changing image n changes the result."""
+    n = 3
+    pool = _data(6, 0)
+
+    def replaced(position: int) -> ArmData:
+        images = pool.images.clone()
+        for c in range(3):
+            images[(pool.labels == c).nonzero().flatten()[position]] = torch.rand(3, 32, 32)
+        return ArmData(images, pool.labels)
+
+    def matched(p: ArmData) -> list[float]:
+        rows = run_experiment(
+            _linear(steps=6), real_pools=[p], test=_data(40, 9), synthetic={"dct": _data(n, 5)}, shots=[0],
+            num_classes=3, sanity_k=None,
+        )
+        assert {r["real_images"] for r in _overall(rows, "real_matched", 0)} == {3 * n}
+        return [r["accuracy"] for r in _overall(rows, "real_matched", 0)]
+
+    assert matched(replaced(n)) == matched(pool)  # image n + 1 (index n) is not used
+    assert matched(replaced(n - 1)) != matched(pool)  # image n (index n - 1) is
+
+
+def test_k0_without_a_synthetic_arm_is_refused_before_any_training():
+    with pytest.raises(ValueError, match=r"shots include k=0 .*drop 0 from shots"):
+        run_experiment(TINY, real_pools=[_data(4, 0)], test=_data(2, 9), synthetic={}, shots=[0, 1], num_classes=3)
+    with pytest.raises(ValueError, match=r"must be non-negative"):
+        run_experiment(TINY, real_pools=[_data(4, 0)], test=_data(2, 9), synthetic={}, shots=[-1], num_classes=3)
+    with pytest.raises(ValueError, match=r"class 0 has 4 real training images .* fewer than the 5 .*real_matched"):
+        run_experiment(
+            TINY, real_pools=[_data(4, 0)], test=_data(2, 9), synthetic={"dct": _data(5, 1)}, shots=[0],
+            num_classes=3, sanity_k=None, class_ids=[0, 1, 2],
+        )
+
+
+def test_the_plot_draws_k0():
+    from PIL import Image
+
+    rows = run_experiment(
+        TINY, real_pools=[_data(4, 0)], test=_data(2, 9), synthetic={"dct": _data(2, 5)}, shots=[0, 1],
+        num_classes=3, sanity_k=4,
+    )
+    with Image.open(io.BytesIO(plot_png(rows, "t"))) as im:
+        assert im.format == "PNG"
+    table = results_table(rows, {"downstream_model": TINY.model, "dataset": "t", "synth_key": "a",
+                                 "filtered_synth_key": "b"})
+    df = table.to_pandas()
+    assert set(df[df.k == 0].arm) == {"dct", "real_matched"}
+    assert (df[(df.k == 0) & (df.arm == "dct")].real_images == 0).all()

@@ -12,6 +12,7 @@ from synth_world import plant_tokens
 
 from dct.artifacts.store import ArtifactStore
 from dct.synthesis.config import FilterConfig, SynthesisConfig
+from dct.synthesis.layout import METADATA_SCHEMA_VERSION
 from dct.synthesis.synthesize import synthesize_dataset
 
 SET = SynthesisConfig(per_class=6, baseline=True, webdataset=True, batch_size=4)
@@ -83,7 +84,7 @@ def test_metadata_round_trips_through_pandas_and_duckdb(made):
 
     store, plan, summary = made
     df = pd.read_parquet(summary["metadata_uri"])
-    assert set(df["schema_version"]) == {1}
+    assert set(df["schema_version"]) == {METADATA_SCHEMA_VERSION} and df.run_id.isna().all()  # no --run named
     assert len(df[df.arm == "dct"]) == 4 * SET.per_class and len(df[df.arm == "baseline"]) == 4 * SET.per_class
     assert (df.synth_key == plan.synth_key).all() and (df.token_key == plan.token_key).all()
     # Every path is a file of the set, and the baseline arm uses the DCT arm's seeds and templates.
@@ -377,3 +378,20 @@ def store_plan_key(store, world) -> str:
     from dct.synthesis.synthesize import plan_synthesis
 
     return plan_synthesis(dataset=str(world), synthesis=SynthesisConfig(per_class=1), store=store.root).synth_key
+
+
+def test_a_manifest_of_schema_version_1_reads_with_no_run(made):
+    """Parts written before the run_id column existed still combine with new ones: their run_id is null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dct.synthesis.layout import read_table
+
+    store, _, summary = made
+    new = read_table(store.read_bytes(summary["metadata_uri"]))
+    old = new.drop_columns(["run_id"]).replace_schema_metadata({b"dct.schema_version": b"1"})
+    buf = pa.BufferOutputStream()
+    pq.write_table(old, buf)
+    back = read_table(buf.getvalue().to_pybytes())
+    assert back.schema == new.schema and back.column("run_id").null_count == back.num_rows
+    assert pa.concat_tables([back, new]).num_rows == 2 * new.num_rows
