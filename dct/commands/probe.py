@@ -61,7 +61,6 @@ def probe(args: argparse.Namespace) -> int:
         build_extractors,
         check_samples_stored,
         find_runs,
-        guide_probabilities,
         load_guide,
         parse_attribute_names,
         probe_records,
@@ -78,6 +77,7 @@ def probe(args: argparse.Namespace) -> int:
         raise ValueError(f"--min-shift {args.min_shift!r} must be within [0, 1), e.g. 0.05 (0 = any shift)")
     if not 0.0 <= args.min_effect < 1.0:
         raise ValueError(f"--min-effect {args.min_effect!r} must be within [0, 1), e.g. 0.05 (a change in probability)")
+    from dct.probe.attributes import softmax_probabilities
     from dct.probe.editors import ATTRIBUTE_EDITORS
     from dct.probe.intervention import parse_edit
 
@@ -107,7 +107,7 @@ def probe(args: argparse.Namespace) -> int:
         num_bootstrap=args.bootstrap,
         top_labels=args.top_labels,
         run_ids=[r.run_id for r in runs],
-        guide=guide_probabilities(guide),
+        guide=softmax_probabilities(guide),
         min_effect=args.min_effect,
         edits=edits,
     )

@@ -194,6 +194,18 @@ ATTRIBUTE_EXTRACTORS: dict[str, AttributeExtractor] = {
 }
 
 
+def softmax_probabilities(classifier: ImageClassifier, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images ``(B, 3, H, W)`` in [0, 1] → ``(B, C)`` float softmax probabilities of ``classifier``, on the CPU,
+    ``batch_size`` images per forward pass (the probe's classifier sources and its intervention test)."""
+
+    @torch.no_grad()
+    def probs(images: torch.Tensor) -> torch.Tensor:
+        device = next(classifier.parameters()).device
+        return torch.cat([classifier(x.to(device)).softmax(-1).float().cpu() for x in images.split(batch_size)])
+
+    return probs
+
+
 def classifier_attributes(
     classifier: ImageClassifier, source: str, batch_size: int = 64, *, labels_are_classes: bool = False
 ) -> AttributeExtractor:
@@ -213,12 +225,7 @@ def classifier_attributes(
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r} must be a positive integer")
 
-    @torch.no_grad()
-    def probs(images: torch.Tensor) -> torch.Tensor:
-        device = next(classifier.parameters()).device
-        chunks = images.split(batch_size)
-        return torch.cat([classifier(x.to(device)).softmax(-1).cpu() for x in chunks])
-
+    probs = softmax_probabilities(classifier, batch_size)
     names = tuple(f"{source}:{label}" for label in classifier.labels)
     unit = f"mean softmax probability of the label under {source}, 0-1"
     return AttributeExtractor(source, names, unit, probs, labels_are_classes=labels_are_classes)

@@ -19,7 +19,7 @@ import torch
 from dct.artifacts.images import decode_image
 from dct.artifacts.store import PROBE_PAGE, VARIANTS, ArtifactStore
 from dct.evaluation.report import add_report_section
-from dct.probe.attributes import AttributeExtractor
+from dct.probe.attributes import AttributeExtractor, softmax_probabilities
 from dct.probe.editors import ATTRIBUTE_EDITORS, AttributeEditor
 from dct.probe.intervention import (
     CONFIRMED,
@@ -100,7 +100,7 @@ def probe_eval_key(
     check_samples_stored(records)
     guide = load_guide(config, device)
     extractors = build_extractors(names, config, device, guide=guide)
-    result = probe_records(store, [records], extractors, run_ids=[run_id], guide=guide_probabilities(guide))
+    result = probe_records(store, [records], extractors, run_ids=[run_id], guide=softmax_probabilities(guide))
     return write_probe(store, result)
 
 
@@ -518,17 +518,6 @@ def load_guide(config, device: torch.device | str = "cpu"):
     from dct.models.classifiers import load_classifier
 
     return load_classifier(config.classifier, device).classifier
-
-
-def guide_probabilities(classifier, batch_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Images ``(B, 3, H, W)`` in [0, 1] → ``(B, C)`` softmax probabilities of ``classifier`` (on the CPU)."""
-
-    @torch.no_grad()
-    def probs(images: torch.Tensor) -> torch.Tensor:
-        device = next(classifier.parameters()).device
-        return torch.cat([classifier(x.to(device)).softmax(-1).float().cpu() for x in images.split(batch_size)])
-
-    return probs
 
 
 def build_extractors(
