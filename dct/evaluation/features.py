@@ -346,6 +346,8 @@ def _same_size_batches(
 
 
 REFERENCE_SOURCES: dict[str, ReferenceSource] = {}
+# Cheap checks that a registered source can deliver, run by the plan before any work (scheme -> check).
+REFERENCE_CHECKS: dict[str, Callable[[str], None]] = {}
 
 
 def register_reference_source(scheme: str) -> Callable[[ReferenceSource], ReferenceSource]:
@@ -372,6 +374,55 @@ def _toy_reference(
     labels = torch.arange(shapes.NUM_CLASSES).repeat(per_class)  # sample() cycles through the classes
     for i in range(0, images.shape[0], batch_size):
         yield images[i : i + batch_size], labels[i : i + batch_size]
+
+
+@register_reference_source("fashion")
+def _fashion_reference(
+    store: ArtifactStore, reference: str, max_images: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Fashion-MNIST's real test split (``fashion:test``), labelled: every image, or the first ``max_images``
+    per class share of each class (the Debian package's files, checked by sha256: dct.fashion.data)."""
+    from dct.fashion import data
+
+    _check_fashion_reference(reference)
+    images, labels = data.load("test")
+    num_classes = len(data.LABELS)
+    per_class = max(1, max_images // num_classes)
+    rows = torch.cat([torch.from_numpy((labels == c).nonzero()[0][:per_class]) for c in range(num_classes)])
+    rows = rows.sort().values.numpy()
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        yield data.to_tensor(images[chunk]), torch.from_numpy(labels[chunk].astype("int64"))
+
+
+def _check_fashion_reference(reference: str) -> None:
+    from dct.fashion import data
+
+    if reference != "fashion:test":
+        raise ValueError(f"unknown fashion reference set {reference!r}; valid: 'fashion:test'")
+    data.data_dir()  # one line naming `apt-get install dataset-fashion-mnist` when the files are not there
+
+
+REFERENCE_CHECKS["fashion"] = _check_fashion_reference
+
+
+def check_reference(reference: str | None) -> None:
+    """Before any work: a registered reference source can deliver (its check), a local reference folder exists.
+    Remote folders are left to the evaluation (listing them here would cost requests on every plan).
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming the reference and what to do.
+    """
+    if reference is None:
+        return
+    scheme = _reference_scheme(reference)
+    if scheme in REFERENCE_CHECKS:
+        REFERENCE_CHECKS[scheme](reference)
+    elif scheme is None and "://" not in reference and not os.path.isdir(os.path.expanduser(reference)):
+        raise FileNotFoundError(
+            f"reference_images {reference!r} is not a directory; point it at a folder of real images (a path "
+            "relative to the dataset file starts with ./) or remove it to run without FID/KID"
+        )
 
 
 def _reference_files(store: ArtifactStore, reference: str, max_images: int) -> tuple[Any, list[str], list[int]]:

@@ -11,6 +11,7 @@ Built-in kinds (``ClassifierConfig.kind``):
 - ``timm``: a timm model by name (``convnext_tiny.fb_in1k``), ``hf-hub:org/name`` id, or local dir;
 - ``local``: a local directory in transformers or timm layout, safetensors weights only;
 - ``toy``: the toy world's classifiers (registered by ``dct.toy.models``).
+- ``fashion``: the fashion world's classifiers (``dct.fashion.world``).
 
 Every loader resolves the model to ONE local directory first (a hub snapshot, or the user's directory)
 and loads from there, so the hub path and the local path run the same code; tests use the latter with
@@ -319,4 +320,5 @@ CLASSIFIER_LOADERS: dict[str, ClassifierLoader | str] = {
     "timm": load_timm_classifier,
     "local": load_local_classifier,
     "toy": "dct.toy.models:load_toy_classifier",
+    "fashion": "dct.fashion.world:load_fashion_classifier",
 }

@@ -239,11 +239,15 @@ def load_dataset_file(path: str | Path) -> DatasetSpec:
             raise FileNotFoundError(f"class_names_file {str(names_path)!r} (from {str(path)!r}) does not exist")
         data["class_names"] = [ln.strip() for ln in names_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     data = _resolve_presets(data)
-    # Local model directories written as "./x" or "../x" are relative to the dataset file, not the cwd.
+    # Local model directories and the reference folder written as "./x" or "../x" are relative to the dataset
+    # file, not the cwd.
     for key in ("classifier", "evaluator", "diffusion"):
         model = data.get(key)
         if isinstance(model, dict) and str(model.get("model_id", "")).startswith(("./", "../")):
             data[key] = {**model, "model_id": str((path.parent / model["model_id"]).resolve())}
+    reference = data.get("reference_images")
+    if isinstance(reference, str) and reference.startswith(("./", "../")):
+        data["reference_images"] = str((path.parent / reference).resolve())
     if base is not None:
         if is_dataset_file(str(base)):
             raise ValueError(f"base={base!r} must be a registered dataset name, not a file")
@@ -432,4 +436,5 @@ DATASETS: dict[str, DatasetEntry] = {
     "toy-biased": DatasetEntry("dct.toy.dataset:toy_biased_dataset"),
     "toy-biased-size": DatasetEntry("dct.toy.dataset:toy_biased_size_dataset"),
     "toy-replica": DatasetEntry("dct.toy.dataset:toy_replica_dataset"),
+    "fashion": DatasetEntry("dct.fashion.dataset:fashion_dataset"),
 }

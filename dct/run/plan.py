@@ -25,12 +25,37 @@ GPU_SECONDS_PER_TRAINING_IMAGE = 2.0
 # The cost the plan states, by (device type, dataset); None = any dataset. Each names what it is.
 SECONDS_PER_TRAINING_IMAGE: dict[tuple[str, str | None], tuple[float, str]] = {
     ("cuda", None): (GPU_SECONDS_PER_TRAINING_IMAGE, "an H100 estimate for SD at 512²"),
-    # docs/toy.md: a toy class takes a median 35 s for up to 40 updates × 16 images on an idle 2-core Xeon
-    ("cpu", "toy"): (0.055, "measured on an idle 2-core CPU"),
-    ("cpu", "toy-biased"): (0.055, "the toy's, measured on an idle 2-core CPU"),
-    ("cpu", "toy-biased-size"): (0.055, "the toy's, measured on an idle 2-core CPU"),
-    ("cpu", "toy-replica"): (0.055, "the toy's, measured on an idle 2-core CPU"),
 }
+# A small local pipeline on a CPU (the toy's and the fashion world's, or a user's of that size): docs/toy.md, a toy
+# class takes a median 35 s for up to 40 updates × 16 images on an idle 2-core Xeon, i.e. 0.055 s per training
+# image with the toy's UNet (4,343,000 bytes of weights, 8×8 latents); another small UNet is scaled by its weight
+# bytes × latent area. A UNet of more than SMALL_UNET_MAX_BYTES (real SD's is ~3.4 GB) gets no CPU estimate.
+TOY_CPU_SECONDS_PER_TRAINING_IMAGE = 0.055
+TOY_UNET_BYTES = 4_343_000
+TOY_LATENT_AREA = 8 * 8
+SMALL_UNET_MAX_BYTES = 200_000_000
+
+
+def small_pipeline_cpu_cost(model_id: str) -> float | None:
+    """CPU seconds per training image of a small local pipeline (scaled from the toy's measurement), or None
+    for a hub model or a UNet too large for the scaling to mean anything."""
+    import json
+    from pathlib import Path
+
+    from dct.models.hub import is_local_path
+
+    if not is_local_path(model_id):
+        return None
+    unet = Path(model_id).expanduser() / "unet"
+    weights = unet / "diffusion_pytorch_model.safetensors"
+    try:
+        size = weights.stat().st_size
+        sample = json.loads((unet / "config.json").read_text()).get("sample_size")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(sample, int) or size > SMALL_UNET_MAX_BYTES:
+        return None
+    return TOY_CPU_SECONDS_PER_TRAINING_IMAGE * (size / TOY_UNET_BYTES) * (sample * sample / TOY_LATENT_AREA)
 
 
 @dataclass(frozen=True)
@@ -97,7 +122,7 @@ class RunPlan:
             f"work (upper bound): {e.get('training_images', 0):,.0f} training images "
             f"({e.get('unet_evaluations', 0):,.0f} UNet evaluations), "
             f"{e.get('eval_images', 0):,.0f} evaluation images; "
-            + _cost_text(self.dataset, self.device, e),
+            + _cost_text(self.device, e),
         ]
 
 
@@ -210,9 +235,14 @@ def check_models_available(config: RunConfig, dataset: str | None = None) -> Non
         raise ModelNotAvailableError(text, exc.model_id) from None
 
 
-def _cost_text(dataset: str, device: str, e: dict[str, float]) -> str:
+def _cost_text(device: str, e: dict[str, float]) -> str:
     kind = device.split(":")[0].split(" ")[0]
-    cost = SECONDS_PER_TRAINING_IMAGE.get((kind, dataset)) or SECONDS_PER_TRAINING_IMAGE.get((kind, None))
+    cost = SECONDS_PER_TRAINING_IMAGE.get((kind, None))
+    if kind == "cpu" and e.get("cpu_seconds_per_training_image"):
+        cost = (
+            e["cpu_seconds_per_training_image"],
+            "a small local pipeline, scaled from the toy's measurement on an idle 2-core CPU",
+        )
     if cost is None:
         return f"on {device}: no time estimate for this model there (real diffusion models want a GPU)"
     seconds, basis = cost
@@ -223,7 +253,8 @@ def _cost_text(dataset: str, device: str, e: dict[str, float]) -> str:
 
 def estimate_work(config: RunConfig, n_classes: int) -> dict[str, float]:
     """Upper bound of the work for ``n_classes`` (every class running ``max_epochs`` in every attempt, restarts
-    included); ``gpu_hours_upper`` at the H100 estimate (the deployment-mode shard timeout uses it)."""
+    included); ``gpu_hours_upper`` at the H100 estimate (the deployment-mode shard timeout uses it);
+    ``cpu_seconds_per_training_image`` for a small local pipeline (0: none, :func:`small_pipeline_cpu_cost`)."""
     t, s = config.training, config.sampler
     unet_evals_per_image = (s.num_inference_steps + (1 if s.scheduler == "pndm" else 0)) * (
         2 if s.guidance_scale != 1.0 else 1
@@ -232,6 +263,7 @@ def estimate_work(config: RunConfig, n_classes: int) -> dict[str, float]:
     eval_images = n_classes * 2 * config.evaluation.num_samples
     return {
         "classes": float(n_classes),
+        "cpu_seconds_per_training_image": small_pipeline_cpu_cost(config.diffusion.model_id) or 0.0,
         "training_images": float(training_images),
         "unet_evaluations": float((training_images + eval_images) * unet_evals_per_image),
         "eval_images": float(eval_images),
@@ -279,6 +311,9 @@ def plan_run(
         raise ValueError(f"max_classes={max_classes!r} must be a positive integer or None")
     spec, config = build_config(dataset, overrides, store)
     selected = select_classes(spec, classes)
+    from dct.evaluation.features import check_reference
+
+    check_reference(spec.reference_images)  # before the store is opened: a bad reference leaves no trace
     artifact_store = artifact_store or ArtifactStore.from_config(config.storage)
     preflight_store(artifact_store, run_id)
     check_models_available(config, dataset)

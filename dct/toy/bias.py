@@ -8,7 +8,7 @@ Two biases, one guide each, both on the pair the generator draws alike (its squa
   can draw both sizes ("a small red circle"), so the token should shrink the shape.
 The bias probe must find each, and its intervention test must confirm it (docs/probe.md).
 
-Both guides are trained by the same code as the shipped guide's first stage (:func:`dct.toy.train.
+Both guides are trained by the same code as the shipped guide's first stage (:func:`dct.worlds.train.
 train_classifier` with the guide's architecture, steps, batch and share of VAE reconstructions), from the
 same seeds, on the same images except the background level of those two classes (:func:`dct.toy.shapes.
 render` remaps the same random draw, so shape, size, position, colour and noise are identical). The frozen
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from dct.toy import captions, models, shapes, train
+from dct.toy import captions, models, shapes
+from dct.worlds import train
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def train_guide(name: str, num_images: int, steps: int, seed: int, vae) -> tuple
     gen = torch.Generator().manual_seed(seed)
     means, stds = train.encode(vae, images)
     recon = train.decode(vae, means + stds * torch.randn(means.shape, generator=gen))
-    return train.train_classifier("guide", images, recon, labels, steps, 128, gen, recon_share=0.8)
+    return train.train_classifier("guide", shapes.NUM_CLASSES, images, recon, labels, steps, 128, gen, recon_share=0.8)
 
 
 @torch.no_grad()

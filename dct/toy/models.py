@@ -287,9 +287,12 @@ def save_classifier(model: nn.Module, name: str, labels: list[str], path: Path) 
 GUIDE_VARIANTS: tuple[str, ...] = ("guide-biased", "guide-biased-size", "guide-replica")
 
 
-def classifier_path(model_id: str) -> Path:
-    if model_id in CLASSIFIER_SPECS or model_id in GUIDE_VARIANTS:
-        return classifier_file(WEIGHTS_DIR, model_id)
+def classifier_path(model_id: str, weights_dir: Path = WEIGHTS_DIR, names: tuple[str, ...] | None = None) -> Path:
+    """Where classifier ``model_id`` lives: a name among ``names`` (default: the toy's guide, evaluator and guide
+    variants) in ``weights_dir``, else a path to a ``.safetensors``."""
+    names = (*CLASSIFIER_SPECS, *GUIDE_VARIANTS) if names is None else names
+    if model_id in names:
+        return classifier_file(weights_dir, model_id)
     return Path(model_id).expanduser().resolve()
 
 
@@ -300,8 +303,6 @@ def load_toy_classifier(config: ClassifierConfig) -> LoadedClassifier:
     Raises:
         ValueError: the weights file does not exist.
     """
-    from safetensors import safe_open
-
     path = classifier_path(config.model_id)
     if not path.is_file():
         raise ValueError(
@@ -309,6 +310,14 @@ def load_toy_classifier(config: ClassifierConfig) -> LoadedClassifier:
             f"{', '.join(map(repr, GUIDE_VARIANTS))} or a .safetensors path, or retrain with `python -m dct.toy.train` "
             "(`python -m dct.toy.bias` for the variants)"
         )
+    return load_classifier_file(path, config)
+
+
+def load_classifier_file(path: Path, config: ClassifierConfig) -> LoadedClassifier:
+    """A classifier saved by :func:`save_classifier` (architecture, labels and preprocessing in its metadata);
+    its resolved revision is the file's sha256 prefix."""
+    from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     spec = json.loads(meta["arch"])

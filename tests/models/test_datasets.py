@@ -85,7 +85,8 @@ def test_select_classes_errors_name_the_valid_range(classes, message):
 
 
 def test_unknown_dataset_lists_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown dataset 'imagenet'; registered datasets: .*cub, inat, inet"):
+    registered = r"unknown dataset 'imagenet'; registered datasets: .*cub, fashion, inat, inet"
+    with pytest.raises(ValueError, match=registered):
         get_dataset("imagenet")
 
 
@@ -229,3 +230,27 @@ def test_held_out_evaluators_are_another_family_with_their_licence():
     inet = get_dataset("inet").run_config().evaluation.evaluator
     assert inet.kind == "timm" and inet.model_id.startswith("convnext")
     assert get_dataset("cub").run_config().evaluation.evaluator is None
+
+
+def test_a_relative_reference_folder_is_relative_to_the_dataset_file_and_checked_before_any_work(tmp_path):
+    """docs/models.md: ``reference_images = "./reference"`` means the folder beside the dataset file, wherever the
+    command runs; a reference folder that is not there stops `dct run` before the store is touched."""
+    import os
+
+    from dct.run.plan import plan_run
+
+    (tmp_path / "worlds" / "reference").mkdir(parents=True)
+    f = tmp_path / "worlds" / "mine.toml"
+    f.write_text('base = "toy"\nname = "mine"\nreference_images = "./reference"\n')
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)  # another working directory than the file's
+        spec = load_dataset_file(f)
+    finally:
+        os.chdir(here)
+    assert spec.reference_images == str((tmp_path / "worlds" / "reference").resolve())
+    f.write_text('base = "toy"\nname = "mine"\nreference_images = "./missing"\n')
+    store = tmp_path / "store"
+    with pytest.raises(FileNotFoundError, match=r"reference_images '.*/worlds/missing' is not a directory"):
+        plan_run(dataset=str(f), classes="0", store=str(store), run_id="r1")
+    assert not store.exists()

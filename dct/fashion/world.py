@@ -1,0 +1,96 @@
+"""The fashion world as a :class:`~dct.worlds.World`: Fashion-MNIST's images (:mod:`dct.fashion.data`) and their
+captions (:mod:`dct.fashion.captions`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from dct.fashion import captions, data
+from dct.worlds import Split, TrainRecipe, World
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# Every number measured on this 2-core CPU (docs/worlds.md, "The fashion world's training").
+FASHION_RECIPE = TrainRecipe(
+    num_images=30_000,  # the generator's images (the first half of the train split)
+    vae_steps=400,
+    guide_steps=1500,
+    evaluator_steps=1500,
+    diffusion_steps=3000,  # 1,000 were not enough: the descriptive prompts drew what the names drew
+    guide_redrawn_steps=150,
+    guide_recon_share=0.5,
+    evaluator_recon_share=0.3,
+    classifier_split="halves",  # the guide on train[:30000], the evaluator on train[30000:]
+    test_images=10_000,
+)
+
+
+class FashionWorld(World):
+    name = "fashion"
+    class_names = captions.CLASS_NAMES
+    groups = captions.GROUPS
+    weights_dir = WEIGHTS_DIR
+    recipe = FASHION_RECIPE
+    ceiling_eligible = 0.8  # real garments overlap (Shirt vs T-shirt/Coat/Pullover): a ceiling of 0.8 is clear
+
+    def _split(self, split: str, n: int | None) -> Split:
+        images, labels = data.load(split)
+        if n is not None:
+            images, labels = images[:n], labels[:n]
+        return Split(data.to_tensor(images), torch.from_numpy(labels.astype("int64")), data.attributes(images, labels))
+
+    def train_split(self, n: int | None = None) -> Split:
+        return self._split("train", n)
+
+    def test_split(self, n: int | None = None) -> Split:
+        return self._split("test", n)
+
+    def caption(self, attrs, rng, kind=None) -> str:
+        return captions.caption(attrs, rng, kind)
+
+    def vocabulary(self) -> list[str]:
+        from dct.toy.dataset import TEMPLATES
+
+        return captions.vocabulary_words(TEMPLATES)
+
+    def descriptive_nouns(self, class_id: int) -> tuple[str, ...]:
+        return captions.SYNONYMS[class_id]
+
+    def describe(self, class_id: int) -> str:
+        return data.LABELS[class_id]
+
+    def reference_images(self, per_class: int, class_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """The first ``per_class`` real test images of each class (class-major)."""
+        images, labels = data.load("test")
+        ids = range(self.num_classes) if class_ids is None else class_ids
+        rows = [torch.from_numpy((labels == c).nonzero()[0][:per_class]) for c in ids]
+        return data.to_tensor(images[torch.cat(rows).numpy()])
+
+    def dataset(self, weights: Path | None = None):
+        from dct.fashion.dataset import fashion_dataset
+        from dct.toy.world import with_weights
+
+        return with_weights(fashion_dataset(), weights)
+
+
+FASHION = FashionWorld()
+
+
+def load_fashion_classifier(config):
+    """Load a fashion classifier: ``config.model_id`` is "guide", "evaluator" or a path to a ``.safetensors``.
+
+    Raises:
+        ValueError: the weights file does not exist (names the retrain command).
+    """
+    from dct.toy import models
+
+    path = models.classifier_path(config.model_id, WEIGHTS_DIR, ("guide", "evaluator"))
+    if not path.is_file():
+        raise ValueError(
+            f"fashion classifier {config.model_id!r} not found at {path}; use 'guide', 'evaluator' or a .safetensors "
+            "path, or retrain the world with `python -m dct.fashion.train`"
+        )
+    return models.load_classifier_file(path, config)

@@ -1,0 +1,80 @@
+"""Fashion-MNIST comes from the Debian package, checked, never downloaded (docs/worlds.md, "The fashion world")."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from needs import need
+
+from dct.fashion import data
+
+
+def _have_package() -> bool:
+    try:
+        data.data_dir()
+    except data.FashionMNISTMissing:
+        return False
+    return True
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_idx_reader_reads_its_shape_and_checks_contents(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    f = tmp_path / "x-idx3-ubyte.gz"
+    f.write_bytes(gzip.compress(_idx(array)))
+    assert np.array_equal(data.read_idx(f), array)
+    import hashlib
+
+    digest = hashlib.sha256(_idx(array)).hexdigest()
+    assert np.array_equal(data.read_idx(f, digest), array)
+    with pytest.raises(ValueError, match="is not the Fashion-MNIST file it is named after .* reinstall"):
+        data.read_idx(f, "0" * 64)
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + (3).to_bytes(4, "big") + b"abc"))
+    with pytest.raises(ValueError, match="not an idx file of unsigned bytes"):
+        data.read_idx(bad)
+    short = tmp_path / "short.gz"
+    short.write_bytes(gzip.compress(_idx(array)[:-5]))
+    with pytest.raises(ValueError, match=r"header says \(2, 3, 4\) \(24 bytes\), file holds 19"):
+        data.read_idx(short)
+
+
+def test_a_missing_package_is_one_line_naming_the_install(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DIR_VARIABLE, str(tmp_path))
+    with pytest.raises(data.FashionMNISTMissing) as info:
+        data.data_dir()
+    message = str(info.value)
+    assert "\n" not in message and "apt-get install dataset-fashion-mnist" in message
+    assert data.DIR_VARIABLE in message and str(tmp_path) in message
+
+
+def test_the_cli_says_so_before_any_work_when_the_data_is_missing(tmp_path):
+    """`dct run --dataset fashion` with no Fashion-MNIST: exit 2, one line, nothing written to the store."""
+    store = tmp_path / "store"
+    env = {"DCT_FASHION_MNIST": str(tmp_path / "nowhere"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dct.cli", "run", "--dataset", "fashion", "--classes", "0", "--store", str(store)],
+        capture_output=True, text=True, env=env, check=False, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and "apt-get install dataset-fashion-mnist" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not store.exists()
+
+
+def test_the_package_files_are_the_authors_and_become_32px_rgb():
+    need(_have_package(), "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    images, labels = data.load("test")
+    assert images.shape == (10_000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+    x = data.to_tensor(images[:4])
+    assert tuple(x.shape) == (4, 3, 32, 32) and float(x.max()) <= 1.0
+    assert float(x[:, :, :2].abs().sum()) == 0.0  # the padding is the images' own black background
+    assert np.array_equal((x[:, 0, 2:30, 2:30] * 255).round().byte().numpy(), images[:4])
