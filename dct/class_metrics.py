@@ -184,6 +184,33 @@ CLASS_METRICS: tuple[ClassMetric, ...] = (
         run_mean=True,
         digits=1,
     ),
+    ClassMetric(
+        name="class_fid",
+        label="class FID",
+        key="f",
+        unit="squared feature distance, ≥ 0",
+        better="lower",
+        description="Fréchet distance of the class's images to its real images (reference: the real-vs-real "
+        "floor, two disjoint halves of them); null below D + 1 images per set",
+        computed="parent, from features: FID's formula on the class's generated and reference features, and on "
+        "two disjoint halves of the reference features as large as a generated set (the floor)",
+        source="features",
+        variants=(*GENERATED, REFERENCE),
+    ),
+    ClassMetric(
+        name="class_kid",
+        label="class KID",
+        key="k",
+        unit="squared kernel distance (MMD², unbiased; may be slightly < 0)",
+        better="lower",
+        description="Kernel distance of the class's images to its real images, defined from 2 images (reference: "
+        "the real-vs-real floor)",
+        computed="parent, from features: unbiased MMD² with KID's cubic polynomial kernel on all the class's "
+        "images at once (no subsets); the floor on two disjoint halves of the reference features",
+        source="features",
+        variants=(*GENERATED, REFERENCE),
+        digits=4,
+    ),
 )
 
 BY_NAME: dict[str, ClassMetric] = {m.name: m for m in CLASS_METRICS}

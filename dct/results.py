@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CLASS_SCHEMA_VERSION = 2  # 2: the per-class metrics computed from features (dct.class_metrics)
+CLASS_SCHEMA_VERSION = 3  # 2: the per-class metrics computed from features (dct.class_metrics); 3: per-class FID, KID
 RUN_SCHEMA_VERSION = 2  # 2: nearest_k, feature_metrics_classes and their means over classes
 PROBE_SCHEMA_VERSION = 3  # 2: min_shift; 3: the intervention test, baseline_spread
 

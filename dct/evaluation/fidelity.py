@@ -95,6 +95,58 @@ def vendi_score(features: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def min_fid_samples(dim: int) -> int:
+    """Images each set needs for a Fréchet distance in ``dim`` feature dimensions: ``dim + 1`` (below that the
+    covariance is singular and the number meaningless)."""
+    return dim + 1
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """FID's formula on two feature sets ``(N, D)``, ``(M, D)``: ``|μa − μb|² + tr(Σa + Σb − 2 (Σa Σb)^½)``.
+
+    Raises:
+        ValueError: shapes disagree, or a set has fewer than ``D + 1`` rows.
+    """
+    import numpy as np
+    from scipy import linalg
+
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features must be (N, D) with the same D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    need = min_fid_samples(a.shape[1])
+    if a.shape[0] < need or b.shape[0] < need:
+        raise ValueError(
+            f"FID in {a.shape[1]} dimensions needs {need} images per set, got {a.shape[0]} and {b.shape[0]}"
+        )
+    x, y = a.double().numpy(), b.double().numpy()
+    cov_x, cov_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    covmean = linalg.sqrtm(cov_x @ cov_y)
+    return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(cov_x + cov_y - 2 * np.real(covmean)))
+
+
+def kernel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """KID's statistic on whole sets: the unbiased MMD² with the polynomial kernel ``(x·y / D + 1)³`` (Bińkowski et
+    al. 2018; torchmetrics' per-subset formula, here on all rows at once: deterministic, no subsets).
+
+    Raises:
+        ValueError: shapes disagree, or a set has fewer than 2 rows.
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features must be (N, D) with the same D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"KID needs at least 2 images per set, got {a.shape[0]} and {b.shape[0]}")
+    x, y = a.double(), b.double()
+    d = x.shape[1]
+
+    def k(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (u @ v.T / d + 1) ** 3
+
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    n, m = x.shape[0], y.shape[0]
+    within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(within_x + within_y - 2 * kxy.mean())
+
+
 def class_feature_metrics(
     reference: torch.Tensor | None,
     generated: Mapping[str, torch.Tensor],
@@ -145,4 +197,42 @@ def class_feature_metrics(
             notes.append(f"reference Vendi: needs at least {MIN_VENDI_SAMPLES} images, have {subset.shape[0]}")
     else:
         notes.append(f"reference Vendi: {reference_missing or 'no reference images'}")
+    _distribution_distances(reference, generated, size, values, notes)
     return values, "; ".join(notes) or None
+
+
+def _distribution_distances(
+    reference: torch.Tensor | None,
+    generated: Mapping[str, torch.Tensor],
+    size: int,
+    values: dict[str, float | None],
+    notes: list[str],
+) -> None:
+    """Per-class FID and KID of each variant against the class's reference features, and the real-vs-real floor
+    (``*_reference``: two disjoint halves of the reference images, each as large as a generated set when there
+    are enough). A value that cannot be computed stays None with a note that says how many images it needs."""
+    if reference is None:
+        return
+    dim, n_ref = int(reference.shape[1]), int(reference.shape[0])
+    need = min_fid_samples(dim)
+    for v in GENERATED:
+        fake = generated[v]
+        if fake.shape[0] >= need and n_ref >= need:
+            values[f"class_fid_{v}"] = frechet_distance(reference, fake)
+        else:
+            notes.append(
+                f"{v} FID: {dim}-dimensional features need at least {need} images per set, have {n_ref} reference "
+                f"and {fake.shape[0]} generated (raise evaluation.num_samples to {need}; KID is defined from 2)"
+            )
+        if fake.shape[0] >= 2 and n_ref >= 2:
+            values[f"class_kid_{v}"] = kernel_distance(reference, fake)
+    half = min(max(size, 2), n_ref // 2)
+    first, second = reference[:half], reference[half : 2 * half]
+    if half >= 2:
+        values[f"class_kid_{REFERENCE}"] = kernel_distance(first, second)
+    if half >= need:
+        values[f"class_fid_{REFERENCE}"] = frechet_distance(first, second)
+    else:
+        notes.append(
+            f"reference FID floor: two halves of {need} images needed, the class has {n_ref} reference images"
+        )

@@ -92,7 +92,9 @@ def test_too_few_images_for_k_give_null_with_the_reason():
     values, note = class_feature_metrics(real, {"baseline": fake, "dct": fake[:5]}, 5)
     assert values["precision_baseline"] is not None and values["precision_dct"] is None
     assert note == (
-        "dct precision/recall/density/coverage: k=5 needs at least 6 images per set, have 60 reference and 5 generated"
+        "dct precision/recall/density/coverage: k=5 needs at least 6 images per set, have 60 reference and 5 "
+        "generated; dct FID: 16-dimensional features need at least 17 images per set, have 60 reference and 5 "
+        "generated (raise evaluation.num_samples to 17; KID is defined from 2)"
     )
     values, note = class_feature_metrics(real, {"baseline": fake, "dct": fake}, 5)
     assert note is None and None not in values.values()
@@ -102,3 +104,36 @@ def test_too_few_images_for_k_give_null_with_the_reason():
     values, note = class_feature_metrics(None, {"baseline": fake, "dct": fake}, 5, reference_missing="unlabelled")
     assert values["precision_dct"] is None and values["vendi_dct"] is not None
     assert note == "precision/recall/density/coverage: unlabelled; reference Vendi: unlabelled"
+
+
+def test_class_fid_and_kid_equal_torchmetrics_on_the_same_features():
+    """docs/evaluation.md: per-class FID is FID's formula (torchmetrics' FrechetInceptionDistance on the same
+    features) and per-class KID is KID's unbiased MMD² (torchmetrics' KernelInceptionDistance with one subset of
+    every image)."""
+    from dct.evaluation.fidelity import frechet_distance, kernel_distance
+    from dct.evaluation.metrics import fid_from_features, kid_from_features
+
+    real, fake = _sets()
+    assert frechet_distance(real, fake) == pytest.approx(fid_from_features(real, fake), rel=1e-5)
+    assert frechet_distance(real, real.clone()) == pytest.approx(0.0, abs=1e-6)
+    mean, _, _ = kid_from_features(real[:40], fake, subset_size=40, subsets=1)
+    assert kernel_distance(real[:40], fake) == pytest.approx(mean, rel=1e-5)
+    assert kernel_distance(real, fake) > 3 * abs(kernel_distance(real[:30], real[30:]))
+
+
+def test_class_fid_is_null_below_d_plus_one_images_and_says_how_many_it_needs():
+    """docs/evaluation.md: 64 images of 128-d features give no per-class FID (the toy's evaluator), with a note
+    naming the 129 needed; KID and the real-vs-real floors are still there where defined."""
+    g = torch.Generator().manual_seed(7)
+    ref, fake = torch.randn(300, 128, generator=g), torch.randn(64, 128, generator=g) + 0.3
+    values, note = class_feature_metrics(ref, {"baseline": fake, "dct": fake}, 5)
+    assert values["class_fid_baseline"] is None and values["class_fid_dct"] is None
+    assert "baseline FID: 128-dimensional features need at least 129 images per set, have 300 reference and 64" in note
+    assert "raise evaluation.num_samples to 129" in note
+    assert values["class_kid_dct"] > values["class_kid_reference"]
+    big = torch.randn(200, 128, generator=g) + 1.0  # a mean shift of 128 in squared distance
+    values, note = class_feature_metrics(ref[:250], {"baseline": big, "dct": big}, 5)
+    assert values["class_fid_dct"] is not None and values["class_fid_reference"] is None  # halves of 125 < 129
+    assert "reference FID floor: two halves of 129 images needed, the class has 250 reference images" in note
+    values, _ = class_feature_metrics(torch.randn(600, 128, generator=g), {"baseline": big, "dct": big}, 5)
+    assert 0 < values["class_fid_reference"] < values["class_fid_dct"]
