@@ -90,12 +90,15 @@ def test_classes_table_has_per_class_fidelity_and_diversity_from_the_shards_feat
     name = tiny_run.pooled["fid_feature_extractor"]
     ref, ref_ids, _ = cached_reference_features(store, "tiny", str(tiny_run.reference), name)
     columns = [f"{m}_{v}" for m in ("precision", "recall", "density", "coverage", "vendi") for v in ("baseline", "dct")]
-    columns.append("vendi_reference")
+    columns += ["vendi_reference", "class_kid_baseline", "class_kid_dct", "class_kid_reference"]
     for cid in RUN_CLASSES:
         (path,) = tiny_run.shard_features.rglob(f"{cid:05d}.safetensors")
         feats, _ = _load_tensors(path.read_bytes())
         want, note = class_feature_metrics(ref[ref_ids == cid], feats, tiny_run.config.evaluation.nearest_k)
-        assert note is None and df.loc[cid, "feature_metrics_note"] != df.loc[cid, "feature_metrics_note"]  # NaN: null
+        # 12 samples of 32-d features: everything but the per-class FID (it needs 33), and the note says so
+        assert note.startswith("baseline FID: 32-dimensional features need at least 33 images per set")
+        assert df.loc[cid, "feature_metrics_note"] == note
+        assert all(want[c] is not None for c in columns) and want["class_fid_dct"] is None
         assert df.loc[cid, "feature_metrics_reference"] == 40
         for col in columns:
             assert df.loc[cid, col] == pytest.approx(want[col], rel=1e-12), (cid, col)
@@ -106,7 +109,8 @@ def test_classes_table_has_per_class_fidelity_and_diversity_from_the_shards_feat
     run = read_results(store, "runs", run_id=tiny_run.plan.run_id).iloc[0]
     assert run["nearest_k"] == 5 and run["feature_metrics_classes"] == len(RUN_CLASSES)
     for col in columns:
-        assert run[f"mean_{col}"] == pytest.approx(df[col].mean(), rel=1e-12), col
+        if not col.startswith("class_"):  # a mean of per-class FID/KID would say less than the pooled FID/KID
+            assert run[f"mean_{col}"] == pytest.approx(df[col].mean(), rel=1e-12), col
 
 
 def test_samples_are_on_evaluation_seeds_disjoint_from_optimisation_seeds(tiny_run):
@@ -216,7 +220,8 @@ def test_report_shows_fidelity_and_diversity_beside_accuracy_and_the_gain_covera
         assert f"<th>{label}<br>baseline → DCT<br>" in page, label
     assert "<th>Vendi<br>baseline → DCT (real)<br>" in page
     index = json.loads((folder / "classes.js").read_text().removeprefix("window.DCT_REPORT=").rstrip(";\n"))
-    assert [m["key"] for m in index["metrics"]][-5:] == ["p", "r", "dn", "cv", "v"]
+    # the class FID, null at 12 samples of 32-d features, has no column; the class KID has
+    assert [m["key"] for m in index["metrics"]][-6:] == ["p", "r", "dn", "cv", "v", "k"]
     for row in index["classes"]:
         cid = row["id"]
         for key, col in (("cvd", "coverage_dct"), ("pb", "precision_baseline"), ("vr", "vendi_reference")):
