@@ -47,6 +47,8 @@ DOCS = (
     "docs/probe.md",
     "docs/deployments.md",
     "docs/evaluation.md",
+    "docs/models.md",
+    "docs/worlds.md",
 )
 MARKER = re.compile(r"<!--\s*guarantee:\s*([a-z0-9][a-z0-9-]*)\s*-->")
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")

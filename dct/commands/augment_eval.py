@@ -106,7 +106,13 @@ def run(args: argparse.Namespace) -> int:
     if len(class_ids) < 2:
         raise UserError(f"--classes {classes!r} selects {len(class_ids)} class; a downstream classifier needs two")
     toy = spec.name == "toy"
-    if not toy and not (args.real_train and args.real_test):
+    # The fashion world's real images are Fashion-MNIST's own splits (unless folders are given).
+    fashion = spec.name == "fashion" and not (args.real_train or args.real_test)
+    if fashion:
+        from dct.fashion.data import data_dir
+
+        data_dir()  # one line naming the package when it is not installed, before any image is rendered
+    if not (toy or fashion) and not (args.real_train and args.real_test):
         raise UserError(f"dataset {spec.name!r} needs --real-train and --real-test image folders (class-id folders)")
     if not 0 < args.min_probability <= 1:
         raise UserError(f"--min-probability {args.min_probability!r} must be within (0, 1]")
@@ -141,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: a mixture of runs {', '.join(args.run)}; the results go to --out only")
     else:
         run_id = _attach_to(store, args.run[0] if args.run else None, first.dataset, first.token_key)
-    if not toy:
+    if not (toy or fashion):
         _check_folder_counts(args.real_train, class_ids, most, shots, n)
     sets = {}
     for name, cfg in (("plain", plain), ("filtered", filtered)):
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     size = synthetic["dct"].images.shape[-2:]
     if toy:
         pools, test = _toy_real(class_ids, args.seeds, most, args.test_per_class)
+    elif fashion:
+        pools, test = _fashion_real(class_ids, args.seeds, most)
     else:
         pools, test = _folder_real(args, spec.num_classes, size, most)
     pools, test = [relabel(p, class_ids) for p in pools], relabel(test, class_ids)
@@ -249,6 +257,28 @@ def _toy_real(class_ids: list[int], seeds: int, per_class: int, test_per_class: 
 
     pools = [block(TOY_TRAIN_SEED + s * 100_000, per_class) for s in range(seeds)]
     return pools, block(TOY_TEST_SEED, test_per_class)
+
+
+def _fashion_real(class_ids: list[int], seeds: int, per_class: int):
+    """Fashion-MNIST's real images of ``class_ids``: per training seed, ``per_class`` train-split images of each
+    class drawn with that seed; the test set is every real test image of those classes (1,000 per class)."""
+    import numpy as np
+    import torch
+
+    from dct.fashion import data
+    from dct.synthesis.augment import ArmData
+
+    train_images, train_labels = data.load("train")
+    test_images, test_labels = data.load("test")
+    pools = []
+    for s in range(seeds):
+        rng = np.random.default_rng(s)
+        rows = np.concatenate(
+            [rng.choice(np.flatnonzero(train_labels == c), per_class, replace=False) for c in class_ids]
+        )
+        pools.append(ArmData(data.to_tensor(train_images[rows]), torch.from_numpy(train_labels[rows].astype("int64"))))
+    keep = np.flatnonzero(np.isin(test_labels, class_ids))
+    return pools, ArmData(data.to_tensor(test_images[keep]), torch.from_numpy(test_labels[keep].astype("int64")))
 
 
 def _check_folder_counts(root: str, class_ids: list[int], most: int, shots: list[int], n: int) -> None:

@@ -235,12 +235,12 @@ def summarize(
     with torch.no_grad():
         ref = evaluator.features(world.reference_images(per_class, class_ids))
         fids = {k: fid(ref, evaluator.features(v)) for k, v in pooled.items()}
-    ratios = [fids[f"dct-r{r}"] / fids["baseline"] for r in range(runs)]
+    ratios = [fids[f"dct-r{r}"] / fids["baseline"] for r in range(runs)]  # none with --runs 0
     return {
         "classes": classes,
         "fid": fids,
-        "fid_ratio_mean": statistics.fmean(ratios),
-        "seconds_per_class_median": statistics.median(s for c in classes for s in c["seconds"]),
+        "fid_ratio_mean": statistics.fmean(ratios) if ratios else None,
+        "seconds_per_class_median": statistics.median([s for c in classes for s in c["seconds"]] or [0.0]),
         "runs": runs,
         "per_class_samples": per_class,
         "threads": torch.get_num_threads(),
@@ -277,19 +277,23 @@ def format_table(summary: dict) -> str:
     for c in summary["classes"]:
         e = [r["evaluator"] for r in c["dct_runs"]]
         ok = c["ceiling"]["evaluator"] >= summary.get("eligible_at", CEILING_ELIGIBLE)
+        dct = "– | –"  # --runs 0: baseline and ceiling only
+        if e:
+            d = c["dct"]
+            dct = f"{d['evaluator']:.2f} / {d['guide']:.2f} ({min(e):.2f}–{max(e):.2f}) | {d['coarse']:.2f}"
         lines.append(
             f"| {c['class_id']} | {c['class_name']} | {c['description']} | {c['baseline']['evaluator']:.2f} / "
             f"{c['baseline']['guide']:.2f} | {c['ceiling']['evaluator']:.2f} / {c['ceiling']['guide']:.2f} "
-            f"({c['ceiling_prompt_noun']}) | {c['dct']['evaluator']:.2f} / {c['dct']['guide']:.2f} "
-            f"({min(e):.2f}–{max(e):.2f}) | {c['dct']['coarse']:.2f} | {'yes' if ok else 'no'} | "
-            f"{statistics.median(c['seconds']):.1f} |"
+            f"({c['ceiling_prompt_noun']}) | {dct} | {'yes' if ok else 'no'} | "
+            f"{statistics.median(c['seconds'] or [0.0]):.1f} |"
         )
     f = summary["fid"]
     lines.append("")
     lines.append(
         f"FID (evaluator features, vs reference): baseline {f['baseline']:.3f}, "
         + ", ".join(f"{k} {v:.3f}" for k, v in f.items() if k != "baseline")
-        + f"; mean DCT/baseline ratio {summary['fid_ratio_mean']:.3f}. "
+        + (f"; mean DCT/baseline ratio {summary['fid_ratio_mean']:.3f}" if summary["fid_ratio_mean"] else "")
+        + ". "
         f"Median seconds per class: {summary['seconds_per_class_median']:.1f}."
     )
     return "\n".join(lines)
@@ -309,7 +313,10 @@ def main(argv: list[str] | None = None, world: str = "toy") -> None:
     w = get_world(world)
     p = argparse.ArgumentParser(prog=f"python -m dct.{w.name}.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--classes", default=f"0-{w.num_classes - 1}", help="e.g. '0-9' or '0,3,5'")
-    p.add_argument("--runs", type=int, default=3, help="optimisations per class (different optimisation seeds)")
+    p.add_argument(
+        "--runs", type=int, default=3, help="optimisations per class (different optimisation seeds); 0: baseline and "
+        "ceiling only (DCT numbers from `dct run` runs)"
+    )
     p.add_argument("--out", type=Path, default=Path(f"{w.name}-eval"), help="output directory (results.json, tokens/)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--merge", type=Path, nargs="+", help="merge these evaluation directories into --out instead")

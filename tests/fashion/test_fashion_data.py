@@ -35,7 +35,7 @@ def test_idx_reader_reads_its_shape_and_checks_contents(tmp_path):
 
     digest = hashlib.sha256(_idx(array)).hexdigest()
     assert np.array_equal(data.read_idx(f, digest), array)
-    with pytest.raises(ValueError, match="is not the Fashion-MNIST file it is named after .* reinstall"):
+    with pytest.raises(ValueError, match=r"is not the Fashion-MNIST file it is named after .* reinstall"):
         data.read_idx(f, "0" * 64)
     bad = tmp_path / "bad.gz"
     bad.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + (3).to_bytes(4, "big") + b"abc"))

@@ -125,3 +125,14 @@ def test_toy_and_fashion_are_worlds_of_the_shared_code():
     _, _, attrs = shapes.sample(3, 5)
     a, b = np.random.default_rng(3), np.random.default_rng(3)
     assert [toy.caption(x, a, "name") for x in attrs] == [captions.caption(x, b, "species") for x in attrs]
+
+
+def test_halves_give_the_guide_and_the_evaluator_disjoint_images():
+    """docs/worlds.md: under "halves" the guide and the evaluator train on disjoint halves of the train split (the
+    fashion world's recipe); under "shared" on the same images (the toy's)."""
+    images = torch.arange(8.0).view(8, 1, 1, 1).repeat(1, 3, 2, 2)
+    split = Split(images, torch.arange(8) % 2, list(range(8)))
+    fashion, toy = get_world("fashion"), get_world("toy")
+    guide, evaluator = fashion.classifier_split(split, "guide"), fashion.classifier_split(split, "evaluator")
+    assert set(guide.attrs).isdisjoint(evaluator.attrs) and set(guide.attrs) | set(evaluator.attrs) == set(range(8))
+    assert toy.classifier_split(split, "guide").attrs == toy.classifier_split(split, "evaluator").attrs == split.attrs
