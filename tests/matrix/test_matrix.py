@@ -5,8 +5,8 @@ A cell ends EITHER with exit code 0 and the outputs its command documents (files
 token shapes: checked here, not just the exit code) OR, where the cell is a documented refusal, with exit
 code 2 and a one-line refusal as the last line on stderr. No cell may print a traceback.
 
-Worlds: the embedded toy (only its cheap cells: its full run takes minutes), a tiny SD dataset file, a tiny
-SDXL one, and a tiny multi-vector one (the SD file with a ``[token]`` section, ``num_vectors = 2``).
+Worlds: the built-in toy and fashion worlds (only their cheap cells: a full run takes minutes), a tiny SD dataset
+file, a tiny SDXL one, and a tiny multi-vector one (the SD file with a ``[token]`` section, ``num_vectors = 2``).
 Stores: a local folder for every world; an S3 bucket on a real S3 server (moto) for SD and SDXL. In the S3
 column EVERY location a cell passes (store, token file, bundle, image folders, --out) is an ``s3://`` URI.
 
@@ -64,7 +64,8 @@ TOKEN_SHAPES = {
 }
 TWO_VECTOR_SHAPES = {"sd": {"": (2, 32)}, "sdxl": {"clip_l": (2, 32), "clip_g": (2, 40)}}
 
-WORLDS = ("toy", "sd", "sdxl", "mv")
+BUILT_IN = ("toy", "fashion")  # the shipped worlds: their dataset is their name
+WORLDS = (*BUILT_IN, "sd", "sdxl", "mv")
 COMBOS = (("sd", "local"), ("sdxl", "local"), ("mv", "local"), ("sd", "s3"), ("sdxl", "s3"))
 
 
@@ -243,14 +244,14 @@ class World:
 
     @property
     def name(self) -> str:
-        return "toy" if self.world == "toy" else DATASET
+        return self.world if self.world in BUILT_IN else DATASET
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.world == "toy":
+        if self.world in BUILT_IN:
             from dct.models.datasets import get_dataset
 
-            return get_dataset("toy").class_names
+            return get_dataset(self.world).class_names
         return TINY_CLASSES
 
     def loc(self, *parts: str) -> str:
@@ -304,7 +305,7 @@ class World:
 
     def optimize(self) -> Result:
         out = self.loc("optimize", "tok1.safetensors")
-        extra = ["--max-epochs", "1"] if self.world == "toy" else []
+        extra = ["--max-epochs", "1"] if self.world in BUILT_IN else []
         return self._once(
             "optimize",
             lambda: self.matrix.dct(["optimize", "--dataset", self.dataset, "--class", "1", "--out", out, *extra]),
@@ -390,7 +391,7 @@ class Matrix:
         key = (world, store)
         if key not in self.worlds:
             w = World(self, world, store)
-            w.dataset = "toy" if world == "toy" else str(self.base / "worlds" / world / f"{DATASET}.toml")
+            w.dataset = world if world in BUILT_IN else str(self.base / "worlds" / world / f"{DATASET}.toml")
             w.store = w.loc("store") if store == "s3" else str(self.base / f"{world}-{store}" / "store")
             self.worlds[key] = w
         return self.worlds[key]
@@ -481,7 +482,7 @@ def matrix(request, tmp_path_factory, moto_endpoint):
     }
     selected = [item.callspec.params["c"] for item in request.session.items
                 if item.module is request.module and hasattr(item, "callspec")]
-    for world in sorted({c.world for c in selected} - {"toy"}):
+    for world in sorted({c.world for c in selected} - set(BUILT_IN)):
         path = save_tiny_world(base / "worlds" / world, sdxl=world == "sdxl", max_epochs=MAX_EPOCHS,
                                num_samples=NUM_SAMPLES)
         if world == "mv":
@@ -559,7 +560,7 @@ def check_synthetic_set(res: Result, w: World, *, per_class: int = 2, arms=("dct
             for r in kept:
                 assert exists(join(root, r["path"])), r["path"]
                 assert r["token"] == f"<dct-{w.name}-{c:05d}>" and (r["width"], r["height"]) == SIZE, r
-    if w.world != "toy":
+    if w.world not in BUILT_IN:
         assert {r["token_key"] for r in rows} == {w.token_key()}, "the set was not made with the run's tokens"
     train = files_under(join(root, "train"))
     kept_dct = [r for r in rows if r["arm"] == "dct" and r["kept"]]
@@ -605,7 +606,7 @@ def _datasets_show(w: World):
         out = json.loads(res.stdout)
         assert out["name"] == w.name and out["num_classes"] == len(w.class_names), out
         assert [(c["id"], c["name"]) for c in out["classes"]] == list(enumerate(w.class_names)), out["classes"]
-        if w.world != "toy":
+        if w.world not in BUILT_IN:
             assert out["diffusion"]["model_id"].endswith("pipeline"), out["diffusion"]
 
 
@@ -648,7 +649,7 @@ def _run(w: World):
         assert exists(join(w.store, "runs", DATASET, run_id, "report", "index.html"))
 
 
-@cell("run-dry-run", [("toy", "local"), *COMBOS])
+@cell("run-dry-run", [("toy", "local"), ("fashion", "local"), *COMBOS])
 def _run_dry_run(w: World):
     store = w.loc("dry-run-store")
     res = yield ["run", "--dataset", w.dataset, "--classes", "0-1", "--store", store, "--dry-run"]
@@ -669,7 +670,7 @@ def _run_dry_run_num_vectors(w: World):
         assert res.stdout.strip().splitlines()[-1] == "dry run: nothing was optimised"
 
 
-@cell("optimize-out", [("toy", "local"), *COMBOS])
+@cell("optimize-out", [("toy", "local"), ("fashion", "local"), *COMBOS])
 def _optimize_out(w: World):
     res = yield w.optimize
     expect_ok(res)
@@ -689,9 +690,9 @@ def _optimize_num_vectors(w: World):
         check_token(w, out, 0, TWO_VECTOR_SHAPES[w.world])
 
 
-@cell("generate-token", [("toy", "local"), *COMBOS])
+@cell("generate-token", [("toy", "local"), ("fashion", "local"), *COMBOS])
 def _generate_token(w: World):
-    token = w.optimized_token() if w.world == "toy" else w.run_rows()["token_uri"].iloc[1]
+    token = w.optimized_token() if w.world in BUILT_IN else w.run_rows()["token_uri"].iloc[1]
     out = w.loc("generate-token")
     res = yield ["generate", "--dataset", w.dataset, "--class", "1", "--token", token, "--n", "2", "--baseline",
                  "--out", out]
@@ -699,8 +700,8 @@ def _generate_token(w: World):
     with explained(res):
         assert "wrote 4 PNGs" in res.stdout
         names = ["baseline-00.png", "baseline-01.png", "dct-00.png", "dct-01.png"]
-        check_pngs(out, names, None if w.world == "toy" else SIZE)
-        if w.world != "toy":
+        check_pngs(out, names, None if w.world in BUILT_IN else SIZE)
+        if w.world not in BUILT_IN:
             check_same_as_run_samples(res, w, out, 1, ("dct", "baseline"))
 
 
