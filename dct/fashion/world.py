@@ -73,7 +73,7 @@ class FashionWorld(World):
         from dct.fashion.dataset import fashion_dataset
         from dct.toy.world import with_weights
 
-        return with_weights(fashion_dataset(), weights)
+        return with_weights(fashion_dataset(), weights, "fashion")
 
 
 FASHION = FashionWorld()

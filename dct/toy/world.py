@@ -65,7 +65,7 @@ class ToyWorld(World):
         return with_weights(toy_dataset(), weights)
 
 
-def with_weights(spec, weights: Path | None):
+def with_weights(spec, weights: Path | None, world: str = "toy"):
     """``spec`` with its pipeline and classifiers read from ``weights`` (a ``train --out`` directory), if given.
 
     Lets a freshly retrained world be evaluated before it replaces the shipped weights.
@@ -83,7 +83,7 @@ def with_weights(spec, weights: Path | None):
     if missing:
         raise FileNotFoundError(
             f"--weights {weights} is not a world's weights directory (missing {', '.join(missing)}); "
-            "pass a directory written by `python -m dct.<world>.train --out DIR`"
+            f"pass a directory written by `python -m dct.{world}.train --out DIR`"
         )
     return spec.model_copy(
         update={

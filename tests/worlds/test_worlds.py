@@ -74,7 +74,7 @@ class Stripes(World):
         from dct.toy.world import with_weights
 
         spec = toy_dataset().model_copy(update={"name": self.name, "class_names": self.class_names})
-        return with_weights(spec, weights or self.weights_dir)
+        return with_weights(spec, weights or self.weights_dir, self.name)
 
 
 def test_a_third_world_trains_evaluates_and_draws_through_the_interface(tmp_path):
