@@ -69,6 +69,9 @@ class FashionWorld(World):
         rows = [torch.from_numpy((labels == c).nonzero()[0][:per_class]) for c in ids]
         return data.to_tensor(images[torch.cat(rows).numpy()])
 
+    def load_classifier(self, config):
+        return load_fashion_classifier(config)
+
     def dataset(self, weights: Path | None = None):
         from dct.fashion.dataset import fashion_dataset
         from dct.toy.world import with_weights

@@ -59,6 +59,9 @@ class ToyWorld(World):
     def reference_images(self, per_class: int, class_ids: Sequence[int] | None = None):
         return shapes.reference_images(per_class, None if class_ids is None else list(class_ids))
 
+    def load_classifier(self, config):
+        return models.load_toy_classifier(config)
+
     def dataset(self, weights: Path | None = None):
         from dct.toy.dataset import toy_dataset
 

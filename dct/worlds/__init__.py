@@ -128,6 +128,10 @@ class World(ABC):
     def dataset(self, weights: Path | None = None) -> DatasetSpec:
         """The world's dataset, its models read from ``weights`` (a ``train --out`` directory) or the shipped ones."""
 
+    @abstractmethod
+    def load_classifier(self, config: Any) -> Any:
+        """The world's classifier loader (its ``ClassifierConfig.kind``): a ``LoadedClassifier``."""
+
     def classifier_split(self, train: Split, name: str) -> Split:
         """The training images of classifier ``name`` ("guide" or "evaluator") under the recipe's split."""
         if self.recipe.classifier_split == "shared":

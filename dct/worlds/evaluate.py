@@ -79,16 +79,9 @@ def _world_classifier(config, device: str = "cpu") -> ImageClassifier:
 
 
 def load_world_classifier(config):
-    """A world's classifier (kind "toy" or "fashion": a name in the world's weights, or a ``.safetensors`` path)."""
-    from dct.toy import models
-
-    if config.kind == "toy":
-        return models.load_toy_classifier(config)
-    world = get_world(config.kind)
-    path = models.classifier_path(config.model_id, world.weights_dir, ("guide", "evaluator"))
-    if not path.is_file():
-        raise ValueError(f"{config.kind} classifier {config.model_id!r} not found at {path}")
-    return models.load_classifier_file(path, config)
+    """A world's classifier: ``config.kind`` names the world whose loader reads it ("toy", "fashion"; a name in
+    the world's weights, or a ``.safetensors`` path)."""
+    return get_world(config.kind).load_classifier(config)
 
 
 def load_world(spec: DatasetSpec, device: str = "cpu"):

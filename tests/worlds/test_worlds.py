@@ -69,6 +69,9 @@ class Stripes(World):
         ids = range(3) if class_ids is None else class_ids
         return torch.cat([split.images[split.labels == c] for c in ids])
 
+    def load_classifier(self, config):
+        return get_world("toy").load_classifier(config)  # kind "toy" with .safetensors paths
+
     def dataset(self, weights=None):
         from dct.toy.dataset import toy_dataset
         from dct.toy.world import with_weights
