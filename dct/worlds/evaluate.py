@@ -197,7 +197,7 @@ def evaluate(
             cs.baseline,
             cs.ceiling,
             cs.dct,
-            statistics.median(cs.seconds),
+            statistics.median(cs.seconds or [0.0]),
         )
 
     out.mkdir(parents=True, exist_ok=True)

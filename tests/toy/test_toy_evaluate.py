@@ -44,3 +44,14 @@ def test_world_spec_rejects_a_directory_that_is_not_a_toy_world(tmp_path):
     (tmp_path / "pipeline").mkdir()
     with pytest.raises(FileNotFoundError, match=r"guide\.safetensors.*dct\.toy\.train --out"):
         world_spec(tmp_path)
+
+
+def test_runs_0_gives_the_baseline_and_the_ceiling_without_optimising(tmp_path):
+    """``--runs 0``: the baseline and descriptive-ceiling columns of a world, the DCT numbers left to `dct run`."""
+    from dct.worlds.evaluate import evaluate, format_table
+
+    summary = evaluate([0], 0, tmp_path, None)
+    (cls,) = summary["classes"]
+    assert cls["dct_runs"] == [] and cls["ceiling_prompt_noun"].startswith("red ")
+    assert 0 <= cls["baseline"]["evaluator"] <= 1 and summary["fid_ratio_mean"] is None
+    assert "| – | – |" in format_table(summary) and not (tmp_path / "tokens").exists()
