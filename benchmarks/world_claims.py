@@ -90,20 +90,26 @@ def main(argv: list[str] | None = None) -> dict:
     fid_b, fid_d = _mean(pooled.fid_baseline), [float(x) for x in pooled.fid_dct]
     print(f"\npooled FID vs the real reference images ({len(pooled)} runs): baseline {fid_b:.2f}, DCT {_ms(fid_d)}")
     eligible = [r for r in out["classes"] if r["eligible"]]
-    gain = statistics.fmean(r["dct_mean"] - r["baseline"] for r in eligible) if eligible else math.nan
+    # The controls' names are unambiguous already (baseline 1.00 in the fashion world): they cannot gain, and are
+    # judged by their own check; the mean gain is over the eligible classes whose names leave something to learn.
+    judged = [r for r in eligible if not r["control"]]
+    gain = statistics.fmean(r["dct_mean"] - r["baseline"] for r in judged) if judged else math.nan
+    gain_all = statistics.fmean(r["dct_mean"] - r["baseline"] for r in eligible) if eligible else math.nan
     checks = {
         f"every eligible class (ceiling >= {world.ceiling_eligible}) reaches DCT >= {world.ceiling_eligible}": all(
             r["dct_mean"] >= world.ceiling_eligible for r in eligible),
-        "mean gain over eligible classes >= +0.5": gain >= 0.5,
+        "mean gain over eligible classes other than the controls >= +0.5": gain >= 0.5,
         "control classes not worse than baseline by more than 0.05": all(
             r["dct_mean"] >= r["baseline"] - 0.05 for r in out["classes"] if r["control"]),
         "pooled FID: DCT below baseline": statistics.fmean(fid_d) < fid_b,
     }
-    print(f"eligible classes: {[r['class_id'] for r in eligible]}; mean gain {gain:+.3f}; below the ceiling: "
+    print(f"eligible classes: {[r['class_id'] for r in eligible]} (controls {controls}); mean gain {gain:+.3f} "
+          f"without the controls, {gain_all:+.3f} with them; below the ceiling: "
           f"{[r['class_id'] for r in out['classes'] if not r['eligible']]} (reported, not judged)")
     for what, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {what}")
     out |= {"pooled_fid_baseline": fid_b, "pooled_fid_dct": fid_d, "mean_gain_eligible": gain,
+            "mean_gain_eligible_with_controls": gain_all,
             "checks": checks, "table": lines}
     if args.out:
         args.out.write_text(json.dumps(out, indent=1, default=float))

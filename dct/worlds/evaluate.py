@@ -283,8 +283,8 @@ def format_table(summary: dict) -> str:
     f = summary["fid"]
     lines.append("")
     lines.append(
-        f"FID (evaluator features, vs reference): baseline {f['baseline']:.3f}, "
-        + ", ".join(f"{k} {v:.3f}" for k, v in f.items() if k != "baseline")
+        f"FID (evaluator features, vs reference): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in f.items())
         + (f"; mean DCT/baseline ratio {summary['fid_ratio_mean']:.3f}" if summary["fid_ratio_mean"] else "")
         + ". "
         f"Median seconds per class: {summary['seconds_per_class_median']:.1f}."
