@@ -7,3 +7,7 @@ Importing this package is light; the submodules register the ``fashion`` dataset
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # the layout of `python -m dct.fashion.train --out DIR`

@@ -5,8 +5,8 @@ the toy's method defaults (both worlds are 32×32, 5-step, 64-wide; docs/worlds.
 from __future__ import annotations
 
 from dct.config import ClassifierConfig, DatasetSpec, DiffusionConfig, PromptConfig
+from dct.fashion import WEIGHTS_DIR
 from dct.fashion.captions import CLASS_NAMES
-from dct.fashion.world import WEIGHTS_DIR
 from dct.toy.dataset import EVALUATION, OPTIMIZER, SAMPLER, TEMPLATES, TRAINING
 from dct.toy.models import pipeline_dir
 

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import torch
 
-from dct.fashion import captions, data
+from dct.fashion import WEIGHTS_DIR, captions, data
 from dct.worlds import Split, TrainRecipe, World
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-# Every number measured on this 2-core CPU (docs/worlds.md, "The fashion world's training").
+# Every number measured on this 2-core CPU (docs/worlds.md, "Models and their training", "Measured numbers").
 FASHION_RECIPE = TrainRecipe(
     num_images=30_000,  # the generator's images (the first half of the train split)
     vae_steps=400,

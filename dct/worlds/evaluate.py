@@ -283,7 +283,7 @@ def format_table(summary: dict) -> str:
     f = summary["fid"]
     lines.append("")
     lines.append(
-        f"FID (evaluator features, vs reference): "
+        "FID (evaluator features, vs reference): "
         + ", ".join(f"{k} {v:.3f}" for k, v in f.items())
         + (f"; mean DCT/baseline ratio {summary['fid_ratio_mean']:.3f}" if summary["fid_ratio_mean"] else "")
         + ". "
