@@ -78,3 +78,21 @@ def test_the_package_files_are_the_authors_and_become_32px_rgb():
     assert tuple(x.shape) == (4, 3, 32, 32) and float(x.max()) <= 1.0
     assert float(x[:, :, :2].abs().sum()) == 0.0  # the padding is the images' own black background
     assert np.array_equal((x[:, 0, 2:30, 2:30] * 255).round().byte().numpy(), images[:4])
+
+
+def test_augment_eval_takes_its_real_images_from_the_fashion_splits():
+    """docs/worlds.md: `dct augment-eval --dataset fashion` trains on k real train images per class (a draw per
+    training seed) and tests on every real test image of the selected classes."""
+    need(_have_package(), "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    import torch
+
+    from dct.commands.augment_eval import _fashion_real
+
+    pools, test = _fashion_real([6, 0], seeds=2, per_class=4)
+    assert len(pools) == 2 and len(test.labels) == 2000 and set(test.labels.tolist()) == {0, 6}
+    for pool in pools:
+        assert tuple(pool.images.shape) == (8, 3, 32, 32) and sorted(pool.labels.tolist()) == [0] * 4 + [6] * 4
+    assert not torch.equal(pools[0].images, pools[1].images)  # each training seed its own draw
+    images, labels = data.load("test")
+    first = np.flatnonzero(np.isin(labels, [0, 6]))[:1]
+    assert torch.equal(test.images[:1], data.to_tensor(images[first]))
