@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,7 +62,7 @@ class TrainRecipe:
     evaluator_recon_share: float = 0.5
     # "shared": both classifiers train on the diffusion model's images; "halves": the guide on the first half of
     # the train split, the evaluator on the second (all images of each), so they never see the same image.
-    classifier_split: str = "shared"
+    classifier_split: Literal["shared", "halves"] = "shared"
     test_images: int = 2000  # held-out images that the printed accuracies are measured on
 
 
