@@ -20,8 +20,11 @@ deployment mode:
 Store requests are counted per stage by the store itself (``ArtifactStore.requests``: operation ×
 top-level folder) and, on S3, also as HTTP requests at the latency proxy (what the network really saw,
 s3fs's own extra calls and retries included). The S3 mode starts a moto server and the latency proxy
-(``tests/faults/proxy.py --delay-ms``) as subprocesses, so their CPU is not the parent's. The S3 setup
-writes straight to moto (no latency), the timed stages go through the proxy.
+(``tests/faults/proxy.py --delay-ms``) as subprocesses, so their CPU is not the parent's — but they run on
+the same cores, so each stage's CPU is reported twice: the parent's (``CPU ms/class``, all its threads) and
+the server's and proxy's (``server CPU ms/class``, from /proc). Where their sum per class is near the wall
+time × cores, the machine's CPU bounds the stage, not the latency. The S3 setup writes straight to moto
+(no latency), the timed stages go through the proxy.
 """
 
 from __future__ import annotations
@@ -102,6 +105,15 @@ class S3Harness:
 
     def http_requests(self) -> int:
         return sum(1 for _ in self.request_log.open()) if self.request_log.exists() else 0
+
+    def cpu_s(self) -> float:
+        """CPU seconds the S3 server and the proxy have used so far (user + system, from /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for p in self.procs:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
 
     def make_bucket(self, name: str) -> None:
         import boto3
@@ -217,14 +229,18 @@ def run_scale(n: int, *, root: str, setup_root: str, workdir: Path, samples: int
     times: dict[str, float] = {}
     requests: dict[str, Counter] = {}
     http: dict[str, int] = {}
+    cpu: dict[str, float] = {}
+    server_cpu: dict[str, float] = {}
 
     def stage(name: str, fn):
         before, http_before = store.requests.copy(), harness.http_requests() if harness else 0
-        t0 = time.perf_counter()
+        server_before = harness.cpu_s() if harness else 0.0
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times[name] = time.perf_counter() - t0
+        times[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
         requests[name] = store.requests - before
         if harness is not None:
+            server_cpu[name] = harness.cpu_s() - server_before
             time.sleep(0.2)  # the proxy logs a request after forwarding it
             http[name] = harness.http_requests() - http_before
         return out
@@ -272,6 +288,10 @@ def run_scale(n: int, *, root: str, setup_root: str, workdir: Path, samples: int
         "seconds": times,
         "total_s": sum(times.values()),
         "ms_per_class": 1000 * sum(times.values()) / n,
+        "cpu_s": cpu,
+        "cpu_ms_per_class": 1000 * sum(cpu.values()) / n,
+        "server_cpu_s": server_cpu or None,
+        "server_cpu_ms_per_class": (1000 * sum(server_cpu.values()) / n) if server_cpu else None,
         "requests": {k: dict(sorted((f"{op}:{kind}", v) for (op, kind), v in c.items())) for k, c in requests.items()},
         "requests_total": total_requests,
         "requests_per_class": total_requests / n,
@@ -290,16 +310,19 @@ def run_scale(n: int, *, root: str, setup_root: str, workdir: Path, samples: int
 def _table(rows: list[dict]) -> str:
     head = (
         "| store | classes | plan s | records s | pooled s | report s | publish s | total s | ms/class "
-        "| store req/class | HTTP req/class | index.html |\n|---|" + "---:|" * 11
+        "| CPU ms/class | server CPU ms/class | store req/class | HTTP req/class | index.html |\n|---|"
+        + "---:|" * 13
     )
     lines = [head]
     for r in rows:
         s = r["seconds"]
         http = f"{r['http_per_class']:.2f}" if r["http_per_class"] is not None else "–"
+        server = f"{r['server_cpu_ms_per_class']:.1f}" if r["server_cpu_ms_per_class"] is not None else "–"
         lines.append(
             f"| {r['store']} | {r['classes']:,} | "
             + " | ".join(f"{s[k]:.2f}" for k in STAGES)
-            + f" | {r['total_s']:.1f} | {r['ms_per_class']:.1f} | {r['requests_per_class']:.2f} | {http} "
+            + f" | {r['total_s']:.1f} | {r['ms_per_class']:.1f} | {r['cpu_ms_per_class']:.1f} | {server} "
+            f"| {r['requests_per_class']:.2f} | {http} "
             f"| {r['index_html_bytes'] / 1024:.0f} KiB |"
         )
     return "\n".join(lines)
