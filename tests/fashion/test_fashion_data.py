@@ -93,6 +93,12 @@ def test_augment_eval_takes_its_real_images_from_the_fashion_splits():
     for pool in pools:
         assert tuple(pool.images.shape) == (8, 3, 32, 32) and sorted(pool.labels.tolist()) == [0] * 4 + [6] * 4
     assert not torch.equal(pools[0].images, pools[1].images)  # each training seed its own draw
+    train_images, train_labels = data.load("train")
+    for pool in pools:  # every pool image is a train-split image of the class it is labelled with
+        pixels = (pool.images[:, 0, 2:30, 2:30] * 255).round().byte().numpy()
+        for img, label in zip(pixels, pool.labels.tolist(), strict=True):
+            same_class = train_images[train_labels == label]
+            assert (same_class == img).all(axis=(1, 2)).any(), label
     images, labels = data.load("test")
     first = np.flatnonzero(np.isin(labels, [0, 6]))[:1]
     assert torch.equal(test.images[:1], data.to_tensor(images[first]))
