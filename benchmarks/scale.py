@@ -22,7 +22,7 @@ top-level folder) and, on S3, also as HTTP requests at the latency proxy (what t
 s3fs's own extra calls and retries included). The S3 mode starts a moto server and the latency proxy
 (``tests/faults/proxy.py --delay-ms``) as subprocesses, so their CPU is not the parent's — but they run on
 the same cores, so each stage's CPU is reported twice: the parent's (``CPU ms/class``, all its threads) and
-the server's and proxy's (``server CPU ms/class``, from /proc). Where their sum per class is near the wall
+the server's and proxy's (``server CPU ms/class``). Where their sum per class is near the wall
 time × cores, the machine's CPU bounds the stage, not the latency. The S3 setup writes straight to moto
 (no latency), the timed stages go through the proxy.
 """
@@ -107,13 +107,10 @@ class S3Harness:
         return sum(1 for _ in self.request_log.open()) if self.request_log.exists() else 0
 
     def cpu_s(self) -> float:
-        """CPU seconds the S3 server and the proxy have used so far (user + system, from /proc)."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for p in self.procs:
-            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+        """CPU seconds (user + system) the S3 server and the proxy have used so far."""
+        import psutil
+
+        return sum(t.user + t.system for t in (psutil.Process(p.pid).cpu_times() for p in self.procs))
 
     def make_bucket(self, name: str) -> None:
         import boto3
