@@ -15,7 +15,8 @@ deployment mode:
 - ``records``: ``read_class_outcomes`` of the selection (each record read once, shared by the stages);
 - ``pooled``: ``pooled_metrics(features_only=True)``: one feature file per class, no image, no network;
 - ``report``: ``write_run_report`` (summary plots, class index, detail page, worst/best grids);
-- ``publish``: ``publish_run`` (class table, token bundle: one token read per class, run record).
+- ``publish``: ``publish_run`` (class table, token bundle from the token copies the records carry — with
+  ``--no-token-copies``, records as written before they carried one, so one token read per class —, run record).
 
 Store requests are counted per stage by the store itself (``ArtifactStore.requests``: operation ×
 top-level folder) and, on S3, also as HTTP requests at the latency proxy (what the network really saw,
@@ -30,6 +31,7 @@ time × cores, the machine's CPU bounds the stage, not the latency. The S3 setup
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
 import os
@@ -134,8 +136,11 @@ def write_dataset(directory: Path, n: int, samples: int) -> Path:
     return path
 
 
-def write_shard_outputs(store, config, plan, spec, *, samples: int, threads: int = 16) -> None:
-    """What the shards would have written for every planned class, with the project's writers."""
+def write_shard_outputs(
+    store, config, plan, spec, *, samples: int, width: int = 32, copies: bool = True, threads: int = 16
+) -> None:
+    """What the shards would have written for every planned class, with the project's writers: ``width``-d
+    tokens, and records that carry a copy of their token file (``copies``) as the shard's do."""
     from dct.artifacts.images import encode_image
     from dct.artifacts.token_file import token_file_bytes
     from dct.evaluation.features import (
@@ -161,8 +166,6 @@ def write_shard_outputs(store, config, plan, spec, *, samples: int, threads: int
     assert len(seeds) == samples, (len(seeds), samples)
     sample_bytes = [encode_image(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(s)), "png")
                     for s in seeds]
-    width = 32
-
     def one(cid: int) -> None:
         g = torch.Generator().manual_seed(cid)
         started = dt.datetime.now(dt.UTC)
@@ -178,8 +181,8 @@ def write_shard_outputs(store, config, plan, spec, *, samples: int, threads: int
             )
             return
         meta = {"token_key": plan.token_key, "class_id": str(cid), "dataset": config.dataset}
-        data = token_file_bytes(token, torch.randn(width, generator=g), meta)
-        token_uri = store.write_token(config.dataset, plan.token_key, cid, data)
+        token_data = token_file_bytes(token, torch.randn(width, generator=g), meta)
+        token_uri = store.write_token(config.dataset, plan.token_key, cid, token_data)
         for variant in ("baseline", "dct"):
             for seed, data in zip(seeds, sample_bytes, strict=True):
                 store.write_sample(config.dataset, plan.eval_key, cid, variant, seed, data)
@@ -200,6 +203,7 @@ def write_shard_outputs(store, config, plan, spec, *, samples: int, threads: int
                 run_id=plan.run_id, dataset=config.dataset, class_id=cid, class_name=name, token=token,
                 token_key=plan.token_key, eval_key=plan.eval_key, status="diverged" if cid % 50 == 49 else "done",
                 stop_reason="diverged" if cid % 50 == 49 else "accuracy", epochs=5, token_uri=token_uri,
+                token_file_base64=base64.b64encode(token_data).decode() if copies else None,
                 samples_uri=store.samples_uri(config.dataset, plan.eval_key, cid), sample_format="png",
                 num_samples=len(seeds), provenance=prov, started_at=started, finished_at=dt.datetime.now(dt.UTC),
                 **scores,
@@ -210,7 +214,17 @@ def write_shard_outputs(store, config, plan, spec, *, samples: int, threads: int
         list(pool.map(one, plan.todo))
 
 
-def run_scale(n: int, *, root: str, setup_root: str, workdir: Path, samples: int, harness: S3Harness | None) -> dict:
+def run_scale(
+    n: int,
+    *,
+    root: str,
+    setup_root: str,
+    workdir: Path,
+    samples: int,
+    harness: S3Harness | None,
+    width: int = 32,
+    copies: bool = True,
+) -> dict:
     from dct.artifacts.store import ArtifactStore
     from dct.evaluation.metrics import pooled_metrics
     from dct.evaluation.report import write_run_report
@@ -252,7 +266,7 @@ def run_scale(n: int, *, root: str, setup_root: str, workdir: Path, samples: int
         os.environ["AWS_ENDPOINT_URL_S3"] = harness.direct
     t0 = time.perf_counter()
     setup_store = ArtifactStore.from_config(store=setup_root)
-    write_shard_outputs(setup_store, config, plan, spec, samples=samples)
+    write_shard_outputs(setup_store, config, plan, spec, samples=samples, width=width, copies=copies)
     setup_s = time.perf_counter() - t0
     if harness is not None:
         os.environ["AWS_ENDPOINT_URL_S3"] = harness.proxied
@@ -281,6 +295,8 @@ def run_scale(n: int, *, root: str, setup_root: str, workdir: Path, samples: int
     return {
         "classes": n,
         "store": "s3" if harness else "local",
+        "token_width": width,
+        "token_copies": copies,
         "setup_s": setup_s,
         "seconds": times,
         "total_s": sum(times.values()),
@@ -331,6 +347,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--s3", action="store_true", help="moto S3 server behind a latency proxy")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added per S3 request (with --s3)")
     parser.add_argument("--samples", type=int, default=4, help="samples per class and variant")
+    parser.add_argument("--token-width", type=int, default=32, help="token width (the toy's 32; SD 1.x: 768)")
+    parser.add_argument(
+        "--no-token-copies",
+        action="store_true",
+        help="records without the copy of their token file (as written before records carried it): the bundle "
+        "reads every token file",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the stores under this folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -352,7 +375,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 root = f"s3://{bucket}/dct"
             else:
                 root = str(workdir / f"store-{n}")
-            row = run_scale(n, root=root, setup_root=root, workdir=workdir, samples=args.samples, harness=harness)
+            row = run_scale(
+                n, root=root, setup_root=root, workdir=workdir, samples=args.samples, harness=harness,
+                width=args.token_width, copies=not args.no_token_copies,
+            )
             rows.append(row)
             print(json.dumps(row, indent=1, default=str), flush=True)
     finally:

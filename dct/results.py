@@ -20,6 +20,7 @@ flow reads these back from the store and writes the Parquet table from them.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import importlib.metadata
 import logging
@@ -160,9 +161,17 @@ class _ClassRecordBase(_Record):
         default=None, description="reference images of the class behind precision/recall/density/coverage"
     )
     feature_metrics_note: str | None = Field(default=None, description="why a metric from features is null")
+    token_file_base64: str | None = Field(
+        default=None,
+        description="a copy of the class's token file (its bytes, base64): the run's parent builds the export "
+        "bundle from the records it has read, with no token read per class (docs/storage.md); None in records "
+        "written before records carried it",
+    )
     provenance: Provenance
     started_at: dt.datetime
     finished_at: dt.datetime
+
+    JSON_ONLY: ClassVar[frozenset[str]] = frozenset({"token_file_base64"})
 
     @field_validator("run_id", "dataset", "token_key", "eval_key")
     @classmethod
@@ -178,9 +187,13 @@ class _ClassRecordBase(_Record):
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
+    def token_file_copy(self) -> bytes | None:
+        """The token file's bytes as the shard wrote (or reused) them, or None (an older record: read the file)."""
+        return None if self.token_file_base64 is None else base64.b64decode(self.token_file_base64, validate=True)
+
     def row(self, run_date: dt.date) -> dict[str, Any]:
         """Flat dict in :data:`CLASS_SCHEMA` column order (provenance columns inlined)."""
-        flat = self.model_dump(exclude={"provenance"}) | self.provenance.model_dump()
+        flat = self.model_dump(exclude={"provenance", *self.JSON_ONLY}) | self.provenance.model_dump()
         flat["run_date"] = run_date
         return {name: flat[name] for name in CLASS_SCHEMA.names}
 

@@ -177,10 +177,13 @@ def build_bundle(
 
 
 def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: str) -> tuple[str, BundleManifest]:
-    """Collect the stored tokens of ``records`` into the run's bundle and write it with its manifest.
+    """Collect the tokens of ``records`` into the run's bundle and write it with its manifest.
 
     Only records with status ``done`` are bundled (a diverged token is not a usable class token). Each
-    token is read from the store by (dataset, token_key, class_id) and checked against its record.
+    token comes from the copy of its token file that the record carries (no read: at 10,000 classes on S3
+    that is a third of the parent's requests, benchmarks/RESULTS.md), or, for a record written before
+    records carried one, from the store by (dataset, token_key, class_id); either way it is checked
+    against its record like a stored token (:func:`load_stored_token`).
 
     Args:
         store: the artifact store.
@@ -202,9 +205,21 @@ def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: 
             run_id, len(records) - len(done), len(records),
         )
     vectors: dict[str, TokenVector] = {}
-    # One parallel batch of reads (10k tokens one by one at 20 ms: over 3 minutes), then each checked.
-    uris = [store.token_uri(r.dataset, r.token_key, r.class_id) for r in done]
-    for r, uri, data in zip(done, uris, store.read_many(uris), strict=True):
+    for r in done:
+        try:
+            copy = r.token_file_copy()
+        except ValueError as exc:
+            raise ValueError(f"class {r.class_id}: the record's token_file_base64 is not base64 ({exc})") from exc
+        if copy is not None:
+            what = f"the token file copy in the record of class {r.class_id}"
+            token, vector, _ = load_stored_token(
+                store, r.dataset, r.token_key, r.class_id, r.token, data=copy, what=what
+            )
+            vectors[token] = vector
+    # Records without a copy: one parallel batch of reads (10k tokens one by one at 20 ms: over 3 minutes).
+    older = [r for r in done if r.token_file_base64 is None]
+    uris = [store.token_uri(r.dataset, r.token_key, r.class_id) for r in older]
+    for r, uri, data in zip(older, uris, store.read_many(uris) if uris else [], strict=True):
         if data is None:
             raise FileNotFoundError(f"class {r.class_id} has a 'done' record but no token file at {uri!r}")
         token, vector, _ = load_stored_token(store, r.dataset, r.token_key, r.class_id, r.token, data=data)

@@ -258,6 +258,7 @@ def load_stored_token(
     num_vectors: int | None = None,
     require: Sequence[str] = (),
     data: bytes | None = None,
+    what: str | None = None,
 ) -> tuple[str, TokenVector, dict[str, str]]:
     """Read a stored token and check (:func:`check_token`) that it is the one its location claims.
 
@@ -266,7 +267,8 @@ def load_stored_token(
     Args:
         token: the expected token string (e.g. ``RunConfig.token_string(class_id)``), or None.
         width, num_vectors, require: see :func:`check_token`.
-        data: the file's bytes if the caller already read them (batched reads); else read here.
+        data: the file's bytes if the caller already has them (batched reads, a record's copy); else read here.
+        what: names ``data`` in errors (default: the token file at its location).
 
     Returns:
         ``(token, vector in the file's form (see :func:`read_token_bytes`), metadata)``.
@@ -277,12 +279,13 @@ def load_stored_token(
             ``dataset``) that contradicts the location, or an unusable vector.
     """
     uri = store.token_uri(dataset, token_key, class_id)
+    what = what or f"token file {uri!r}"
     try:
         found, vector, metadata = read_token_bytes(store.read_bytes(uri) if data is None else data)
     except ValueError as exc:
-        raise ValueError(f"token file {uri!r} is unreadable: {exc}") from exc
+        raise ValueError(f"{what} is unreadable: {exc}") from exc
     check_token(
-        f"token file {uri!r}",
+        what,
         found,
         vector,
         metadata,

@@ -7,6 +7,7 @@ last, which is what makes a class "finished" (docs/design.md, "Storage contract"
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import time
@@ -38,11 +39,13 @@ logger = logging.getLogger(__name__)
 
 def _reusable_token(
     store: ArtifactStore, config: RunConfig, class_id: int, tkey: str, width: tuple[int, ...]
-) -> tuple[TokenVector, dict[str, str]] | None:
-    """The stored token for these keys if it is intact and provably theirs; None → (re-)optimise."""
+) -> tuple[TokenVector, dict[str, str], bytes] | None:
+    """The stored token for these keys (vector, metadata, the file's bytes) if it is intact and provably
+    theirs; None → (re-)optimise."""
     if not store.has_token(config.dataset, tkey, class_id):
         return None
     try:
+        data = store.read_token(config.dataset, tkey, class_id)
         # A file without our token_key in its metadata is not provably ours; a hand-edited vector of the
         # wrong width or with non-finite values must never be loaded into the pipeline.
         _, vector, meta = load_stored_token(
@@ -54,11 +57,12 @@ def _reusable_token(
             width=width,
             num_vectors=config.token.num_vectors,
             require=("token_key",),
+            data=data,
         )
     except ValueError as exc:
         logger.warning("class %d: %s; re-optimising", class_id, exc)
         return None
-    return vector, meta
+    return vector, meta, data
 
 
 def _optimize_with_oom_retry(
@@ -168,7 +172,7 @@ def process_class(
     t0 = time.perf_counter()
     reused = None if force else _reusable_token(store, config, class_id, tkey, token_widths(pipe))
     if reused is not None:
-        vector, meta = reused
+        vector, meta, token_data = reused
         install_token(pipe, token, vector, config.token.initializer_token)
         stop_reason, epochs = meta.get("stop_reason"), int(meta.get("epochs", "0"))
         best_loss = float(meta.get("best_loss", "nan"))
@@ -184,7 +188,8 @@ def process_class(
             diffusion_revision=models.pipe_revision,
             classifier_revision=models.classifier_revision,
         )
-        token_uri = store.write_token(config.dataset, tkey, class_id, token_file_bytes(token, result.vector, metadata))
+        token_data = token_file_bytes(token, result.vector, metadata)
+        token_uri = store.write_token(config.dataset, tkey, class_id, token_data)
         stop_reason, epochs, best_loss, best_epoch = (
             result.stop_reason,
             result.epochs,
@@ -250,6 +255,7 @@ def process_class(
         evaluate_seconds=time.perf_counter() - t1,
         token_reused=reused is not None,
         token_uri=token_uri,
+        token_file_base64=base64.b64encode(token_data).decode(),  # the bundle is built from this copy
         samples_uri=store.samples_uri(config.dataset, ekey, class_id) if ev.sample_format != "none" else None,
         sample_format=ev.sample_format,
         num_samples=ev.num_samples,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -177,3 +179,66 @@ def test_the_manifest_is_written_after_the_tensors(local_store, make_record, mon
     monkeypatch.setattr(local_store, "write_bytes", recording)
     export_bundle(local_store, records, "run-1")
     assert writes == [bundle_uri(local_store, "toy", "run-1"), manifest_uri(local_store, "toy", "run-1")]
+
+
+def _with_copies(store, records):
+    """``records`` as the shard writes them: each finished one carries a copy of its token file."""
+    return [
+        r.model_copy(update={"token_file_base64": base64.b64encode(store.read_token(r.dataset, r.token_key, r.class_id))
+                             .decode()}) if r.finished else r
+        for r in records
+    ]
+
+
+def token_reads(store) -> int:
+    return sum(n for (op, kind), n in store.requests.items() if op == "get" and kind == "tokens")
+
+
+@pytest.mark.parametrize("dim", [8, (8, 12)], ids=["one-encoder", "sdxl"])
+def test_the_bundle_is_built_from_the_records_copies_without_a_token_read(store, make_record, dim):
+    """docs/storage.md: the parent builds the bundle from the token copies in the records it has read — no token
+    file is read (at 10,000 classes on S3 a third of its requests) — and the bundle holds those tokens exactly."""
+    records, vectors = _store_tokens(store, make_record, dim, num_vectors=2 if isinstance(dim, tuple) else None)
+    records = _with_copies(store, records)
+    before = token_reads(store)
+    uri, manifest = export_bundle(store, records, "run-1")
+    assert token_reads(store) == before  # not one token file read
+    tokens, stacked, _ = read_bundle(store.read_bytes(uri))
+    assert tokens == [f"<dct-toy-{c:05d}>" for c in CLASSES] == [e.token for e in manifest.tokens]
+    for i, token in enumerate(tokens):
+        want = vectors[token]
+        got = {k: v[i] for k, v in stacked.items()} if isinstance(stacked, dict) else stacked[i]
+        if isinstance(want, dict):
+            assert all(torch.equal(got[k], want[k]) for k in want)
+        else:
+            assert torch.equal(got, want)
+
+
+def test_records_without_a_copy_read_their_token_file(store, make_record):
+    """Records written before records carried the copy still bundle: only their token files are read."""
+    records, vectors = _store_tokens(store, make_record, 8)
+    with_copies = _with_copies(store, records)
+    mixed = [with_copies[0], *records[1:]]  # class 0 has a copy, classes 3 and 11 (and the failed 5) do not
+    before = token_reads(store)
+    uri, _ = export_bundle(store, mixed, "run-1")
+    assert token_reads(store) - before == 2
+    tokens, stacked, _ = read_bundle(store.read_bytes(uri))
+    assert all(torch.equal(stacked[i], vectors[t]) for i, t in enumerate(tokens)) and len(tokens) == 3
+
+
+def test_a_copy_that_contradicts_its_record_is_refused(local_store, make_record):
+    """The copy is checked as a token file is: another class's token, or bytes that are not a token file, in a
+    record fail the bundle with a message naming the class (nothing is bundled from it)."""
+    store = local_store
+    records, _ = _store_tokens(store, make_record, 8)
+    records = _with_copies(store, records)
+    foreign = records[1].model_copy(update={"token_file_base64": records[2].token_file_base64})  # class 11's token
+    with pytest.raises(ValueError, match="the token file copy in the record of class 3 holds '<dct-toy-00011>'"):
+        export_bundle(store, [records[0], foreign, records[2]], "run-2")
+    garbage = records[1].model_copy(update={"token_file_base64": base64.b64encode(b"not a token").decode()})
+    with pytest.raises(ValueError, match="the token file copy in the record of class 3 is unreadable"):
+        export_bundle(store, [records[0], garbage, records[2]], "run-2")
+    not_base64 = records[1].model_copy(update={"token_file_base64": "%%%"})
+    with pytest.raises(ValueError, match="class 3: the record's token_file_base64 is not base64"):
+        export_bundle(store, [records[0], not_base64, records[2]], "run-2")
+    assert not store.exists(bundle_uri(store, "toy", "run-2"))

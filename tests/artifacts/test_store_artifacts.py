@@ -110,6 +110,8 @@ def test_resume_reuse_and_write_beside(store, tiny_world, tiny_models, monkeypat
 
     p1, r1 = _run_shard(root, tiny_world, tiny_models, "0-1", FAST, "run-1")
     assert p1.todo == [0, 1] and optimised == [0, 1] and not any(r.token_reused for r in r1)
+    # Each record carries a copy of its token file, byte for byte (the bundle is built from it: docs/storage.md).
+    assert all(r.token_file_copy() == store.read_token("tiny", p1.token_key, r.class_id) for r in r1)
 
     # Same keys: both classes finished -> nothing is redone; the new class is done.
     record0 = store.read_bytes(store.record_uri("tiny", p1.eval_key, 0))
@@ -127,6 +129,8 @@ def test_resume_reuse_and_write_beside(store, tiny_world, tiny_models, monkeypat
     assert [len(store.list_samples("tiny", p3.eval_key, c, "dct")) for c in (0, 1, 2)] == [2, 2, 2]
     assert store.read_bytes(store.record_uri("tiny", p1.eval_key, 0)) == record0
     assert {c: store.read_token("tiny", p1.token_key, c) for c in (0, 1, 2)} == tokens
+    assert [r.token_file_copy() for r in r3] == [tokens[c] for c in (0, 1, 2)]  # a reused token's copy too
+    assert read_class_record(store, "tiny", p3.eval_key, 1).token_file_copy() == tokens[1]  # and in the stored record
 
     # Changed token setting -> new token_key (and so a new eval_key): optimised again and written beside, the
     # old token kept byte for byte.

@@ -1,7 +1,8 @@
 """The scale benchmark's code path on a local store: a run above the static-table size, end to end.
 
 What it must show at any size: the parent's stages cost at most 3 store requests per class, pooled
-metrics read no sample, and the report's every per-class link lands on a page (and a class) that exists.
+metrics read no sample, publishing reads no token file (the records carry them), and the report's every
+per-class link lands on a page (and a class) that exists.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def test_parent_costs_at_most_three_store_requests_per_class(scale_run):
     assert scale_run["requests_per_class"] <= 3.0, scale_run["requests"]
     assert not any(k.endswith(":samples") for k in scale_run["requests"]["pooled"])
     assert scale_run["requests"]["pooled"]["get:cache"] <= CLASSES + 1  # one feature file per class (+ reference)
+    assert "get:tokens" not in scale_run["requests"]["publish"]  # the bundle's tokens come with the records
     assert scale_run["classes_done"] + scale_run["classes_failed"] + scale_run["classes_diverged"] == CLASSES
     assert scale_run["classes_failed"] == CLASSES // 100
 
