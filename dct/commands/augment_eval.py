@@ -26,13 +26,9 @@ from dct.commands.common import (
     quiet_loader_progress,
     resolve_command_settings,
 )
+from dct.worlds import WORLDS, get_world
 
 logger = logging.getLogger(__name__)
-
-# Real-image seed blocks of the toy world (dct.toy.shapes.render is a pure function of (class, seed)); far
-# from the seeds its classifiers were trained on (TRAIN_SEED) and from the FID reference set (REFERENCE_SEED).
-TOY_TRAIN_SEED = 50_000_000
-TOY_TEST_SEED = 60_000_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,9 +57,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-per-class", type=positive_int, default=64, help="synthetic images per class")
     p.add_argument("--seeds", type=positive_int, default=3, help="training seeds (default 3)")
     p.add_argument("--store", help="store root URI with the dataset's tokens (default: $DCT_STORE, else ./dct-store)")
-    p.add_argument("--real-train", help="image folder (class-id subfolders) of real training images; toy: renders")
+    p.add_argument(
+        "--real-train",
+        help="image folder (class-id subfolders) of real training images; the built-in worlds (toy, fashion) bring "
+        "their own, which the folders replace",
+    )
     p.add_argument("--real-test", help="image folder (class-id subfolders) of held-out real test images")
-    p.add_argument("--test-per-class", type=positive_int, default=150, help="toy: held-out renders per class")
+    p.add_argument(
+        "--test-per-class",
+        type=positive_int,
+        default=150,
+        help="held-out real images per class where the world renders them (toy; default 150)",
+    )
     p.add_argument("--min-probability", type=float, default=0.5, help="guide filter threshold (default 0.5)")
     p.add_argument("--model", default=None, help="timm model of the downstream classifier (default test_efficientnet)")
     p.add_argument("--steps", type=positive_int, help="optimiser steps per training run (default 600)")
@@ -105,14 +110,11 @@ def run(args: argparse.Namespace) -> int:
     class_ids = select_classes(spec, classes)
     if len(class_ids) < 2:
         raise UserError(f"--classes {classes!r} selects {len(class_ids)} class; a downstream classifier needs two")
-    toy = spec.name == "toy"
-    # The fashion world's real images are Fashion-MNIST's own splits (unless folders are given).
-    fashion = spec.name == "fashion" and not (args.real_train or args.real_test)
-    if fashion:
-        from dct.fashion.data import data_dir
-
-        data_dir()  # one line naming the package when it is not installed, before any image is rendered
-    if not (toy or fashion) and not (args.real_train and args.real_test):
+    # A built-in world brings its real images (World.augment_real); image folders, where given, are used instead.
+    world = None if (args.real_train or args.real_test) or spec.name not in WORLDS else get_world(spec.name)
+    if world is not None:
+        world.check_real_images()  # e.g. fashion's one line naming the package, before any image is rendered
+    elif not (args.real_train and args.real_test):
         raise UserError(f"dataset {spec.name!r} needs --real-train and --real-test image folders (class-id folders)")
     if not 0 < args.min_probability <= 1:
         raise UserError(f"--min-probability {args.min_probability!r} must be within (0, 1]")
@@ -147,21 +149,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: a mixture of runs {', '.join(args.run)}; the results go to --out only")
     else:
         run_id = _attach_to(store, args.run[0] if args.run else None, first.dataset, first.token_key)
-    if not (toy or fashion):
+    if world is None:
         _check_folder_counts(args.real_train, class_ids, most, shots, n)
     sets = {}
     for name, cfg in (("plain", plain), ("filtered", filtered)):
         plan, summary = synthesize_dataset(dataset=settings.source, synthesis=cfg, device=str(device), **where)
         sets[name] = (plan, summary)
     t_synth = time.perf_counter() - t_start
-    from dct.synthesis.augment import plot_png, relabel, results_table, run_experiment, summary_frame
+    from dct.synthesis.augment import ArmData, plot_png, relabel, results_table, run_experiment, summary_frame
 
     synthetic = {arm: relabel(data, class_ids) for arm, data in _synthetic_arms(store, sets).items()}
     size = synthetic["dct"].images.shape[-2:]
-    if toy:
-        pools, test = _toy_real(class_ids, args.seeds, most, args.test_per_class)
-    elif fashion:
-        pools, test = _fashion_real(class_ids, args.seeds, most)
+    if world is not None:
+        real_pools, real_test = world.augment_real(class_ids, args.seeds, most, args.test_per_class)
+        pools, test = [ArmData(*p) for p in real_pools], ArmData(*real_test)
     else:
         pools, test = _folder_real(args, spec.num_classes, size, most)
     pools, test = [relabel(p, class_ids) for p in pools], relabel(test, class_ids)
@@ -238,47 +239,6 @@ def _synthetic_arms(store, sets):
     else:
         logger.warning("no DCT image passed the guide filter; the dct_filtered arm is left out")
     return arms
-
-
-def _toy_real(class_ids: list[int], seeds: int, per_class: int, test_per_class: int):
-    """Real toy images of ``class_ids``: one pool per training seed (disjoint seed blocks) and a held-out test set."""
-    import torch
-
-    from dct.synthesis.augment import ArmData
-    from dct.toy.shapes import render
-
-    def block(start: int, n: int) -> ArmData:
-        imgs, labels = [], []
-        for c in class_ids:
-            for i in range(n):
-                imgs.append(torch.from_numpy(render(c, start + i)[0]).permute(2, 0, 1))
-                labels.append(c)
-        return ArmData(torch.stack(imgs), torch.tensor(labels))
-
-    pools = [block(TOY_TRAIN_SEED + s * 100_000, per_class) for s in range(seeds)]
-    return pools, block(TOY_TEST_SEED, test_per_class)
-
-
-def _fashion_real(class_ids: list[int], seeds: int, per_class: int):
-    """Fashion-MNIST's real images of ``class_ids``: per training seed, ``per_class`` train-split images of each
-    class drawn with that seed; the test set is every real test image of those classes (1,000 per class)."""
-    import numpy as np
-    import torch
-
-    from dct.fashion import data
-    from dct.synthesis.augment import ArmData
-
-    train_images, train_labels = data.load("train")
-    test_images, test_labels = data.load("test")
-    pools = []
-    for s in range(seeds):
-        rng = np.random.default_rng(s)
-        rows = np.concatenate(
-            [rng.choice(np.flatnonzero(train_labels == c), per_class, replace=False) for c in class_ids]
-        )
-        pools.append(ArmData(data.to_tensor(train_images[rows]), torch.from_numpy(train_labels[rows].astype("int64"))))
-    keep = np.flatnonzero(np.isin(test_labels, class_ids))
-    return pools, ArmData(data.to_tensor(test_images[keep]), torch.from_numpy(test_labels[keep].astype("int64")))
 
 
 def _check_folder_counts(root: str, class_ids: list[int], most: int, shots: list[int], n: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dct.fashion import WEIGHTS_DIR, captions, data
-from dct.worlds import Split, TrainRecipe, World
+from dct.worlds import Split, TrainRecipe, World, draw_per_class
 
 # Every number measured on this 2-core CPU (docs/worlds.md, "Models and their training", "Measured numbers").
 FASHION_RECIPE = TrainRecipe(
@@ -66,6 +66,24 @@ class FashionWorld(World):
         ids = range(self.num_classes) if class_ids is None else class_ids
         rows = [torch.from_numpy((labels == c).nonzero()[0][:per_class]) for c in ids]
         return data.to_tensor(images[torch.cat(rows).numpy()])
+
+    def augment_real(self, class_ids: Sequence[int], seeds: int, per_class: int, test_per_class: int):
+        """Per training seed, ``per_class`` train-split images of each class drawn with that seed; the test set is
+        every real test image of those classes (1,000 per class; ``test_per_class`` does not apply)."""
+        import numpy as np
+
+        # The arrays, not train_split(): that also computes caption attributes of all 60,000 images.
+        train_images, train_labels = data.load("train")
+        test_images, test_labels = data.load("test")
+        pools = []
+        for s in range(seeds):
+            rows = draw_per_class(train_labels, class_ids, per_class, seed=s)
+            pools.append((data.to_tensor(train_images[rows]), torch.from_numpy(train_labels[rows].astype("int64"))))
+        keep = np.flatnonzero(np.isin(test_labels, class_ids))
+        return pools, (data.to_tensor(test_images[keep]), torch.from_numpy(test_labels[keep].astype("int64")))
+
+    def check_real_images(self) -> None:
+        data.data_dir()  # one line naming the package when it is not installed
 
     def load_classifier(self, config):
         return load_fashion_classifier(config)

@@ -28,6 +28,12 @@ TOY_RECIPE = TrainRecipe(
 )
 
 
+# Seed blocks of the real images of the augmentation experiment (shapes.render is a pure function of (class, seed));
+# far from the seeds the classifiers were trained on (shapes.TRAIN_SEED) and from the FID reference set's.
+AUGMENT_TRAIN_SEED = 50_000_000
+AUGMENT_TEST_SEED = 60_000_000
+
+
 class ToyWorld(World):
     name = "toy"
     class_names = captions.SPECIES_NAMES
@@ -58,6 +64,21 @@ class ToyWorld(World):
 
     def reference_images(self, per_class: int, class_ids: Sequence[int] | None = None):
         return shapes.reference_images(per_class, None if class_ids is None else list(class_ids))
+
+    def augment_real(self, class_ids: Sequence[int], seeds: int, per_class: int, test_per_class: int):
+        """Renders: per seed a disjoint seed block of ``per_class`` per class; the test set another block."""
+        import torch
+
+        def block(start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            imgs, labels = [], []
+            for c in class_ids:
+                for i in range(n):
+                    imgs.append(torch.from_numpy(shapes.render(c, start + i)[0]).permute(2, 0, 1))
+                    labels.append(c)
+            return torch.stack(imgs), torch.tensor(labels)
+
+        pools = [block(AUGMENT_TRAIN_SEED + s * 100_000, per_class) for s in range(seeds)]
+        return pools, block(AUGMENT_TEST_SEED, test_per_class)
 
     def load_classifier(self, config):
         return models.load_toy_classifier(config)

@@ -124,6 +124,37 @@ class World(ABC):
     def reference_images(self, per_class: int, class_ids: Sequence[int] | None = None) -> torch.Tensor:
         """The FID reference set: ``per_class`` images of each class (class-major order), never trained on."""
 
+    def augment_real(
+        self, class_ids: Sequence[int], seeds: int, per_class: int, test_per_class: int
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+        """The real images of the augmentation experiment (``dct augment-eval``, docs/synthesis.md), as
+        ``(images (N, 3, H, W) in [0, 1], class ids (N,))``: one training pool per seed (``per_class`` images of each
+        of ``class_ids``, a separate draw per seed) and one held-out test set (``test_per_class`` images per class
+        where the world makes any number; its whole test split of those classes otherwise).
+
+        This default draws the pools from :meth:`train_split` (:func:`draw_per_class`, seed = the training seed)
+        and tests on every :meth:`test_split` image of the classes; a world overrides it where it has better
+        (the toy renders fresh images).
+
+        Raises:
+            ValueError: a class has fewer than ``per_class`` training images (names it and the count).
+        """
+        import torch
+
+        train, test = self.train_split(), self.test_split()
+        labels = train.labels.numpy()
+        pools = []
+        for s in range(seeds):
+            rows = torch.from_numpy(draw_per_class(labels, class_ids, per_class, seed=s))
+            pools.append((train.images[rows], train.labels[rows]))
+        keep = torch.isin(test.labels, torch.tensor(list(class_ids)))
+        return pools, (test.images[keep], test.labels[keep])
+
+    def check_real_images(self) -> None:
+        """Raise the world's one-line error if its real images cannot be read (before any expensive work); a world
+        that renders them has nothing to check."""
+        return None
+
     @abstractmethod
     def dataset(self, weights: Path | None = None) -> DatasetSpec:
         """The world's dataset, its models read from ``weights`` (a ``train --out`` directory) or the shipped ones."""
@@ -138,6 +169,25 @@ class World(ABC):
             return train
         half = len(train) // 2
         return train.take(slice(0, half) if name == "guide" else slice(half, len(train)))
+
+
+def draw_per_class(labels: np.ndarray, class_ids: Sequence[int], per_class: int, *, seed: int) -> np.ndarray:
+    """Row indices of ``per_class`` images of each of ``class_ids`` (class by class, without replacement), drawn
+    with ``numpy.random.default_rng(seed)``.
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` rows (names the class and the counts).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in class_ids:
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"class {c} has {len(members)} real training images, fewer than the {per_class} asked for")
+        rows.append(rng.choice(members, per_class, replace=False))
+    return np.concatenate(rows)
 
 
 # name -> "module:attribute" of a World instance, imported on first use (a world package imports torch).

@@ -86,19 +86,19 @@ def test_augment_eval_takes_its_real_images_from_the_fashion_splits():
     need(_have_package(), "Fashion-MNIST (apt-get install dataset-fashion-mnist)")
     import torch
 
-    from dct.commands.augment_eval import _fashion_real
+    from dct.fashion.world import FASHION
 
-    pools, test = _fashion_real([6, 0], seeds=2, per_class=4)
-    assert len(pools) == 2 and len(test.labels) == 2000 and set(test.labels.tolist()) == {0, 6}
-    for pool in pools:
-        assert tuple(pool.images.shape) == (8, 3, 32, 32) and sorted(pool.labels.tolist()) == [0] * 4 + [6] * 4
-    assert not torch.equal(pools[0].images, pools[1].images)  # each training seed its own draw
+    pools, (test_images, test_labels) = FASHION.augment_real([6, 0], seeds=2, per_class=4, test_per_class=150)
+    assert len(pools) == 2 and len(test_labels) == 2000 and set(test_labels.tolist()) == {0, 6}
+    for images, labels in pools:
+        assert tuple(images.shape) == (8, 3, 32, 32) and sorted(labels.tolist()) == [0] * 4 + [6] * 4
+    assert not torch.equal(pools[0][0], pools[1][0])  # each training seed its own draw
     train_images, train_labels = data.load("train")
-    for pool in pools:  # every pool image is a train-split image of the class it is labelled with
-        pixels = (pool.images[:, 0, 2:30, 2:30] * 255).round().byte().numpy()
-        for img, label in zip(pixels, pool.labels.tolist(), strict=True):
+    for images, labels in pools:  # every pool image is a train-split image of the class it is labelled with
+        pixels = (images[:, 0, 2:30, 2:30] * 255).round().byte().numpy()
+        for img, label in zip(pixels, labels.tolist(), strict=True):
             same_class = train_images[train_labels == label]
             assert (same_class == img).all(axis=(1, 2)).any(), label
     images, labels = data.load("test")
     first = np.flatnonzero(np.isin(labels, [0, 6]))[:1]
-    assert torch.equal(test.images[:1], data.to_tensor(images[first]))
+    assert torch.equal(test_images[:1], data.to_tensor(images[first]))

@@ -139,3 +139,22 @@ def test_halves_give_the_guide_and_the_evaluator_disjoint_images():
     guide, evaluator = fashion.classifier_split(split, "guide"), fashion.classifier_split(split, "evaluator")
     assert set(guide.attrs).isdisjoint(evaluator.attrs) and set(guide.attrs) | set(evaluator.attrs) == set(range(8))
     assert toy.classifier_split(split, "guide").attrs == toy.classifier_split(split, "evaluator").attrs == split.attrs
+
+
+def test_a_world_brings_its_real_images_to_the_augmentation_experiment(tmp_path):
+    """docs/worlds.md: by default `World.augment_real` draws each training seed's pool from the train split (a
+    separate draw per seed, per_class of each selected class) and tests on the test split's images of those
+    classes; a class with too few images is named."""
+    world = Stripes(tmp_path)
+    train, test = world.train_split(), world.test_split()
+    pools, (test_images, test_labels) = world.augment_real([2, 0], seeds=2, per_class=5, test_per_class=150)
+    assert len(pools) == 2
+    for images, labels in pools:
+        assert sorted(labels.tolist()) == [0] * 5 + [2] * 5
+        for img, label in zip(images, labels.tolist(), strict=True):  # a train image of the class it is labelled
+            assert any(torch.equal(img, t) for t in train.images[train.labels == label])
+    assert not torch.equal(pools[0][0], pools[1][0])  # each training seed its own draw
+    keep = (test.labels == 0) | (test.labels == 2)
+    assert torch.equal(test_images, test.images[keep]) and torch.equal(test_labels, test.labels[keep])
+    with pytest.raises(ValueError, match="class 2 has 32 real training images, fewer than the 40 asked for"):
+        world.augment_real([2, 0], seeds=1, per_class=40, test_per_class=150)
