@@ -151,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         run_id = _attach_to(store, args.run[0] if args.run else None, first.dataset, first.token_key)
     if world is None:
         _check_folder_counts(args.real_train, class_ids, most, shots, n)
+    else:  # before any image is generated, so a world short of real images fails here (seconds, not minutes)
+        real_pools, real_test = world.augment_real(class_ids, args.seeds, most, args.test_per_class)
     sets = {}
     for name, cfg in (("plain", plain), ("filtered", filtered)):
         plan, summary = synthesize_dataset(dataset=settings.source, synthesis=cfg, device=str(device), **where)
@@ -161,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
     synthetic = {arm: relabel(data, class_ids) for arm, data in _synthetic_arms(store, sets).items()}
     size = synthetic["dct"].images.shape[-2:]
     if world is not None:
-        real_pools, real_test = world.augment_real(class_ids, args.seeds, most, args.test_per_class)
         pools, test = [ArmData(*p) for p in real_pools], ArmData(*real_test)
     else:
         pools, test = _folder_real(args, spec.num_classes, size, most)

@@ -274,3 +274,39 @@ def test_augment_eval_of_a_mixture_trains_on_every_runs_images_and_attaches_to_n
     made = rows[rows.arm == "dct"].groupby("class_id").run_id.value_counts()
     assert set(made.index.get_level_values("run_id")) == set(runs) and set(made) == {1}  # 3 per class, 1 per run
     assert all(read_report_sections(store, df.dataset.iloc[0], r) == [] for r in runs)
+
+
+def test_a_built_in_world_brings_its_real_images_and_folders_replace_them(tmp_path, monkeypatch, capsys):
+    """docs/worlds.md: `dct augment-eval --dataset toy` takes the toy's real images from the World interface
+    (`augment_real`, drawn before any image is generated), and `--real-train`/`--real-test` folders replace them."""
+    from synth_world import plant_token_vectors
+
+    from dct.cli import main
+    from dct.run.plan import build_config
+    from dct.toy.world import TOY
+
+    store = ArtifactStore.from_config(store=str(tmp_path / "store"))
+    _, config = build_config("toy", None, store.root)
+    plant_token_vectors(store, config, [0, 1], (64,), 1)  # the toy text encoder's width
+    calls: list[tuple] = []
+    real = TOY.augment_real
+
+    def spy(class_ids, seeds, per_class, test_per_class):  # records the call, returns the real images
+        generated = len(list((tmp_path / "store").rglob("*.png")))  # synthetic images made so far
+        calls.append((list(class_ids), seeds, per_class, test_per_class, generated))
+        return real(class_ids, seeds, per_class, test_per_class)
+
+    monkeypatch.setattr(TOY, "augment_real", spy)
+    argv = ["augment-eval", "--dataset", "toy", "--classes", "0,1", "--store", store.root, "--shots", "1",
+            "--synthetic-per-class", "2", "--seeds", "1", "--steps", "2", "--sanity-k", "0", "--test-per-class", "3",
+            "--min-probability", "0.01", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "world")]) == 0, capsys.readouterr().out
+    assert calls == [([0, 1], 1, 1, 3, 0)]  # once, before any image was generated
+    assert list((tmp_path / "store").rglob("*.png"))  # (and images were generated after it)
+    df = pd.read_parquet(tmp_path / "world" / "augment.parquet")
+    assert (df[(df.arm == "real") & df.class_id.isna()].real_images == 2).all()
+
+    train, test = _real_folder(tmp_path / "train", 2, 0), _real_folder(tmp_path / "test", 2, 1000)
+    code = main([*argv, "--real-train", str(train), "--real-test", str(test), "--out", str(tmp_path / "folders")])
+    assert code == 0, capsys.readouterr().out
+    assert len(calls) == 1  # the folders, not the world's images
