@@ -31,7 +31,6 @@ time × cores, the machine's CPU bounds the stage, not the latency. The S3 setup
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import json
 import os
@@ -203,7 +202,7 @@ def write_shard_outputs(
                 run_id=plan.run_id, dataset=config.dataset, class_id=cid, class_name=name, token=token,
                 token_key=plan.token_key, eval_key=plan.eval_key, status="diverged" if cid % 50 == 49 else "done",
                 stop_reason="diverged" if cid % 50 == 49 else "accuracy", epochs=5, token_uri=token_uri,
-                token_file_base64=base64.b64encode(token_data).decode() if copies else None,
+                token_file_base64=ClassRecord.token_file_field(token_data) if copies else None,
                 samples_uri=store.samples_uri(config.dataset, plan.eval_key, cid), sample_format="png",
                 num_samples=len(seeds), provenance=prov, started_at=started, finished_at=dt.datetime.now(dt.UTC),
                 **scores,

@@ -187,8 +187,17 @@ class _ClassRecordBase(_Record):
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
+    @staticmethod
+    def token_file_field(data: bytes) -> str:
+        """The ``token_file_base64`` value of a token file's bytes (:meth:`token_file_copy` reads it back)."""
+        return base64.b64encode(data).decode()
+
     def token_file_copy(self) -> bytes | None:
-        """The token file's bytes as the shard wrote (or reused) them, or None (an older record: read the file)."""
+        """The token file's bytes as the shard wrote (or reused) them, or None (an older record: read the file).
+
+        Raises:
+            ValueError: ``token_file_base64`` is not base64.
+        """
         return None if self.token_file_base64 is None else base64.b64decode(self.token_file_base64, validate=True)
 
     def row(self, run_date: dt.date) -> dict[str, Any]:

@@ -204,25 +204,25 @@ def export_bundle(store: ArtifactStore, records: Sequence[ClassRecord], run_id: 
             "bundle of run %s: %d of %d records are not 'done' and are left out",
             run_id, len(records) - len(done), len(records),
         )
-    vectors: dict[str, TokenVector] = {}
+    copies: dict[int, bytes | None] = {}
     for r in done:
         try:
-            copy = r.token_file_copy()
+            copies[r.class_id] = r.token_file_copy()
         except ValueError as exc:
             raise ValueError(f"class {r.class_id}: the record's token_file_base64 is not base64 ({exc})") from exc
-        if copy is not None:
-            what = f"the token file copy in the record of class {r.class_id}"
-            token, vector, _ = load_stored_token(
-                store, r.dataset, r.token_key, r.class_id, r.token, data=copy, what=what
-            )
-            vectors[token] = vector
-    # Records without a copy: one parallel batch of reads (10k tokens one by one at 20 ms: over 3 minutes).
-    older = [r for r in done if r.token_file_base64 is None]
+    # Records without a copy: their files in one parallel batch (10k tokens one by one at 20 ms: over 3 minutes).
+    older = [r for r in done if copies[r.class_id] is None]
     uris = [store.token_uri(r.dataset, r.token_key, r.class_id) for r in older]
-    for r, uri, data in zip(older, uris, store.read_many(uris) if uris else [], strict=True):
+    read = dict(zip((r.class_id for r in older), store.read_many(uris), strict=True))
+    vectors: dict[str, TokenVector] = {}
+    for r in done:
+        copy = copies[r.class_id]
+        data = copy if copy is not None else read[r.class_id]
         if data is None:
+            uri = store.token_uri(r.dataset, r.token_key, r.class_id)
             raise FileNotFoundError(f"class {r.class_id} has a 'done' record but no token file at {uri!r}")
-        token, vector, _ = load_stored_token(store, r.dataset, r.token_key, r.class_id, r.token, data=data)
+        what = None if copy is None else f"the token file copy in the record of class {r.class_id}"
+        token, vector, _ = load_stored_token(store, r.dataset, r.token_key, r.class_id, r.token, data=data, what=what)
         vectors[token] = vector
     data, manifest = build_bundle(done, vectors, run_id)
     uri = store.write_bytes(bundle_uri(store, manifest.dataset, run_id), data)

@@ -7,7 +7,6 @@ last, which is what makes a class "finished" (docs/design.md, "Storage contract"
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
 import time
@@ -255,7 +254,7 @@ def process_class(
         evaluate_seconds=time.perf_counter() - t1,
         token_reused=reused is not None,
         token_uri=token_uri,
-        token_file_base64=base64.b64encode(token_data).decode(),  # the bundle is built from this copy
+        token_file_base64=ClassRecord.token_file_field(token_data),  # the bundle is built from this copy
         samples_uri=store.samples_uri(config.dataset, ekey, class_id) if ev.sample_format != "none" else None,
         sample_format=ev.sample_format,
         num_samples=ev.num_samples,

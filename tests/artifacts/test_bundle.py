@@ -183,11 +183,10 @@ def test_the_manifest_is_written_after_the_tensors(local_store, make_record, mon
 
 def _with_copies(store, records):
     """``records`` as the shard writes them: each finished one carries a copy of its token file."""
-    return [
-        r.model_copy(update={"token_file_base64": base64.b64encode(store.read_token(r.dataset, r.token_key, r.class_id))
-                             .decode()}) if r.finished else r
-        for r in records
-    ]
+    def copy(r):
+        return r.token_file_field(store.read_token(r.dataset, r.token_key, r.class_id))
+
+    return [r.model_copy(update={"token_file_base64": copy(r)}) if r.finished else r for r in records]
 
 
 def token_reads(store) -> int:
